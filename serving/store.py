@@ -1,0 +1,388 @@
+"""The service's store (source of truth): petitions, feedback, API keys and the audit log, via SQLAlchemy 2.0.
+
+SQLite (default, `<data dir>/xinfang.db`) runs in WAL mode with `synchronous=FULL`: a petition is acknowledged
+only after its transaction is committed, and FULL fsyncs the WAL on every commit, so an acknowledged petition
+survives a process kill *and* an OS crash or power loss (NORMAL would survive a kill -9 but may lose the last
+commits on power loss). The cost is one fsync per write transaction (about a millisecond on SSD).
+PostgreSQL is used when the URL says so (`postgresql+psycopg://user@host:port/db`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from xinfang.errors import XinfangError
+
+ROLES = ("intake", "caseworker", "admin")
+FEEDBACK_KINDS = ("repeat_confirm", "repeat_reject", "topic_correction", "department_correction")
+KEY_PREFIX = "xf_"
+
+
+class StoreError(XinfangError):
+    """The store cannot be opened or a write violates its rules (the message says which)."""
+
+
+class UnknownTarget(StoreError):
+    """A feedback row names a target petition that is not stored."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware datetimes stored as UTC on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Petition(Base):
+    __tablename__ = "petitions"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    title: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    petitioner: Mapped[str | None] = mapped_column(String(200))
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    channel: Mapped[str | None] = mapped_column(String(64))
+    text_hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the normalized text
+    request_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical request body
+    labels: Mapped[dict] = mapped_column(JSON)  # topic/department/needs_review as classified
+    topic: Mapped[str | None] = mapped_column(String(200), index=True)
+    department: Mapped[str | None] = mapped_column(String(200), index=True)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    repeat_count: Mapped[int] = mapped_column(Integer, default=0)  # likely repeats found at intake
+    models: Mapped[dict] = mapped_column(JSON)  # model name/version used
+    response: Mapped[dict] = mapped_column(JSON)  # the 201 answer, replayed on an identical retry
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    petition_id: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+    who: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    who: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(50), index=True)
+    object_ids: Mapped[list] = mapped_column(JSON)  # ids only: petitions, key names, model versions
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def request_hash(body: dict) -> str:
+    """sha256 of a canonical JSON form of a request body (for idempotent retries)."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def normalize_url(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=15000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def petition_dict(p: Petition) -> dict:
+    return {
+        "id": p.id, "title": p.title, "text": p.text, "petitioner": p.petitioner, "received_at": p.received_at,
+        "channel": p.channel, "text_hash": p.text_hash, "labels": p.labels, "topic": p.topic,
+        "department": p.department, "needs_review": p.needs_review, "repeat_count": p.repeat_count,
+        "models": p.models, "created_at": p.created_at,
+    }
+
+
+def feedback_dict(f: Feedback) -> dict:
+    return {"id": f.id, "petition_id": f.petition_id, "kind": f.kind, "target_id": f.target_id,
+            "label": f.label, "who": f.who, "created_at": f.created_at}
+
+
+class Store:
+    """Thread-safe access to the database (one short transaction per call)."""
+
+    def __init__(self, url: str, create: bool = True) -> None:
+        self.url = normalize_url(url)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 15}
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except Exception as exc:  # bad URL or missing driver
+            raise StoreError(f"cannot open database {self.safe_url}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            path = self.engine.url.database
+            if path and path != ":memory:":
+                from pathlib import Path
+
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        if create:
+            try:
+                Base.metadata.create_all(self.engine)
+            except OperationalError as exc:
+                raise StoreError(f"cannot open database {self.safe_url}: {exc.orig}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password (for logs and messages)."""
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:
+            return "<database>"
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def session(self) -> Session:
+        return self._session()
+
+    # ------------------------------------------------------------------ petitions
+    def insert_petition(self, row: dict) -> tuple[bool, dict]:
+        """Insert and commit; returns (True, row) or, when the id exists, (False, stored row incl. hashes)."""
+        with self.session() as s:
+            s.add(Petition(**row))
+            try:
+                s.commit()
+                return True, row
+            except IntegrityError:
+                s.rollback()
+        existing = self.get_petition_row(row["id"])
+        if existing is None:  # deleted in between: retry once
+            return self.insert_petition(row)
+        return False, existing
+
+    def get_petition_row(self, pid: str) -> dict | None:
+        """The stored row with its request hash and stored 201 answer."""
+        with self.session() as s:
+            p = s.get(Petition, pid)
+            if p is None:
+                return None
+            out = petition_dict(p)
+            out["request_hash"], out["response"] = p.request_hash, p.response
+            return out
+
+    def get_petition(self, pid: str) -> dict | None:
+        with self.session() as s:
+            p = s.get(Petition, pid)
+            return petition_dict(p) if p else None
+
+    def get_petitions(self, ids: list[str]) -> dict[str, dict]:
+        if not ids:
+            return {}
+        with self.session() as s:
+            rows = s.scalars(select(Petition).where(Petition.id.in_(list(ids)))).all()
+            return {p.id: petition_dict(p) for p in rows}
+
+    def list_petitions(self, *, topic: str | None = None, department: str | None = None,
+                       needs_review: bool | None = None, has_repeats: bool | None = None,
+                       since: datetime | None = None, until: datetime | None = None,
+                       limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+        """Newest first, filtered; returns (page, total matching)."""
+        conds = []
+        if topic is not None:
+            conds.append(Petition.topic == topic)
+        if department is not None:
+            conds.append(Petition.department == department)
+        if needs_review is not None:
+            conds.append(Petition.needs_review.is_(needs_review))
+        if has_repeats is not None:
+            conds.append(Petition.repeat_count > 0 if has_repeats else Petition.repeat_count == 0)
+        if since is not None:
+            conds.append(Petition.created_at >= since)
+        if until is not None:
+            conds.append(Petition.created_at < until)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(Petition).where(*conds)) or 0
+            rows = s.scalars(select(Petition).where(*conds)
+                             .order_by(Petition.created_at.desc(), Petition.id.desc())
+                             .limit(limit).offset(offset)).all()
+            return [petition_dict(p) for p in rows], int(total)
+
+    def iter_ids(self, chunk: int = 10_000) -> Iterator[str]:
+        with self.session() as s:
+            yield from s.scalars(select(Petition.id).execution_options(yield_per=chunk))
+
+    def count_petitions(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Petition)) or 0)
+
+    def texts(self, ids: list[str]) -> list[tuple[str, str | None, str]]:
+        """(id, title, text) of the ids that exist, for (re)indexing."""
+        with self.session() as s:
+            rows = s.execute(select(Petition.id, Petition.title, Petition.text).where(Petition.id.in_(ids)))
+            return [(r[0], r[1], r[2]) for r in rows]
+
+    def delete_petition(self, pid: str, who: str) -> bool:
+        """Delete a petition and the feedback that names it, with an audit row, in one transaction."""
+        with self.session() as s, s.begin():
+            if s.get(Petition, pid) is None:
+                return False
+            s.execute(delete(Feedback).where(or_(Feedback.petition_id == pid, Feedback.target_id == pid)))
+            s.execute(delete(Petition).where(Petition.id == pid))
+            s.add(AuditEntry(who=who, action="petition.delete", object_ids=[pid]))
+        return True
+
+    # ------------------------------------------------------------------ feedback
+    def add_feedback(self, petition_id: str, kind: str, who: str, target_id: str | None = None,
+                     label: str | None = None) -> dict | None:
+        """Store one feedback row and its audit row; None when the petition does not exist."""
+        if kind not in FEEDBACK_KINDS:
+            raise StoreError(f"feedback kind must be one of {', '.join(FEEDBACK_KINDS)}, got {kind!r}")
+        with self.session() as s, s.begin():
+            if s.get(Petition, petition_id) is None:
+                return None
+            if target_id is not None and s.get(Petition, target_id) is None:
+                raise UnknownTarget(f"target_id {target_id!r}: no such petition")
+            fb = Feedback(petition_id=petition_id, kind=kind, target_id=target_id, label=label, who=who)
+            s.add(fb)
+            s.flush()
+            ids = [petition_id] + ([target_id] if target_id else [])
+            s.add(AuditEntry(who=who, action=f"feedback.{kind}", object_ids=ids + [f"feedback:{fb.id}"]))
+            return feedback_dict(fb)
+
+    def list_feedback(self, petition_id: str | None = None, since: datetime | None = None) -> list[dict]:
+        conds = []
+        if petition_id is not None:
+            conds.append(or_(Feedback.petition_id == petition_id, Feedback.target_id == petition_id))
+        if since is not None:
+            conds.append(Feedback.created_at >= since)
+        with self.session() as s:
+            rows = s.scalars(select(Feedback).where(*conds).order_by(Feedback.id)).all()
+            return [feedback_dict(f) for f in rows]
+
+    # ------------------------------------------------------------------ keys
+    def create_key(self, name: str, role: str, who: str = "cli") -> str:
+        """Create a key; returns the plaintext key (shown once; only its sha256 is stored)."""
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise StoreError("key name must be 1..100 characters")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.session() as s:
+            s.add(ApiKey(name=name, role=role, key_hash=hash_key(key)))
+            s.add(AuditEntry(who=who, action="key.create", object_ids=[name]))
+            try:
+                s.commit()
+            except IntegrityError as exc:
+                raise StoreError(f"a key named {name!r} already exists (names stay reserved after revoke)") from exc
+        return key
+
+    def list_keys(self) -> list[dict]:
+        with self.session() as s:
+            return [{"name": k.name, "role": k.role, "created_at": k.created_at, "revoked_at": k.revoked_at}
+                    for k in s.scalars(select(ApiKey).order_by(ApiKey.id))]
+
+    def revoke_key(self, name: str, who: str = "cli") -> bool:
+        with self.session() as s, s.begin():
+            res = s.execute(update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+                            .values(revoked_at=utcnow()))
+            if not res.rowcount:
+                return False
+            s.add(AuditEntry(who=who, action="key.revoke", object_ids=[name]))
+        return True
+
+    def authenticate(self, key: str) -> tuple[str, str] | None:
+        """(name, role) of an active key, else None."""
+        with self.session() as s:
+            row = s.execute(select(ApiKey.name, ApiKey.role).where(
+                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))).first()
+            return (row[0], row[1]) if row else None
+
+    # ------------------------------------------------------------------ audit
+    def audit(self, who: str, action: str, object_ids: list[str]) -> None:
+        with self.session() as s, s.begin():
+            s.add(AuditEntry(who=who, action=action, object_ids=[str(i) for i in object_ids]))
+
+    def list_audit(self, action: str | None = None, limit: int = 100) -> list[dict]:
+        with self.session() as s:
+            q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+            if action:
+                q = q.where(AuditEntry.action == action)
+            return [{"id": a.id, "who": a.who, "action": a.action, "object_ids": a.object_ids,
+                     "created_at": a.created_at} for a in s.scalars(q)]
