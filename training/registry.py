@@ -1,0 +1,535 @@
+"""Model registry: versioned bundles per task, exactly one promoted version each, promote/rollback.
+
+Layout under ``<data dir>/registry/``::
+
+    registry.json          the index (written atomically: tmp + fsync + os.replace, under ``registry.lock``)
+    registry.lock          an fcntl lock file serialising writers (readers never need it)
+    bundles/<version>/     an immutable copy of every registered bundle
+    eval_sets/<task>.jsonl the fixed evaluation set of a task (copied in, sha256 recorded)
+    audit.jsonl            promotions/rollbacks/registrations when no service store is configured
+
+``registry.json``::
+
+    {"schema": 1,
+     "versions": {"topic-v1": {"version", "task", "kind", "path", "metrics", "data_fingerprint",
+                               "parent", "created_at", "registered_by", "labels", "manifest_sha256", "note"}},
+     "tasks": {"topic": {"promoted": "topic-v2", "stack": ["topic-v1", "topic-v2"], "next": 3,
+                         "eval_set": {"path", "sha256", "rows", "label_column", "source"}}},
+     "events": [{"at", "action", "task", "version", "previous", "forced", "by", "gate"}]}
+
+Promotion pushes onto the task's ``stack``; rollback pops the current version and re-promotes the one
+below it, so repeated rollbacks walk back through the promotion history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from xinfang.errors import ModelError, XinfangError
+from xinfang.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+CLASSIFIER_TASKS = ("topic", "department")
+REPEAT_TASK = "repeats"
+TASKS = (*CLASSIFIER_TASKS, REPEAT_TASK)
+MAX_EVENTS = 1000
+
+
+class RegistryError(XinfangError):
+    """A registry operation that cannot be done (unknown version, wrong task, nothing to roll back to)."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    """sha256 over the relative paths and contents of every file in a directory (order-independent)."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode())
+        h.update(b"\0")
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` atomically: a temp file in the same directory, fsync, os.replace, fsync dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------------------------- bundles
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read JSON ({exc})") from exc
+    return data if isinstance(data, dict) else {}
+
+
+BUNDLE_META_FILES = ("bundle.json", "config.json", "training_config.json", "training.json", "manifest.json",
+                     "metrics.json", "scorer.json", "labels.json")
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What the registry needs to know about a bundle directory, whatever produced it."""
+
+    task: str
+    kind: str  # "classifier" | "repeat_scorer"
+    metrics: dict[str, Any]
+    data_fingerprint: str | None
+    labels: list[str]
+    manifest_sha256: str
+
+
+def _find_key(docs: list[dict[str, Any]], *keys: str) -> Any:
+    """First value of any of ``keys`` found in the docs, searching one level of nesting too."""
+    for key in keys:
+        for doc in docs:
+            if key in doc and doc[key] not in (None, ""):
+                return doc[key]
+    for key in keys:
+        for doc in docs:
+            for value in doc.values():
+                if isinstance(value, dict) and value.get(key) not in (None, ""):
+                    return value[key]
+    return None
+
+
+def inspect_bundle(path: Path, task: str | None = None) -> BundleInfo:
+    """Read task, metrics, labels and data fingerprint from a bundle's JSON files (no weights loaded)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a bundle directory")
+    docs = {name: _read_json(path / name) for name in BUNDLE_META_FILES if (path / name).is_file()}
+    if not docs:
+        raise ModelError(f"{path}: no bundle metadata found (expected one of {', '.join(BUNDLE_META_FILES)})")
+    all_docs = list(docs.values())
+    kind_hint = _find_key(all_docs, "format", "kind")
+    is_repeat = "scorer.json" in docs or (isinstance(kind_hint, str) and "repeat" in kind_hint)
+    found_task = _find_key(all_docs, "task", "tasks")
+    if isinstance(found_task, list):
+        found_task = found_task[0] if len(found_task) == 1 else None
+    if is_repeat:
+        found_task = REPEAT_TASK
+    task = task or found_task
+    if task not in TASKS:
+        raise ModelError(f"{path}: cannot tell the task of this bundle (found {found_task!r}); pass --task "
+                         f"one of {', '.join(TASKS)}")
+    if found_task in TASKS and found_task != task and not isinstance(_find_key(all_docs, "tasks"), list):
+        raise ModelError(f"{path}: bundle is for task {found_task!r}, not {task!r}")
+    metrics = docs.get("metrics.json") or _find_key(all_docs, "metrics", "validation_metrics") or {}
+    if isinstance(metrics, dict) and task in metrics and isinstance(metrics[task], dict):
+        metrics = metrics[task]
+    labels = _find_key(all_docs, "labels", "label_list", "classes") or []
+    if isinstance(labels, dict):
+        labels = labels.get(task, [])
+    fingerprint = _find_key(all_docs, "data_fingerprint", "data_sha256", "fingerprint")
+    if isinstance(fingerprint, dict):
+        fingerprint = fingerprint.get("sha256") or json.dumps(fingerprint, sort_keys=True)
+    manifest = path / "manifest.json"
+    manifest_sha = sha256_file(manifest) if manifest.is_file() else dir_fingerprint(path)
+    return BundleInfo(
+        task=task,
+        kind="repeat_scorer" if is_repeat else "classifier",
+        metrics=_scalar_metrics(metrics if isinstance(metrics, dict) else {}),
+        data_fingerprint=str(fingerprint) if fingerprint else None,
+        labels=[str(x) for x in labels] if isinstance(labels, list) else [],
+        manifest_sha256=manifest_sha,
+    )
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Keep the headline numbers (scalars) of a metrics document, not confusion matrices."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+# --------------------------------------------------------------------------------------------- audit
+
+
+class AuditSink:
+    """Where promotions and rollbacks are recorded: the service store's audit log, or a JSONL file."""
+
+    description = "none"
+
+    def record(self, action: str, actor: str, target: str, details: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class JsonlAudit(AuditSink):
+    """Append-only JSONL audit file (used when the service store is not configured or importable)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.description = f"jsonl:{self.path}"
+
+    def record(self, action: str, actor: str, target: str, details: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        row = {"at": now_iso(), "action": action, "actor": actor, "target": target, "details": details}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class StoreAudit(AuditSink):
+    """The service's `audit_log` table through `Store.audit(who, action, object_ids)`: ids only, never text.
+
+    The object ids are the version plus ``task:<task>`` and, where there is one, ``previous:<version>``;
+    the full event (gate figures, reasons) is kept in registry.json's ``events``.
+    """
+
+    def __init__(self, database_url: str):
+        from xinfang.serving.store import Store
+
+        self.store = Store(database_url)
+        self.description = f"store:{self.store.safe_url}"
+
+    def record(self, action: str, actor: str, target: str, details: dict[str, Any]) -> None:
+        ids = [target, f"task:{details.get('task')}"]
+        if details.get("previous"):
+            ids.append(f"previous:{details['previous']}")
+        self.store.audit(who=actor, action=action, object_ids=ids)
+
+
+def default_audit(root: Path, database_url: str | None = None) -> AuditSink:
+    """The store's audit log when a store is configured (URL, XINFANG_DATABASE_URL, or the service's default
+    ``<data dir>/xinfang.db`` next to the registry) and importable; else ``<registry>/audit.jsonl``."""
+    url = database_url or os.environ.get("XINFANG_DATABASE_URL")
+    default_db = root.parent / "xinfang.db"  # the service's default SQLite store in the same data dir
+    if not url and default_db.exists():
+        url = f"sqlite:///{default_db}"
+    if url:
+        try:
+            return StoreAudit(url)
+        except ImportError as exc:
+            log.warning("service store not importable (%s); auditing to %s", exc, root / "audit.jsonl")
+    return JsonlAudit(root / "audit.jsonl")
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+class Registry:
+    """The registry in ``root`` (default ``<data dir>/registry``)."""
+
+    def __init__(self, root: Path | None = None, audit: AuditSink | None = None, actor: str | None = None):
+        self.root = Path(root) if root else get_settings().data_dir / "registry"
+        self.audit = audit or default_audit(self.root)
+        self.actor = actor or os.environ.get("XINFANG_ACTOR") or os.environ.get("USER") or "cli"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "registry.json"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.root / "bundles"
+
+    # -- reading / writing the index
+
+    def load(self) -> dict[str, Any]:
+        if not self.index_path.exists():
+            return {"schema": SCHEMA, "versions": {}, "tasks": {}, "events": []}
+        data = _read_json(self.index_path)
+        if data.get("schema") != SCHEMA:
+            raise RegistryError(f"{self.index_path}: unsupported registry schema {data.get('schema')!r}")
+        return data
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Exclusive lock, fresh read, and an atomic write of the (mutated) index on success."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "registry.lock", "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                data = self.load()
+                yield data
+                atomic_write_json(self.index_path, data)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _event(self, data: dict[str, Any], action: str, **fields: Any) -> dict[str, Any]:
+        event = {"at": now_iso(), "action": action, "by": self.actor, **fields}
+        data.setdefault("events", []).append(event)
+        del data["events"][:-MAX_EVENTS]
+        return event
+
+    # -- queries
+
+    def versions(self, task: str | None = None) -> list[dict[str, Any]]:
+        data = self.load()
+        rows = [dict(v) for v in data["versions"].values() if task is None or v["task"] == task]
+        promoted = {t: s.get("promoted") for t, s in data["tasks"].items()}
+        for row in rows:
+            row["promoted"] = promoted.get(row["task"]) == row["version"]
+        return sorted(rows, key=lambda r: (r["task"], r["created_at"], r["version"]))
+
+    def get(self, version: str) -> dict[str, Any]:
+        data = self.load()
+        if version not in data["versions"]:
+            known = ", ".join(sorted(data["versions"])) or "none"
+            raise RegistryError(f"unknown model version {version!r} (registered: {known})")
+        row = dict(data["versions"][version])
+        row["promoted"] = data["tasks"].get(row["task"], {}).get("promoted") == version
+        return row
+
+    def bundle_path(self, version: str) -> Path:
+        return self.root / self.get(version)["path"]
+
+    def promoted(self, task: str) -> str | None:
+        return self.load()["tasks"].get(task, {}).get("promoted")
+
+    def promoted_paths(self) -> dict[str, Path]:
+        """{task: bundle dir} of every promoted version (what a service should load)."""
+        data = self.load()
+        out = {}
+        for task, state in data["tasks"].items():
+            version = state.get("promoted")
+            if version:
+                out[task] = self.root / data["versions"][version]["path"]
+        return out
+
+    def eval_set(self, task: str) -> dict[str, Any] | None:
+        return self.load()["tasks"].get(task, {}).get("eval_set")
+
+    def eval_set_path(self, task: str) -> Path | None:
+        cfg = self.eval_set(task)
+        return self.root / cfg["path"] if cfg else None
+
+    # -- changes
+
+    def register(
+        self,
+        bundle_dir: Path,
+        task: str | None = None,
+        parent: str | None = None,
+        note: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        data_fingerprint: str | None = None,
+    ) -> dict[str, Any]:
+        """Copy a bundle into the registry as a new version of its task; return the version record.
+
+        ``bundle_dir`` is a classifier bundle directory, or a repeat scorer: a directory holding
+        ``scorer.json`` or the scorer's JSON file itself (kept as ``scorer.json``).
+        """
+        bundle_dir = Path(bundle_dir).resolve()
+        if parent is not None:
+            self.get(parent)  # raises for unknown parents
+        self.bundles_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.bundles_dir))
+        try:
+            if bundle_dir.is_file() and bundle_dir.suffix == ".json":
+                (staging / "b").mkdir()
+                shutil.copyfile(bundle_dir, staging / "b" / "scorer.json")
+            elif bundle_dir.is_dir():
+                shutil.copytree(bundle_dir, staging / "b")
+            else:
+                raise ModelError(f"{bundle_dir}: not a bundle directory or repeat-scorer JSON file")
+            info = inspect_bundle(staging / "b", task)
+            with self._locked() as data:
+                state = data["tasks"].setdefault(info.task, {"promoted": None, "stack": [], "next": 1})
+                version = f"{info.task}-v{state['next']}"
+                while version in data["versions"]:
+                    state["next"] += 1
+                    version = f"{info.task}-v{state['next']}"
+                state["next"] += 1
+                target = self.bundles_dir / version
+                os.replace(staging / "b", target)
+                record = {
+                    "version": version,
+                    "task": info.task,
+                    "kind": info.kind,
+                    "path": target.relative_to(self.root).as_posix(),
+                    "metrics": {**info.metrics, **(metrics or {})},
+                    "data_fingerprint": data_fingerprint or info.data_fingerprint,
+                    "labels": info.labels,
+                    "manifest_sha256": info.manifest_sha256,
+                    "parent": parent,
+                    "created_at": now_iso(),
+                    "registered_by": self.actor,
+                    "source_dir": str(bundle_dir),
+                    "note": note,
+                }
+                data["versions"][version] = record
+                self._event(data, "register", task=info.task, version=version, parent=parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.audit.record("model.register", self.actor, version, {"task": info.task, "parent": parent})
+        log.info("registered %s from %s", version, bundle_dir)
+        return record
+
+    def set_gate_result(self, version: str, report: dict[str, Any]) -> None:
+        with self._locked() as data:
+            if version not in data["versions"]:
+                raise RegistryError(f"unknown model version {version!r}")
+            data["versions"][version]["gate"] = report
+
+    def promote(self, version: str, forced: bool = False, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Make ``version`` the one promoted version of its task (atomic; audited)."""
+        with self._locked() as data:
+            if version not in data["versions"]:
+                raise RegistryError(f"unknown model version {version!r}")
+            task = data["versions"][version]["task"]
+            state = data["tasks"].setdefault(task, {"promoted": None, "stack": [], "next": 1})
+            previous = state.get("promoted")
+            if previous == version:
+                raise RegistryError(f"{version} is already the promoted {task} model")
+            state["promoted"] = version
+            stack = [v for v in state.get("stack", []) if v != version]
+            state["stack"] = [*stack, version]
+            event = self._event(data, "promote", task=task, version=version, previous=previous, forced=forced,
+                                gate=_gate_summary(gate))
+        self.audit.record("model.promote.forced" if forced else "model.promote", self.actor, version,
+                          {"task": task, "previous": previous, "forced": forced, "gate": event["gate"]})
+        log.info("promoted %s (previous %s, forced=%s)", version, previous, forced)
+        return event
+
+    def rollback(self, task: str, to: str | None = None) -> dict[str, Any]:
+        """Re-promote the version promoted before the current one (or ``to``); audited."""
+        with self._locked() as data:
+            state = data["tasks"].get(task)
+            if not state or not state.get("promoted"):
+                raise RegistryError(f"no promoted {task} model to roll back")
+            current = state["promoted"]
+            stack = list(state.get("stack", []))
+            if to is not None:
+                if to not in data["versions"] or data["versions"][to]["task"] != task:
+                    raise RegistryError(f"{to!r} is not a registered {task} version")
+                if to == current:
+                    raise RegistryError(f"{to} is already the promoted {task} model")
+                stack = [v for v in stack if v != current]
+                if to in stack:
+                    stack = stack[: stack.index(to) + 1]
+                else:
+                    stack.append(to)
+            else:
+                if len(stack) < 2 or stack[-1] != current:
+                    raise RegistryError(f"{task}: no earlier promoted version to roll back to")
+                stack.pop()
+            state["stack"] = stack
+            state["promoted"] = stack[-1]
+            event = self._event(data, "rollback", task=task, version=stack[-1], previous=current)
+        self.audit.record("model.rollback", self.actor, event["version"], {"task": task, "previous": current})
+        log.info("rolled back %s: %s -> %s", task, current, event["version"])
+        return event
+
+    def set_eval_set(self, task: str, data_file: Path, label_column: str | None = None,
+                     petitions: Path | None = None) -> dict[str, Any]:
+        """Fix the evaluation set of a task: the file is copied into the registry and its sha256 recorded.
+
+        For ``repeats`` the pairs may name petitions by id (resolved against ``petitions``); the copy
+        holds them inline so the set stays fixed whatever happens to the petitions file.
+        """
+        if task not in TASKS:
+            raise RegistryError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
+        src = Path(data_file)
+        if not src.is_file():
+            raise RegistryError(f"{src}: evaluation file not found")
+        suffix = ".jsonl" if task == REPEAT_TASK else ("".join(src.suffixes[-1:]) or ".jsonl")
+        dest_rel = Path("eval_sets") / f"{task}{suffix}"
+        dest = self.root / dest_rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        if task == REPEAT_TASK:
+            from xinfang.training.adapters import load_pairs_with_petitions
+
+            rows = load_pairs_with_petitions(src, petitions)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        else:
+            from xinfang.records import load_records
+
+            load_records(src, label_column=label_column or task)  # refuse a file training could not read
+            shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        rows = sum(1 for line in open(tmp, "rb") if line.strip()) if suffix in (".jsonl", ".csv") else None
+        with self._locked() as data:
+            os.replace(tmp, dest)
+            cfg = {"path": dest_rel.as_posix(), "sha256": sha256_file(dest), "rows": rows,
+                   "label_column": label_column or ("label" if task == REPEAT_TASK else task),
+                   "source": str(src.resolve()), "set_at": now_iso()}
+            data["tasks"].setdefault(task, {"promoted": None, "stack": [], "next": 1})["eval_set"] = cfg
+            self._event(data, "eval_set", task=task, sha256=cfg["sha256"])
+        self.audit.record("model.eval_set", self.actor, task, {"sha256": cfg["sha256"], "rows": rows})
+        return cfg
+
+    def verify_eval_set(self, task: str) -> Path:
+        """Path of the task's fixed evaluation set, after checking it still matches its recorded sha256."""
+        cfg = self.eval_set(task)
+        if not cfg:
+            raise RegistryError(f"no evaluation set configured for {task}: "
+                                f"xinfang models eval-set --task {task} --data FILE")
+        path = self.root / cfg["path"]
+        if not path.is_file() or sha256_file(path) != cfg["sha256"]:
+            raise RegistryError(f"{path}: the {task} evaluation set is missing or changed since it was fixed")
+        return path
+
+    def mtime(self) -> float:
+        """Modification time of registry.json (0 when absent): services watch it for promotions."""
+        try:
+            return self.index_path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+
+def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not gate:
+        return None
+    keys = ("passed", "metric", "new", "baseline", "delta", "tolerance", "baseline_version", "reasons")
+    return {k: gate.get(k) for k in keys if k in gate}
+
+
+def wait_for_mtime_change(registry: Registry, since: float, timeout: float = 5.0) -> bool:
+    """Poll registry.json's mtime until it differs from ``since`` (used by watchers/tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if registry.mtime() != since:
+            return True
+        time.sleep(0.05)
+    return False
