@@ -1,0 +1,204 @@
+"""Explainable features of a petition pair, for the repeat scorer and for the reasons caseworkers read.
+
+`pair_features(a, b, similarity)` returns (`features`: dict name -> float in FEATURES order,
+`facts`: what the reasons are written from). Petitions are dicts with `title`, `text` and optionally
+`petitioner` (or `user`) and `time` (mixed formats such as `2019/2/28 11:25:05`, `2017-06-08 17:31:20`).
+Texts are normalised here with `normalize_text`, so raw records can be passed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+
+from xinfang.models.normalize import normalize_text
+
+FEATURES = [
+    "cosine",               # semantic cosine similarity of the embeddings
+    "bigram_jaccard",       # char-bigram Jaccard of title + text
+    "trigram_containment",  # share of the shorter petition's char trigrams found in the other
+    "title_jaccard",        # char-bigram Jaccard of the titles
+    "shared_names",         # specific names (estate, road, company, school, hospital, village, case no.) in both
+    "name_conflict",        # both name specific places/entities of one kind, none shared
+    "same_petitioner",      # both petitioner ids known and equal
+    "diff_petitioner",      # both known and different
+    "log_gap_days",         # log(1 + |days between the two|) when both times parse, else 0
+    "time_known",           # both times parse
+    "followup",             # 再次/又/二问/三问… in either petition
+    "identical_text",       # normalised texts identical
+]
+
+# kind -> (reason label, suffix regex, max body length)
+_NAME_KINDS: dict[str, tuple[str, str, int]] = {
+    "estate": ("同一地点", r"(?:小区|花园|家园|公寓|大厦|广场|山庄|新村|新城|苑|(?<!政)府|城(?![市管区乡镇建中际])|公馆|华庭)", 8),
+    "road": ("同一道路", r"(?:大道|大街|路(?![面灯况线费政])|街(?![道办头巷]))", 6),
+    "village": ("同一村组", r"(?:村(?![民委级干务里口庄])(?:[一二三四五六七八九十\d]{1,3}组)?|社区(?![医卫居工服]))", 6),
+    "company": ("同一单位", r"(?:有限责任公司|股份有限公司|有限公司|公司|集团|银行|酒店|商场|超市)", 14),
+    "school": ("同一学校", r"(?:实验学校|学校|小学|中学|大学|学院|幼儿园|职校)", 10),
+    "hospital": ("同一医院", r"(?:医院|卫生院|卫生室|诊所)", 10),
+}
+_BODY_CHARS = r"[\u4e00-\u9fffA-Za-z0-9·]"
+# A name's body ends at the last of these (place prefixes like "A3区", verbs, pronouns, prepositions).
+_BOUNDARY = re.compile(r".*(?:[在于的是了和与及到住从向对为我你他她该本这那个位近旁边里内外区市县镇乡省州号栋楼期\d]"
+                       r"|[由去给把被让还而或但请就要靠些很往离]"
+                       r"|反映|投诉|举报|关于|请问|咨询|建议|位于|附近|周边|旁边|业主|居民|改变|调整|安装|发挥|依靠|占用|进入"
+                       r"|经过|距离|欺骗|恳请|希望|要求|解决|没有|已经|还有|设置|增建|相关|部分|所有|很多|许多|多名|每次|上班)")
+_GENERIC = {
+    "小区", "物业", "业主", "周边", "附近", "整个", "所在", "相关", "有关", "部分", "老旧", "新建", "安置", "拆迁",
+    "回迁", "公租", "廉租", "保障", "商品", "住宅", "开发", "私立", "公立", "民办", "公办", "乡镇", "社区", "城市",
+    "医疗", "人民", "人民政", "政", "农", "新农", "市政", "高速公", "公", "马", "道", "线", "铁", "全", "各", "其他",
+    "多", "中小", "培训", "教育", "物流", "房地产", "开发商", "中", "小", "大", "一", "该", "此", "某", "商业", "农村",
+    "乡村", "城乡", "水泥", "十字", "油沙", "柏油", "人行", "人行马", "主干", "老", "家", "进", "出", "县", "回", "上", "下", "不", "有", "无", "总", "分", "子", "母", "村", "外",
+}
+_NAME_RES = {
+    kind: re.compile(f"({_BODY_CHARS}{{1,{n}}}?)({suffix})")
+    for kind, (_label, suffix, n) in _NAME_KINDS.items()
+}
+_CASE_NO = re.compile(r"[（(]\d{4}[）)][\u4e00-\u9fff\d]{1,12}?\d{1,6}号")
+_FOLLOWUP = re.compile(r"再次|又一次|再一次|第[二三四五六七八九十\d]+次|[二三四五六七八九十]问|多次反映|多次投诉|仍未|至今未|还未|依然没有|还是没有|追问")
+_NON_TEXT = re.compile(r"[\s\W_]+")
+_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y%m%d")
+
+
+@dataclass
+class Facts:
+    """What the reasons are written from."""
+
+    shared: list[tuple[str, str]] = field(default_factory=list)      # (kind, name)
+    conflict: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, name in a, name in b)
+    same_petitioner: bool = False
+    gap_days: float | None = None
+    followup: bool = False
+    identical: bool = False
+    char_overlap: float = 0.0
+
+
+def parse_time(value: object) -> datetime | None:
+    """Parse the data's mixed time formats (`2019/2/28 11:25:05`, `2017-06-08 17:31:20`); None if unknown."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value
+    s = str(value).strip().replace("/", "-").replace("年", "-").replace("月", "-").replace("日", "")
+    s = re.sub(r"\s+", " ", s)
+    s = re.sub(r"(?<=\d{2}:\d{2}:\d{2})\.\d+$", "", s)
+    for fmt in _TIME_FORMATS:
+        try:
+            return datetime.strptime(s, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def _clean_name_body(body: str) -> str:
+    m = _BOUNDARY.match(body)
+    if m:
+        body = body[m.end():]
+    return body
+
+
+@lru_cache(maxsize=8192)
+def extract_names(text: str) -> frozenset[tuple[str, str]]:
+    """Specific names in a normalised text: {(kind, name)} for estates, roads, villages, companies, schools,
+    hospitals and case numbers. Generic mentions (本小区, 该公司, 市政府) are dropped."""
+    found: set[tuple[str, str]] = set()
+    for kind, rx in _NAME_RES.items():
+        for m in rx.finditer(text):
+            body = _clean_name_body(m.group(1))
+            if len(body) < 2 or body in _GENERIC or body[-1] in "的了是在和与" or body.isdigit():
+                continue
+            if not re.search(r"[\u4e00-\u9fff]", body) or re.fullmatch(r"[A-Z]\d*", body):
+                continue
+            found.add((kind, body + m.group(2)))
+    for m in _CASE_NO.finditer(text):
+        found.add(("case", m.group(0)))
+    return frozenset(found)
+
+
+def _grams(text: str, n: int) -> set[str]:
+    s = _NON_TEXT.sub("", text)
+    return {s[i:i + n] for i in range(len(s) - n + 1)} if len(s) >= n else ({s} if s else set())
+
+
+def _jaccard(x: set[str], y: set[str]) -> float:
+    return len(x & y) / len(x | y) if x and y else 0.0
+
+
+def _petitioner(p: dict) -> str | None:
+    v = p.get("petitioner") if p.get("petitioner") not in (None, "") else p.get("user")
+    return str(v).strip() or None if v not in (None, "") else None
+
+
+def pair_features(a: dict, b: dict, similarity: float) -> tuple[dict[str, float], Facts]:
+    """Features (FEATURES order) and the facts behind them for petitions `a`, `b` with embedding cosine
+    `similarity`."""
+    ta, tb = normalize_text(a.get("title")), normalize_text(b.get("title"))
+    xa, xb = normalize_text(a.get("text")), normalize_text(b.get("text"))
+    full_a, full_b = f"{ta}\n{xa}", f"{tb}\n{xb}"
+    bg_a, bg_b = _grams(full_a, 2), _grams(full_b, 2)
+    tg_a, tg_b = _grams(full_a, 3), _grams(full_b, 3)
+    containment = len(tg_a & tg_b) / min(len(tg_a), len(tg_b)) if tg_a and tg_b else 0.0
+    names_a, names_b = extract_names(full_a), extract_names(full_b)
+    shared = sorted(names_a & names_b, key=lambda kn: (-len(kn[1]), kn))
+    # Keep the most specific of nested names ("伊景园滨河苑" over "滨河苑").
+    shared = [kn for kn in shared if not any(kn[1] != o[1] and kn[1] in o[1] for o in shared)]
+    conflict: list[tuple[str, str, str]] = []
+    if not shared:
+        for kind in ("estate", "road", "village", "company", "school", "hospital", "case"):
+            ka = sorted(n for k, n in names_a if k == kind)
+            kb = sorted(n for k, n in names_b if k == kind)
+            if ka and kb and not any(x in y or y in x for x in ka for y in kb):
+                conflict.append((kind, ka[0], kb[0]))
+    pa, pb = _petitioner(a), _petitioner(b)
+    da, db = parse_time(a.get("time")), parse_time(b.get("time"))
+    gap = abs((da - db).total_seconds()) / 86400.0 if da and db else None
+    followup = bool(_FOLLOWUP.search(full_a) or _FOLLOWUP.search(full_b))
+    identical = bool(xa or ta) and (ta, xa) == (tb, xb) or (len(xa) > 20 and xa == xb)
+    feats = {
+        "cosine": float(similarity),
+        "bigram_jaccard": _jaccard(bg_a, bg_b),
+        "trigram_containment": containment,
+        "title_jaccard": _jaccard(_grams(ta, 2), _grams(tb, 2)),
+        "shared_names": float(min(len(shared), 3)),
+        "name_conflict": float(bool(conflict)),
+        "same_petitioner": float(bool(pa and pb and pa == pb)),
+        "diff_petitioner": float(bool(pa and pb and pa != pb)),
+        "log_gap_days": math.log1p(gap) if gap is not None else 0.0,
+        "time_known": float(gap is not None),
+        "followup": float(followup),
+        "identical_text": float(identical),
+    }
+    facts = Facts(shared=shared, conflict=conflict, same_petitioner=bool(pa and pb and pa == pb),
+                  gap_days=gap, followup=followup, identical=identical, char_overlap=feats["bigram_jaccard"])
+    return feats, facts
+
+
+_KIND_LABEL = {k: v[0] for k, v in _NAME_KINDS.items()} | {"case": "同一案号"}
+_CONFLICT_LABEL = {"estate": "地点不同", "road": "道路不同", "village": "村组不同", "company": "单位不同",
+                   "school": "学校不同", "hospital": "医院不同", "case": "案号不同"}
+
+
+def reasons(features: dict[str, float], facts: Facts) -> list[str]:
+    """Chinese reasons a caseworker reads, e.g. ["同一信访人", "同一地点: 伊景园滨河苑", "文本相似度 0.93",
+    "间隔 12 天"]."""
+    out: list[str] = []
+    if facts.identical:
+        out.append("内容完全相同")
+    if facts.same_petitioner:
+        out.append("同一信访人")
+    for kind, name in facts.shared[:3]:
+        out.append(f"{_KIND_LABEL[kind]}: {name}")
+    for kind, na, nb in facts.conflict[:2]:
+        out.append(f"{_CONFLICT_LABEL[kind]}: {na} / {nb}")
+    out.append(f"文本相似度 {features['cosine']:.2f}")
+    if facts.char_overlap >= 0.3 and not facts.identical:
+        out.append(f"字面重合度 {facts.char_overlap:.2f}")
+    if facts.followup:
+        out.append("含再次反映/追问字样")
+    if facts.gap_days is not None:
+        days = int(round(facts.gap_days))
+        out.append("同一天" if days == 0 else f"间隔 {days} 天")
+    return out

@@ -1,0 +1,230 @@
+"""Repeat-petition finder: embed a petition, search the index, score each candidate with reasons.
+
+Public API (used by the service, keep stable):
+
+    RepeatFinder(embedder, index, scorer)
+    finder.candidates(petition: dict, k: int, lookup: Callable[[list[str]], dict[str, dict]]) -> list[dict]
+        # [{"id", "similarity", "probability", "is_repeat", "reasons"}], probability desc, never the petition
+    finder.candidates_many(petitions, k, lookup) -> list[list[dict]]
+    finder.score_pair(a: dict, b: dict) -> {"probability", "is_repeat", "reasons", "similarity"}
+    build_index(records, embedder, factory="Flat") -> VectorIndex
+    index_records(index, records, embedder, replace=False) -> int
+    PetitionStore: the petitions behind an index directory (`petitions.jsonl`), `.lookup(ids)`
+    open_index(directory, embedder, create=True) -> (VectorIndex, PetitionStore)
+    save_index(directory, index, store)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from xinfang.models.normalize import petition_text
+from xinfang.models.vector_index import MANIFEST, VectorIndex
+
+from xinfang.errors import DataError, IndexError_
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "petitions.jsonl"
+STORED_FIELDS = ("id", "title", "text", "petitioner", "time")
+
+Lookup = Callable[[list[str]], dict[str, dict]]
+
+
+def embed_cached(embedder, texts: list[str], cache_dir: str | Path | None) -> np.ndarray:
+    """`embedder.encode(texts)`, cached as .npy keyed by the encoder fingerprint and the exact texts."""
+    if cache_dir is None:
+        return embedder.encode(texts)
+    h = hashlib.sha256(embedder.fingerprint.encode())
+    for t in texts:
+        h.update(b"\x00" + t.encode("utf-8"))
+    path = Path(cache_dir) / f"emb-{h.hexdigest()[:24]}.npy"
+    if path.exists():
+        arr = np.load(path)
+        if arr.shape == (len(texts), embedder.dim):
+            return arr
+    arr = embedder.encode(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+    return arr
+
+
+def petition_embedding_text(petition: dict) -> str:
+    """The normalised text embedded for a petition; DataError naming it when title and text are empty."""
+    text = petition_text(petition.get("title"), petition.get("text"))
+    if not text.strip():
+        where = f" (row {petition['_row']})" if petition.get("_row") else ""
+        raise DataError(f"petition {petition.get('id')!r}{where}: empty title and text, nothing to compare")
+    return text
+
+
+def stored_petition(record: dict) -> dict:
+    """The fields kept for a petition in the store (petitioner taken from `petitioner` or `user`)."""
+    out = {k: record.get(k) for k in STORED_FIELDS}
+    out["id"] = str(record["id"])
+    if out["petitioner"] in (None, "") and record.get("user") not in (None, ""):
+        out["petitioner"] = record.get("user")
+    for k in ("petitioner", "time"):
+        if out[k] is not None:
+            out[k] = str(out[k])
+    return out
+
+
+class PetitionStore:
+    """Petitions behind an index (id -> stored fields), persisted as `petitions.jsonl` in the index dir."""
+
+    def __init__(self, petitions: Iterable[dict] = ()) -> None:
+        self._by_id: dict[str, dict] = {}
+        for p in petitions:
+            self._by_id[str(p["id"])] = stored_petition(p)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def put(self, records: Iterable[dict]) -> None:
+        for r in records:
+            self._by_id[str(r["id"])] = stored_petition(r)
+
+    def delete(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self._by_id.pop(str(i), None)
+
+    def lookup(self, ids: list[str]) -> dict[str, dict]:
+        return {i: self._by_id[i] for i in ids if i in self._by_id}
+
+    def all(self) -> list[dict]:
+        return list(self._by_id.values())
+
+    def save(self, directory: str | Path) -> None:
+        from xinfang.records import write_jsonl
+
+        try:
+            write_jsonl(Path(directory) / STORE_FILE, self._by_id.values())
+        except OSError as exc:
+            raise IndexError_(f"cannot write {Path(directory) / STORE_FILE}: {exc.strerror or exc}; "
+                              "the previously saved index is unchanged") from exc
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PetitionStore:
+        path = Path(directory) / STORE_FILE
+        if not path.exists():
+            return cls()
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise IndexError_(f"{path}, line {n}: corrupt petition store: {exc}") from exc
+        return cls(rows)
+
+
+def open_index(directory: str | Path, embedder, create: bool = True,
+               factory: str = "Flat") -> tuple[VectorIndex, PetitionStore]:
+    """Load the index and petition store at `directory` (refusing another encoder's index); a new, empty
+    pair when none exists and `create`."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).exists():
+        if not create:
+            raise IndexError_(f"no index at {directory}; build one with `xinfang repeats index`")
+        return VectorIndex(embedder.dim, factory, embedder.fingerprint), PetitionStore()
+    index = VectorIndex.load(directory, expected_fingerprint=embedder.fingerprint, expected_dim=embedder.dim)
+    store = PetitionStore.load(directory)
+    missing = [i for i in index.ids() if not store.lookup([i])]
+    if missing:
+        raise IndexError_(f"{directory}: {len(missing)} indexed ids have no stored petition "
+                          f"(first {missing[0]!r}); rebuild the index")
+    return index, store
+
+
+def save_index(directory: str | Path, index: VectorIndex, store: PetitionStore) -> None:
+    """Save the petition store, then the index (its manifest replace is the commit point)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexError_(f"cannot create index directory {directory}: {exc.strerror or exc}") from exc
+    store.save(directory)
+    index.save(directory)
+
+
+def index_records(index: VectorIndex, records: list[dict], embedder, replace: bool = False,
+                  cache_dir: str | Path | None = None) -> int:
+    """Embed and add records to `index` (replace=True overwrites known ids). Nothing is added on error."""
+    ids = [str(r["id"]) for r in records]
+    if not replace:
+        known = [i for i in ids if index.contains(i)]
+        if known:
+            raise IndexError_(f"id already indexed: {known[0]!r} ({len(known)} duplicate(s)); "
+                              "pass --replace to overwrite")
+    texts = [petition_embedding_text(r) for r in records]
+    t0 = time.perf_counter()
+    vecs = embed_cached(embedder, texts, cache_dir)
+    (index.replace if replace else index.add)(ids, vecs)
+    log.info("indexed %d petitions in %.1fs", len(ids), time.perf_counter() - t0)
+    return len(ids)
+
+
+def build_index(records: list[dict], embedder, factory: str = "Flat",
+                cache_dir: str | Path | None = None) -> VectorIndex:
+    """A new index over `records` (rebuild from stored petitions: `build_index(store.all(), embedder)`)."""
+    texts = [petition_embedding_text(r) for r in records]
+    vecs = embed_cached(embedder, texts, cache_dir)
+    return VectorIndex.rebuild([str(r["id"]) for r in records], vecs, embedder.dim, factory,
+                               embedder.fingerprint)
+
+
+class RepeatFinder:
+    """Candidates for 'same matter' among indexed petitions, each with probability and reasons."""
+
+    def __init__(self, embedder, index: VectorIndex, scorer) -> None:
+        if index.dim != embedder.dim:
+            raise IndexError_(f"index dimension {index.dim} != embedder dimension {embedder.dim}")
+        if index.fingerprint and index.fingerprint != embedder.fingerprint:
+            raise IndexError_("the index was built with another encoder or embedding settings; rebuild it")
+        if scorer.encoder_fingerprint and scorer.encoder_fingerprint != embedder.fingerprint:
+            log.warning("repeat scorer was fitted with another encoder (fingerprint %s…); its probabilities "
+                        "may be off", scorer.encoder_fingerprint[:12])
+        self.embedder, self.index, self.scorer = embedder, index, scorer
+
+    def candidates(self, petition: dict, k: int, lookup: Lookup) -> list[dict]:
+        """Top-k indexed petitions for `petition`, scored, probability desc; never the petition itself."""
+        return self.candidates_many([petition], k, lookup)[0]
+
+    def candidates_many(self, petitions: list[dict], k: int, lookup: Lookup) -> list[list[dict]]:
+        """`candidates` for many petitions, embedded in batches."""
+        if k <= 0:
+            raise DataError(f"k must be positive, got {k}")
+        texts = [petition_embedding_text(p) for p in petitions]
+        vecs = self.embedder.encode(texts)
+        own = [{str(p["id"])} if p.get("id") not in (None, "") else set() for p in petitions]
+        hits = self.index.search(vecs, k, own)
+        found = lookup(sorted({pid for row in hits for pid, _ in row}))
+        out = []
+        for petition, row in zip(petitions, hits, strict=True):
+            cands = []
+            for pid, sim in row:
+                other = found.get(pid)
+                if other is None:
+                    log.warning("indexed id %s has no stored petition; skipped", pid)
+                    continue
+                s = self.scorer.score(petition, other, sim)
+                cands.append({"id": pid, "similarity": round(float(sim), 4), **s})
+            cands.sort(key=lambda c: (-c["probability"], -c["similarity"]))
+            out.append(cands)
+        return out
+
+    def score_pair(self, a: dict, b: dict) -> dict:
+        """Score two petitions directly (no index): {"probability", "is_repeat", "reasons", "similarity"}."""
+        va, vb = self.embedder.encode([petition_embedding_text(a), petition_embedding_text(b)])
+        sim = float(np.dot(va, vb))
+        return {**self.scorer.score(a, b, sim), "similarity": round(sim, 4)}
