@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -123,6 +122,7 @@ class BundleInfo:
     data_fingerprint: str | None
     labels: list[str]
     manifest_sha256: str
+    bundle_version: str  # the bundle's own version (its manifest hash): what the service reports
 
 
 def _find_key(docs: list[dict[str, Any]], *keys: str) -> Any:
@@ -172,6 +172,7 @@ def inspect_bundle(path: Path, task: str | None = None) -> BundleInfo:
         fingerprint = fingerprint.get("sha256") or json.dumps(fingerprint, sort_keys=True)
     manifest = path / "manifest.json"
     manifest_sha = sha256_file(manifest) if manifest.is_file() else dir_fingerprint(path)
+    bundle_version = docs.get("manifest.json", {}).get("version") or manifest_sha[:16]
     return BundleInfo(
         task=task,
         kind="repeat_scorer" if is_repeat else "classifier",
@@ -179,6 +180,7 @@ def inspect_bundle(path: Path, task: str | None = None) -> BundleInfo:
         data_fingerprint=str(fingerprint) if fingerprint else None,
         labels=[str(x) for x in labels] if isinstance(labels, list) else [],
         manifest_sha256=manifest_sha,
+        bundle_version=str(bundle_version),
     )
 
 
@@ -388,6 +390,7 @@ class Registry:
                     "data_fingerprint": data_fingerprint or info.data_fingerprint,
                     "labels": info.labels,
                     "manifest_sha256": info.manifest_sha256,
+                    "bundle_version": info.bundle_version,
                     "parent": parent,
                     "created_at": now_iso(),
                     "registered_by": self.actor,
@@ -518,18 +521,42 @@ class Registry:
             return 0.0
 
 
+def registry_enabled() -> bool:
+    """``XINFANG_REGISTRY=off`` makes the service ignore the registry (explicit model dirs only)."""
+    return os.environ.get("XINFANG_REGISTRY", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def serving_model_dirs(data_dir: Path, fallback: list[Path]) -> list[Path]:
+    """Classifier bundle dirs a service should load: the promoted version of each task in
+    ``<data_dir>/registry``, plus those ``fallback`` dirs whose task has no promoted version."""
+    reg_path = Path(data_dir) / "registry" / "registry.json"
+    if not registry_enabled() or not reg_path.exists():
+        return list(fallback)
+    promoted = {t: p for t, p in Registry(reg_path.parent, audit=JsonlAudit(reg_path.parent / "audit.jsonl"))
+                .promoted_paths().items() if t in CLASSIFIER_TASKS}
+    if not promoted:
+        return list(fallback)
+    kept = []
+    for d in fallback:
+        cfg = Path(d) / "config.json"
+        task = _read_json(cfg).get("task") if cfg.is_file() else None
+        if task not in promoted:
+            kept.append(Path(d))
+    return [promoted[t] for t in CLASSIFIER_TASKS if t in promoted] + kept
+
+
+def serving_scorer_path(data_dir: Path) -> Path | None:
+    """scorer.json of the promoted repeat-scorer version, or None."""
+    reg_path = Path(data_dir) / "registry" / "registry.json"
+    if not registry_enabled() or not reg_path.exists():
+        return None
+    path = Registry(reg_path.parent, audit=JsonlAudit(reg_path.parent / "audit.jsonl")).promoted_paths().get(
+        REPEAT_TASK)
+    return path / "scorer.json" if path else None
+
+
 def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
     if not gate:
         return None
     keys = ("passed", "metric", "new", "baseline", "delta", "tolerance", "baseline_version", "reasons")
     return {k: gate.get(k) for k in keys if k in gate}
-
-
-def wait_for_mtime_change(registry: Registry, since: float, timeout: float = 5.0) -> bool:
-    """Poll registry.json's mtime until it differs from ``since`` (used by watchers/tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if registry.mtime() != since:
-            return True
-        time.sleep(0.05)
-    return False

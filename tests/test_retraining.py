@@ -1,0 +1,242 @@
+"""Retraining loop: registry, evaluation gate, feedback export, incremental training, live reload."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from xinfang.errors import ModelError
+from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
+from xinfang.training.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
+
+
+def fake_bundle(path: Path, task: str = "topic", macro_f1: float = 0.5, labels=("a", "b")) -> Path:
+    """A bundle directory with the metadata files the registry reads (no weights needed here)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"format": "xinfang-classifier/1", "task": task,
+                                                  "data_fingerprint": f"fp-{path.name}"}), "utf-8")
+    (path / "labels.json").write_text(json.dumps(list(labels)), "utf-8")
+    (path / "metrics.json").write_text(json.dumps({"macro_f1": macro_f1, "per_class": {}}), "utf-8")
+    (path / "manifest.json").write_text(json.dumps({"version": f"v-{path.name}", "files": {}}), "utf-8")
+    return path
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> Registry:
+    root = tmp_path / "registry"
+    return Registry(root, audit=JsonlAudit(root / "audit.jsonl"), actor="tester")
+
+
+# ------------------------------------------------------------------------------------------- registry
+def test_register_promote_rollback_and_audit(tmp_path: Path, registry: Registry):
+    v1 = registry.register(fake_bundle(tmp_path / "b1", macro_f1=0.7))
+    v2 = registry.register(fake_bundle(tmp_path / "b2"), parent=v1["version"])
+    assert (v1["version"], v2["version"]) == ("topic-v1", "topic-v2")
+    assert v2["parent"] == "topic-v1" and v1["metrics"]["macro_f1"] == 0.7
+    assert v1["data_fingerprint"] == "fp-b1" and v1["bundle_version"] == "v-b1"
+    assert (registry.bundle_path("topic-v1") / "labels.json").exists()
+    assert registry.promoted("topic") is None
+
+    registry.promote("topic-v1")
+    registry.promote("topic-v2", forced=True)
+    rows = {r["version"]: r for r in registry.versions("topic")}
+    assert [v for v, r in rows.items() if r["promoted"]] == ["topic-v2"]  # exactly one promoted
+    with pytest.raises(RegistryError, match="already"):
+        registry.promote("topic-v2")
+
+    ev = registry.rollback("topic")
+    assert (ev["previous"], ev["version"]) == ("topic-v2", "topic-v1")
+    assert registry.promoted("topic") == "topic-v1"
+    with pytest.raises(RegistryError, match="no earlier"):
+        registry.rollback("topic")
+    registry.rollback("topic", to="topic-v2")
+    assert registry.promoted("topic") == "topic-v2"
+
+    audit = [json.loads(x) for x in (registry.root / "audit.jsonl").read_text("utf-8").splitlines()]
+    assert [a["action"] for a in audit] == ["model.register", "model.register", "model.promote",
+                                            "model.promote.forced", "model.rollback", "model.rollback"]
+    assert all(a["actor"] == "tester" for a in audit)
+    # the index is plain JSON, written atomically (no temp files left behind)
+    data = json.loads(registry.index_path.read_text("utf-8"))
+    assert data["tasks"]["topic"]["promoted"] == "topic-v2"
+    assert not list(registry.root.glob(".registry.json.*"))
+
+
+def test_register_errors_and_unknown_versions(tmp_path: Path, registry: Registry):
+    with pytest.raises(ModelError, match="not a bundle"):
+        registry.register(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no bundle metadata"):
+        registry.register(tmp_path / "empty")
+    with pytest.raises(RegistryError, match="unknown model version 'topic-v9'"):
+        registry.promote("topic-v9")
+    with pytest.raises(ModelError, match="not 'department'"):
+        registry.register(fake_bundle(tmp_path / "b"), task="department")
+    assert registry.versions() == []
+    assert not [p for p in registry.bundles_dir.iterdir()]  # no half-copied bundle left
+
+
+def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, registry: Registry):
+    dirs = [fake_bundle(tmp_path / f"b{i}") for i in range(6)]
+    errors: list[Exception] = []
+
+    def work(d: Path) -> None:
+        try:
+            Registry(registry.root, audit=registry.audit).register(d)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in dirs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(r["version"] for r in registry.versions()) == sorted(f"topic-v{i}" for i in range(1, 7))
+
+
+def test_store_audit_records_promotions(tmp_path: Path):
+    from xinfang.serving.store import Store
+    from xinfang.training.registry import StoreAudit, default_audit
+
+    url = f"sqlite:///{tmp_path / 'xinfang.db'}"
+    Store(url).close()
+    audit = default_audit(tmp_path / "registry")  # the service's default store next to the registry
+    assert isinstance(audit, StoreAudit)
+    reg = Registry(tmp_path / "registry", audit=audit, actor="ml-eng")
+    reg.register(fake_bundle(tmp_path / "b1"))
+    reg.promote("topic-v1")
+    rows = Store(url).list_audit()
+    assert [r["action"] for r in rows][:2] == ["model.promote", "model.register"]
+    assert rows[0]["who"] == "ml-eng" and rows[0]["object_ids"][:2] == ["topic-v1", "task:topic"]
+
+
+def test_serving_model_dirs_prefers_promoted(tmp_path: Path, registry: Registry, monkeypatch):
+    dept = fake_bundle(tmp_path / "dept-demo", task="department")
+    topic_demo = fake_bundle(tmp_path / "topic-demo")
+    assert serving_model_dirs(tmp_path, [topic_demo, dept]) == [topic_demo, dept]
+    registry.register(fake_bundle(tmp_path / "b1"))
+    registry.promote("topic-v1")
+    assert serving_model_dirs(tmp_path, [topic_demo, dept]) == [registry.bundle_path("topic-v1"), dept]
+    monkeypatch.setenv("XINFANG_REGISTRY", "off")
+    assert serving_model_dirs(tmp_path, [topic_demo, dept]) == [topic_demo, dept]
+
+
+# ------------------------------------------------------------------------------------------- gate rules
+def test_gate_refuses_macro_f1_drop_and_reports_per_class():
+    y = ["a"] * 10 + ["b"] * 10 + ["c"] * 10
+    old = ["a"] * 10 + ["b"] * 10 + ["c"] * 8 + ["a"] * 2
+    worse = ["a"] * 10 + ["b"] * 10 + ["a"] * 10  # class c collapses
+    rep = compare_classification(y, worse, old, baseline_version="topic-v1", version="topic-v2")
+    assert not rep.passed and rep.delta < -0.01
+    assert any("collapsed" in r for r in rep.reasons) and any("macro-F1 dropped" in r for r in rep.reasons)
+    c = next(r for r in rep.per_class if r["label"] == "c")
+    assert (c["recall_baseline"], c["recall_new"], c["recall_delta"]) == (0.8, 0.0, -0.8)
+    assert "REFUSED" in rep.render() and "collapsed" in rep.render()
+
+    same = compare_classification(y, old, old)
+    assert same.passed and same.delta == 0.0
+
+
+def test_gate_recall_drop_refused_even_when_macro_f1_holds():
+    y = ["a"] * 20 + ["b"] * 20
+    old = ["a"] * 20 + ["b"] * 20
+    new = ["a"] * 16 + ["b"] * 4 + ["b"] * 20  # a's recall 1.0 -> 0.8
+    assert compare_classification(y, new, old, tolerance=0.2).passed is False
+    assert compare_classification(y, new, old, tolerance=0.2, max_recall_drop=0.25).passed is True
+
+
+def test_gate_without_baseline_passes_and_pairs_rule():
+    rep = compare_classification(["a", "b"], ["a", "a"], None)
+    assert rep.passed and rep.baseline is None and "no promoted version" in rep.reasons[0]
+    y = [1, 1, 1, 1, 0, 0, 0, 0]
+    good = [True, True, True, True, False, False, False, False]
+    bad = [True, False, False, False, True, False, False, False]
+    assert compare_pairs(y, bad, good).passed is False
+    assert compare_pairs(y, good, bad).passed is True
+    assert compare_pairs(y, good, bad).metric == "pair_f1"
+
+
+def test_gate_and_promote_with_injected_predictions(tmp_path: Path, registry: Registry):
+    data = tmp_path / "eval.jsonl"
+    rows = [{"id": str(i), "title": "标题", "text": f"内容{i}", "topic": "a" if i % 2 else "b"} for i in range(20)]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    registry.set_eval_set("topic", data)
+    for name in ("good", "bad", "better"):
+        registry.register(fake_bundle(tmp_path / name))
+    answers = {"topic-v1": lambda r: r["topic"] if int(r["id"]) < 16 else "a",
+               "topic-v2": lambda r: "a",
+               "topic-v3": lambda r: r["topic"]}
+
+    def predictor(bundle_dir: Path, records: list[dict]) -> list[str]:
+        return [answers[bundle_dir.name](r) for r in records]
+
+    rep, ok = gate_and_promote(registry, "topic-v1", predictor=predictor)
+    assert ok and registry.promoted("topic") == "topic-v1"
+    rep, ok = gate_and_promote(registry, "topic-v2", predictor=predictor)
+    assert not ok and registry.promoted("topic") == "topic-v1" and rep.baseline_version == "topic-v1"
+    assert registry.get("topic-v2")["gate"]["passed"] is False
+    rep, ok = gate_and_promote(registry, "topic-v2", predictor=predictor, force=True)
+    assert ok and rep.forced and registry.promoted("topic") == "topic-v2"
+    registry.rollback("topic")
+    rep, ok = gate_and_promote(registry, "topic-v3", predictor=predictor)
+    assert ok and rep.new == 1.0 and rep.delta > 0
+    # the fixed evaluation set is checked: editing it afterwards is refused
+    (registry.root / registry.eval_set("topic")["path"]).write_text("{}\n", "utf-8")
+    with pytest.raises(RegistryError, match="changed"):
+        registry.verify_eval_set("topic")
+
+
+# ------------------------------------------------------------------------------------------- feedback
+def _stored(store, pid: str, title: str, text: str, topic: str) -> None:
+    store.insert_petition({"id": pid, "title": title, "text": text, "text_hash": pid, "request_hash": pid,
+                           "labels": {}, "topic": topic, "department": None, "needs_review": False,
+                           "repeat_count": 0, "models": {}, "response": {}})
+
+
+def test_feedback_export_round_trips_into_training_inputs(tmp_path: Path):
+    from xinfang.records import load_records
+    from xinfang.serving.store import Store
+    from xinfang.training.adapters import load_pairs_with_petitions
+    from xinfang.training.classifier import prepare_examples
+    from xinfang.training.feedback_export import export_feedback, output_paths, parse_since
+
+    store = Store(f"sqlite:///{tmp_path / 'xinfang.db'}")
+    for i, topic in enumerate(["交通运输", "教育文体", "环境保护", "交通运输"]):
+        _stored(store, f"p{i}", f"标题{i}", f"小区噪音扰民第{i}次", topic)
+    store.add_feedback("p0", "topic_correction", "cw1", label="环境保护")
+    store.add_feedback("p0", "topic_correction", "cw2", label="城乡建设")  # the latest correction wins
+    store.add_feedback("p1", "topic_correction", "cw1", label="教育文体")
+    store.add_feedback("p2", "department_correction", "cw1", label="生态环境局")
+    store.add_feedback("p0", "repeat_confirm", "cw1", target_id="p3")
+    store.add_feedback("p3", "repeat_reject", "cw1", target_id="p0")  # same unordered pair: latest wins
+    store.add_feedback("p1", "repeat_reject", "cw1", target_id="p2")
+    _stored(store, "gone", "t", "x", "交通运输")
+    store.add_feedback("gone", "topic_correction", "cw1", label="交通运输")
+    store.delete_petition("gone", who="admin")
+
+    paths = output_paths(tmp_path / "fb.jsonl", ["topic", "department", "repeats"])
+    res = {t: export_feedback(store, p, t) for t, p in paths.items()}
+    assert res["topic"].rows == 2 and res["topic"].labels == {"城乡建设": 1, "教育文体": 1}
+    topic_rows = load_records(paths["topic"], label_column="topic")
+    assert {r["id"]: r["topic"] for r in topic_rows} == {"p0": "城乡建设", "p1": "教育文体"}
+    ex = prepare_examples(topic_rows, "topic", min_class_count=1)  # what `xinfang train` reads
+    assert ex.labels == ["城乡建设", "教育文体"] and ex.texts[0].startswith("标题0")
+    dept_rows = load_records(paths["department"], label_column="department")
+    assert [(r["id"], r["department"]) for r in dept_rows] == [("p2", "生态环境局")]
+
+    pairs = [json.loads(x) for x in paths["repeats"].read_text("utf-8").splitlines()]
+    assert sorted((p["a"], p["b"], p["label"]) for p in pairs) == [("p1", "p2", 0), ("p3", "p0", 0)]
+    inline = load_pairs_with_petitions(paths["repeats"], res["repeats"].petitions_path)
+    assert {p["a"]["id"] for p in inline} == {"p1", "p3"} and inline[0]["a"]["text"].startswith("小区")
+    from xinfang.training.repeats import labelled_pairs
+
+    by_id = {r["id"]: r for r in load_records(res["repeats"].petitions_path)}
+    assert len(labelled_pairs(pairs, by_id)) == 2  # the repeat scorer's training reads them
+
+    future = export_feedback(store, tmp_path / "none.jsonl", "topic", since=parse_since("2999-01-01"))
+    assert future.rows == 0 and (tmp_path / "none.jsonl").read_text("utf-8") == ""
+    store.close()

@@ -1,0 +1,217 @@
+"""Incremental training: continue from a trained bundle (usually the promoted registry version).
+
+The parent bundle's fine-tuned encoder is the starting point (same frozen/trainable layer split as the
+recipe), and its head is the starting head: each old label keeps its row (weights and bias copied), new
+labels (e.g. a new department) get new rows appended (small seeded normal init, zero bias), so the label
+order of the parent is preserved and extended. Old labels that are absent from the new data stay in the
+head. Everything else (normalisation, group-aware split, frozen-state cache, calibration, review
+threshold, bundle format) is the colleague's training code in ``xinfang.training.classifier``; the
+bundle's config.json records ``parent`` (bundle version and registry version) and ``incremental``
+(kept and new labels). Seeded: the same inputs give the same bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from xinfang.errors import DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def extend_head(old_w, old_b, old_labels: list[str], new_labels: list[str], seed: int):
+    """Head for ``old_labels + [l for l in new_labels if l not in old_labels]``: old rows copied."""
+    import torch
+
+    added = [lab for lab in new_labels if lab not in old_labels]
+    labels = list(old_labels) + added
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.empty(len(labels), old_w.shape[1])
+    w[: len(old_labels)] = old_w
+    if added:
+        w[len(old_labels):] = torch.randn(len(added), old_w.shape[1], generator=gen) * 0.02
+    b = torch.zeros(len(labels))
+    b[: len(old_labels)] = old_b
+    return w, b, labels, added
+
+
+def _fine_tune_from(model, cache, texts, y, head_w, head_b, recipe, seed: int, progress: bool):
+    """The colleague's fine-tuning loop (``classifier.fine_tune``) but starting from a given head."""
+    import torch
+    from tqdm import tqdm
+    from xinfang.models.classifier import mean_pool
+    from xinfang.training.classifier import _batches, _layers, run_layers
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    dev = next(model.parameters()).device
+    top = _layers(model)[cache.n_frozen:]
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in top.parameters():
+        p.requires_grad = True
+    head = torch.nn.Linear(head_w.shape[1], head_w.shape[0]).to(dev)
+    with torch.no_grad():
+        head.weight.copy_(head_w)
+        head.bias.copy_(head_b)
+    drop = torch.nn.Dropout(recipe.dropout)
+    decay = [p for n, p in top.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in top.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    groups = [{"params": decay, "lr": recipe.lr, "weight_decay": recipe.weight_decay},
+              {"params": no_decay, "lr": recipe.lr, "weight_decay": 0.0},
+              {"params": list(head.parameters()), "lr": recipe.head_lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]])
+    lengths = [cache.store[t].shape[0] for t in texts]
+    total = max(1, math.ceil(len(texts) / recipe.batch_size) * recipe.epochs)
+    warm = max(1, int(recipe.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    yt = torch.tensor(y, dtype=torch.long)
+    epochs = []
+    bar = tqdm(total=total, desc="incremental fine-tune", unit="step", disable=not progress)
+    for epoch in range(recipe.epochs):
+        top.train()
+        seen, loss_sum = 0, 0.0
+        for b in _batches(len(texts), lengths, recipe.batch_size, rng):
+            hidden, mask = cache.batch([texts[i] for i in b], dev)
+            logits = head(drop(mean_pool(run_layers(model, top, hidden, mask), mask)))
+            loss = loss_fn(logits, yt[b].to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            sched.step()
+            seen += len(b)
+            loss_sum += float(loss) * len(b)
+            bar.update(1)
+        epochs.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)})
+    bar.close()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad = False
+    return head.weight.detach().cpu(), head.bias.detach().cpu(), epochs
+
+
+def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: str | Path,
+                      recipe="tiny", seed: int = 13, label_column: str | None = None,
+                      parent_version: str | None = None, source: str = "data", progress: bool = False):
+    """Continue training the bundle in ``parent_dir`` on ``records``; write a new bundle to ``out_dir``.
+
+    Returns the colleague's ``TrainResult``. Raises DataError when the data's label column is missing.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+    from xinfang.models.classifier import ENCODER_DIR, verify_manifest
+    from xinfang.training import evaluation as ev
+    from xinfang.training.classifier import (
+        RECIPES,
+        FrozenCache,
+        TrainResult,
+        _device,
+        _layers,
+        data_fingerprint,
+        group_ids,
+        group_split,
+        prepare_examples,
+        save_bundle,
+        top_logits,
+    )
+
+    t_start = time.perf_counter()
+    parent_dir = Path(parent_dir)
+    manifest = verify_manifest(parent_dir)
+    pcfg = json.loads((parent_dir / "config.json").read_text("utf-8"))
+    old_labels = json.loads((parent_dir / "labels.json").read_text("utf-8"))
+    task = pcfg["task"]
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise DataError(f"unknown recipe '{recipe}'; choose one of: {', '.join(RECIPES)}")
+        recipe = RECIPES[recipe]
+    label_column = label_column or pcfg.get("label_column") or task
+    ex = prepare_examples(records, label_column, source, recipe.min_class_count)
+    head = load_file(str(parent_dir / "head.safetensors"))
+    head_w, head_b, labels, added = extend_head(head["weight"], head["bias"], old_labels,
+                                                sorted(set(ex.labels)), seed)
+    y_all = [labels.index(v) for v in ex.labels]
+    groups = group_ids(ex.titles, ex.texts)
+    tr, va = group_split(ex.labels, groups, recipe.val_fraction, seed)
+    if not va:
+        raise DataError(f"{source}: too few groups for a validation split ({len(set(groups))} groups)")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    enc_path = parent_dir / ENCODER_DIR
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
+        model = AutoModel.from_pretrained(enc_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the parent encoder from {enc_path}: {exc}") from exc
+    dev = _device()
+    model.to(dev)
+    n_layers = len(_layers(model))
+    n_frozen = n_layers - max(0, min(recipe.trainable_layers, n_layers))
+    max_length = int(pcfg.get("max_length", recipe.max_length))
+    prefix = pcfg.get("text_prefix", "")
+    cache = FrozenCache(enc_path, n_frozen, max_length, prefix)
+    cache.fill(model, tokenizer, ex.texts, progress=progress)
+    tr_texts, va_texts = [ex.texts[i] for i in tr], [ex.texts[i] for i in va]
+    tr_y, va_y = [y_all[i] for i in tr], [y_all[i] for i in va]
+    t_ft = time.perf_counter()
+    new_w, new_b, epochs = _fine_tune_from(model, cache, tr_texts, tr_y, head_w.to(dev), head_b.to(dev),
+                                           recipe, seed, progress)
+    ft_seconds = time.perf_counter() - t_ft
+    top = _layers(model)[n_frozen:]
+    va_logits = top_logits(model, top, new_w.to(dev), new_b.to(dev), cache, va_texts, dev)
+    va_y_np = np.array(va_y)
+    temperature = ev.fit_temperature(va_logits, va_y_np)
+    p_cal = ev.softmax(va_logits, temperature)
+    review = ev.choose_threshold(p_cal, va_y_np, recipe.target_precision)
+    metrics = ev.classification_metrics([labels[i] for i in va_y], p_cal, labels, review["threshold"])
+    metrics["ece_before_calibration"] = ev.expected_calibration_error(ev.softmax(va_logits), va_y_np)
+    metrics["ece_after_calibration"] = metrics["ece"]
+    metrics["temperature"] = temperature
+    metrics["epochs"] = epochs
+    metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
+
+    config = dict(pcfg)
+    config.update({
+        "name": f"{task}-incremental",
+        "label_column": label_column,
+        "max_length": max_length,
+        "recipe": {**pcfg.get("recipe", {}), **{k: getattr(recipe, k) for k in
+                                                ("name", "trainable_layers", "epochs", "batch_size", "lr",
+                                                 "head_lr", "val_fraction", "target_precision")}},
+        "frozen": {"embeddings": True, "layers": list(range(n_frozen))},
+        "seed": seed,
+        "split": {"method": "StratifiedGroupKFold (groups: same normalised title or text)",
+                  "val_fraction": recipe.val_fraction, "seed": seed, "n_train": len(tr), "n_val": len(va)},
+        "data_fingerprint": data_fingerprint(ex.texts, ex.labels),
+        "train_fingerprint": data_fingerprint(tr_texts, [labels[i] for i in tr_y]),
+        "n_examples": len(ex.texts),
+        "class_counts": dict(sorted(Counter(ex.labels).items())),
+        "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
+        "temperature": temperature,
+        "review": {"rule": "needs_review when the calibrated top score < threshold", **review},
+        "device": str(dev),
+        "fine_tune_seconds": ft_seconds,
+        "parent": {"bundle_version": manifest.get("version"), "registry_version": parent_version,
+                   "path": str(parent_dir)},
+        "incremental": {"kept_labels": list(old_labels), "new_labels": added,
+                        "labels_absent_from_data": [lab for lab in old_labels if lab not in set(ex.labels)]},
+    })
+    config["train_seconds"] = time.perf_counter() - t_start
+    version = save_bundle(Path(out_dir), model, tokenizer, new_w, new_b, labels, config, metrics)
+    log.info("incremental %s bundle %s from %s: %d labels (%d new) in %.1fs", task, version,
+             parent_version or manifest.get("version"), len(labels), len(added), config["train_seconds"])
+    return TrainResult(Path(out_dir), version, metrics, config["train_seconds"], len(tr), len(va))
