@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from xinfang.errors import ModelError
 from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
 from xinfang.training.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
+
+from xinfang.errors import ModelError
 
 
 def fake_bundle(path: Path, task: str = "topic", macro_f1: float = 0.5, labels=("a", "b")) -> Path:
@@ -198,11 +198,12 @@ def _stored(store, pid: str, title: str, text: str, topic: str) -> None:
 
 
 def test_feedback_export_round_trips_into_training_inputs(tmp_path: Path):
-    from xinfang.records import load_records
     from xinfang.serving.store import Store
     from xinfang.training.adapters import load_pairs_with_petitions
     from xinfang.training.classifier import prepare_examples
     from xinfang.training.feedback_export import export_feedback, output_paths, parse_since
+
+    from xinfang.records import load_records
 
     store = Store(f"sqlite:///{tmp_path / 'xinfang.db'}")
     for i, topic in enumerate(["交通运输", "教育文体", "环境保护", "交通运输"]):
