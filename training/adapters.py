@@ -26,12 +26,23 @@ def load_eval_records(path: Path, label_column: str) -> tuple[list[dict[str, Any
     return records, [str(r[label_column]) for r in records]
 
 
+_PRED_CACHE: dict[tuple[str, str], list[str]] = {}
+
+
 def predict_labels(bundle_dir: Path, records: list[dict[str, Any]]) -> list[str]:
-    """Top-1 label of each record from a classifier bundle (verified against its manifest)."""
+    """Top-1 label of each record from a classifier bundle (verified against its manifest).
+
+    Answers are memoised per (bundle version, exact inputs): registered bundles are immutable, so a
+    promoted model is not re-run for every gate in the same process.
+    """
     from xinfang.models.classifier import ClassifierBundle
 
     bundle = ClassifierBundle.load(bundle_dir)
-    return [row["label"] for row in bundle.predict(records, top_k=1)]
+    inputs = json.dumps([[r.get("title"), r.get("text")] for r in records], ensure_ascii=False)
+    key = (bundle.version, hashlib.sha256(inputs.encode()).hexdigest())
+    if key not in _PRED_CACHE:
+        _PRED_CACHE[key] = [row["label"] for row in bundle.predict(records, top_k=1)]
+    return list(_PRED_CACHE[key])
 
 
 def load_pairs_with_petitions(pairs_path: Path, petitions_path: Path | None = None) -> list[dict[str, Any]]:

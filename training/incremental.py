@@ -103,10 +103,14 @@ def _fine_tune_from(model, cache, texts, y, head_w, head_b, recipe, seed: int, p
 
 def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: str | Path,
                       recipe="tiny", seed: int = 13, label_column: str | None = None,
-                      parent_version: str | None = None, source: str = "data", progress: bool = False):
+                      parent_version: str | None = None, source: str = "data", progress: bool = False,
+                      cache=None):
     """Continue training the bundle in ``parent_dir`` on ``records``; write a new bundle to ``out_dir``.
 
     Returns the colleague's ``TrainResult``. Raises DataError when the data's label column is missing.
+    ``cache`` (a ``FrozenCache``) is reused when it holds the states entering the same first trainable
+    layer with the same length and prefix, and that layer was frozen when the parent was trained (so the
+    parent's lower layers equal the base encoder's).
     """
     import torch
     from safetensors.torch import load_file
@@ -163,7 +167,10 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     n_frozen = n_layers - max(0, min(recipe.trainable_layers, n_layers))
     max_length = int(pcfg.get("max_length", recipe.max_length))
     prefix = pcfg.get("text_prefix", "")
-    cache = FrozenCache(enc_path, n_frozen, max_length, prefix)
+    parent_frozen = len(pcfg.get("frozen", {}).get("layers", []))
+    if cache is None or (cache.n_frozen, cache.max_length, cache.prefix) != (n_frozen, max_length, prefix) \
+            or n_frozen > parent_frozen:
+        cache = FrozenCache(enc_path, n_frozen, max_length, prefix)
     cache.fill(model, tokenizer, ex.texts, progress=progress)
     tr_texts, va_texts = [ex.texts[i] for i in tr], [ex.texts[i] for i in va]
     tr_y, va_y = [y_all[i] for i in tr], [y_all[i] for i in va]
