@@ -238,6 +238,16 @@ def test_feedback_export_round_trips_into_training_inputs(tmp_path: Path):
     by_id = {r["id"]: r for r in load_records(res["repeats"].petitions_path)}
     assert len(labelled_pairs(pairs, by_id)) == 2  # the repeat scorer's training reads them
 
+    # merged into an existing training file: corrections relabel rows by id, new ids are appended
+    base = tmp_path / "base.jsonl"
+    base.write_text(json.dumps({"id": "p1", "title": "旧", "text": "旧文本", "topic": "交通运输"}, ensure_ascii=False)
+                    + "\n" + json.dumps({"id": "b9", "text": "别的", "topic": "环境保护"}, ensure_ascii=False)
+                    + "\n", "utf-8")
+    merged = export_feedback(store, tmp_path / "merged.jsonl", "topic", base=base)
+    rows = load_records(tmp_path / "merged.jsonl", label_column="topic")
+    assert [(r["id"], r["topic"]) for r in rows] == [("p1", "教育文体"), ("b9", "环境保护"), ("p0", "城乡建设")]
+    assert merged.labels == {"教育文体": 1, "环境保护": 1, "城乡建设": 1}
+
     future = export_feedback(store, tmp_path / "none.jsonl", "topic", since=parse_since("2999-01-01"))
     assert future.rows == 0 and (tmp_path / "none.jsonl").read_text("utf-8") == ""
     store.close()

@@ -45,6 +45,22 @@ def predict_labels(bundle_dir: Path, records: list[dict[str, Any]]) -> list[str]
     return list(_PRED_CACHE[key])
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Plain JSONL objects (for pair files, which have no title/text of their own)."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise DataError(f"{path}: line {n}: invalid JSON ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return rows
+
+
 def load_pairs_with_petitions(pairs_path: Path, petitions_path: Path | None = None) -> list[dict[str, Any]]:
     """Self-contained labelled pairs ``{"a": {petition}, "b": {petition}, "label"}``.
 
@@ -53,14 +69,7 @@ def load_pairs_with_petitions(pairs_path: Path, petitions_path: Path | None = No
     """
     from xinfang.records import load_records
 
-    rows = []
-    with open(pairs_path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as exc:
-                    raise DataError(f"{pairs_path}: line {n}: invalid JSON ({exc})") from exc
+    rows = read_jsonl(pairs_path)
     by_id: dict[str, dict[str, Any]] = {}
     if petitions_path is not None:
         by_id = {str(r["id"]): r for r in load_records(petitions_path, require_text=False)}

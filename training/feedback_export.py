@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xinfang.errors import DataError
+from xinfang.records import load_records
 
 LABEL_KINDS = {"topic_correction": "topic", "department_correction": "department"}
 PAIR_KINDS = {"repeat_confirm": 1, "repeat_reject": 0}
@@ -117,8 +119,39 @@ def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
         raise
 
 
-def export_feedback(store: Any, output: Path, task: str, since: datetime | None = None) -> ExportResult:
-    """Export one task's feedback from a ``xinfang.serving.store.Store`` to ``output`` (JSONL)."""
+def merge_labelled(base: list[dict[str, Any]], corrections: list[dict[str, Any]], task: str
+                   ) -> list[dict[str, Any]]:
+    """Base training rows with corrections applied by id (relabelled in place), new ids appended."""
+    fixes = {str(r["id"]): r for r in corrections}
+    out = []
+    for row in base:
+        row = {k: v for k, v in row.items() if k != "_row"}
+        fix = fixes.pop(str(row.get("id")), None)
+        if fix is not None:
+            row[task] = fix[task]
+        out.append(row)
+    return out + list(fixes.values())
+
+
+def merge_pairs(base_pairs: list[dict[str, Any]], base_petitions: list[dict[str, Any]],
+                pairs: list[dict[str, Any]], petitions: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Base labelled pairs + feedback pairs (feedback wins for the same unordered pair); petitions united."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in [*base_pairs, *pairs]:
+        a, b = str(row["a"]), str(row["b"])
+        merged[(a, b) if a <= b else (b, a)] = row
+    by_id = {str(p["id"]): {k: v for k, v in p.items() if k != "_row"} for p in [*base_petitions, *petitions]}
+    return list(merged.values()), list(by_id.values())
+
+
+def export_feedback(store: Any, output: Path, task: str, since: datetime | None = None,
+                    base: Path | None = None, base_petitions: Path | None = None) -> ExportResult:
+    """Export one task's feedback from a ``xinfang.serving.store.Store`` to ``output`` (JSONL).
+
+    With ``base`` (a training file: labelled petitions, or for ``repeats`` labelled pairs plus
+    ``base_petitions``) the output is the base data with the feedback merged in, ready to train on.
+    """
     if task not in EXPORT_TASKS:
         raise DataError(f"--task {task!r}: choose one of {', '.join(EXPORT_TASKS)}")
     feedback = store.list_feedback(since=since)
@@ -127,15 +160,21 @@ def export_feedback(store: Any, output: Path, task: str, since: datetime | None 
     extra: Path | None = None
     if task == "repeats":
         rows, skipped = pair_rows(feedback, petitions)
-        counts = {"same": sum(r["label"] for r in rows), "different": sum(1 - r["label"] for r in rows)}
         extra = petitions_path(output)
         used = sorted({r[s] for r in rows for s in ("a", "b")})
-        write_jsonl_atomic(extra, [_petition(petitions[i]) for i in used])
+        pets = [_petition(petitions[i]) for i in used]
+        if base is not None:
+            from xinfang.training.adapters import read_jsonl
+
+            base_pets = load_records(base_petitions, require_text=False) if base_petitions else []
+            rows, pets = merge_pairs(read_jsonl(base), base_pets, rows, pets)
+        write_jsonl_atomic(extra, pets)
+        counts = dict(Counter({1.0: "same", 0.0: "different"}.get(float(r["label"]), "unsure") for r in rows))
     else:
         rows, skipped = labelled_rows(feedback, petitions, task)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r[task]] = counts.get(r[task], 0) + 1
+        if base is not None:
+            rows = merge_labelled(load_records(base, label_column=task), rows, task)
+        counts = dict(Counter(str(r[task]) for r in rows))
     write_jsonl_atomic(output, rows)
     return ExportResult(task=task, path=Path(output), rows=len(rows), skipped_deleted=skipped,
                         feedback_rows=len(feedback), labels=counts, petitions_path=extra)

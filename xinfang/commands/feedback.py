@@ -19,6 +19,9 @@ def register(app: typer.Typer) -> None:
         database_url: str = typer.Option(None, help="Store URL (default: XINFANG_DATABASE_URL, else the "
                                          "SQLite store in the data dir)."),
         data_dir: Path = typer.Option(None, help="Service data dir (default: XINFANG_DATA_DIR or <repo>/var)."),
+        base: Path = typer.Option(None, help="Merge into this training file (one --task): labelled petitions "
+                                  "(corrections relabel rows by id), or for repeats labelled pairs."),
+        base_petitions: Path = typer.Option(None, help="repeats with --base: the petitions its pair ids name."),
     ) -> None:
         """Export topic/department corrections as labelled rows (`xinfang train --data`) and repeat
         confirm/reject decisions as labelled pairs (repeat-scorer training)."""
@@ -35,6 +38,8 @@ def register(app: typer.Typer) -> None:
         tasks = list(EXPORT_TASKS) if task == "all" else [task]
         if any(t not in EXPORT_TASKS for t in tasks):
             raise DataError(f"--task {task!r}: choose one of {', '.join(EXPORT_TASKS)} or all")
+        if base is not None and len(tasks) != 1:
+            raise DataError("--base needs one --task (topic, department or repeats)")
         cfg = ServiceConfig.from_env(data_dir)
         url = database_url or cfg.db_url
         if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
@@ -44,7 +49,7 @@ def register(app: typer.Typer) -> None:
         try:
             when = parse_since(since)
             for t, path in output_paths(output, tasks).items():
-                res = export_feedback(store, path, t, since=when)
+                res = export_feedback(store, path, t, since=when, base=base, base_petitions=base_petitions)
                 extra = f", {res.skipped_deleted} skipped (petition deleted)" if res.skipped_deleted else ""
                 also = f" (petitions: {res.petitions_path})" if res.petitions_path else ""
                 typer.echo(f"{t}: {res.rows} rows -> {res.path}{also} {res.labels}{extra}")
