@@ -8,12 +8,13 @@
 
   var KEY_STORE = "xinfang.key";
   var NAME_STORE = "xinfang.who";
+  var MSG_STORE = "xinfang.signout";
   var PAGE_SIZE = 25;
   var REPEAT_K = 10;
   var $ = function (id) { return document.getElementById(id); };
 
   var state = {
-    queue: { items: [], total: 0, page: 0, sel: 0, filters: {} },
+    queue: { items: [], total: 0, page: 0, sel: 0, filters: {}, seq: 0 },
     petition: null,        // the open petition (API object)
     pid: null,
     cands: [],             // suggested repeats [{id, probability, similarity, reasons, is_repeat}]
@@ -213,9 +214,10 @@
     sessionStorage.removeItem(KEY_STORE);
     sessionStorage.removeItem(NAME_STORE);
     hideBanner();
+    // kept for this tab until the next sign-in, so a reload still says why the key was refused
+    if (message) sessionStorage.setItem(MSG_STORE, message); else sessionStorage.removeItem(MSG_STORE);
     location.hash = "#/login";
     route();
-    if (message) { $("login-error").textContent = message; $("login-error").hidden = false; }
   }
 
   async function onLogin(ev) {
@@ -229,12 +231,14 @@
       // Any caseworker route validates the key; a page of one petition is the cheapest.
       await api("/v1/petitions?limit=1", { key: key });
       sessionStorage.setItem(KEY_STORE, key);
+      sessionStorage.removeItem(MSG_STORE);
       $("key-input").value = "";
       var next = sessionStorage.getItem("xinfang.next") || "#/queue";
       sessionStorage.removeItem("xinfang.next");
       location.hash = next;
       route();
     } catch (err) {
+      sessionStorage.removeItem(MSG_STORE);
       errBox.textContent = err instanceof ApiError ? err.message : String(err);
       errBox.hidden = false;
     } finally {
@@ -280,8 +284,11 @@
     if (f.needs_review) params.set("needs_review", "true");
     if (f.has_repeats) params.set("has_repeats", "true");
     $("queue-status").textContent = "正在加载…";
+    var seq = ++state.queue.seq;
+    $("queue-list").setAttribute("aria-busy", "true");
     try {
       var body = await api("/v1/petitions?" + params.toString());
+      if (seq !== state.queue.seq) return;  // a newer filter was applied meanwhile
       var items = Array.isArray(body) ? body : (body.items || body.petitions || []);
       state.queue.items = items;
       state.queue.total = body.total !== undefined ? body.total : items.length;
@@ -289,7 +296,9 @@
       if (state.queue.sel >= items.length) state.queue.sel = 0;
       hideBanner();
       renderQueue();
+      $("queue-list").setAttribute("aria-busy", "false");
     } catch (err) {
+      if (seq !== state.queue.seq) return;
       $("queue-status").textContent = "列表未能加载。";
       handleError(err, function () { loadQueue(q); });
     }
@@ -541,7 +550,8 @@
     state.cands.forEach(function (c, i) {
       var dec = candLabel(decisionFor(c.id));
       var o = state.others[c.id];
-      var li = el("li", { class: "cand" + (i === state.cur ? " sel" : ""), "data-id": c.id }, [
+      var li = el("li", { class: "cand" + (i === state.cur ? " sel" : "") + (c.is_repeat === false ? " unlikely" : ""),
+        "data-id": c.id, title: c.is_repeat === false ? "低于系统的重复判定阈值" : null }, [
         el("a", { href: "#/p/" + encodeURIComponent(state.pid) + "/c/" + encodeURIComponent(c.id) }, [
           el("div", { class: "cand-top" }, [
             el("span", { class: "prob", text: c.probability !== null ? "重复概率 " + pct(c.probability) : "概率未知" }),
@@ -692,6 +702,9 @@
     if (!getKey()) {
       if (h !== "#/login" && h.indexOf("#/login") !== 0) sessionStorage.setItem("xinfang.next", h);
       showView("login");
+      var msg = sessionStorage.getItem(MSG_STORE);
+      $("login-error").textContent = msg || "";
+      $("login-error").hidden = !msg;
       setTimeout(function () { $("key-input").focus(); }, 0);
       return;
     }
