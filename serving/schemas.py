@@ -70,6 +70,17 @@ class ClassifyRequest(_In):
     petitions: list[PetitionInput] = Field(min_length=1, max_length=LIMITS.max_batch,
                                            description=f"1..{LIMITS.max_batch} petitions")
 
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ClassifyRequest:
+        seen: set[str] = set()
+        for p in self.petitions:
+            if p.id is None:
+                continue
+            if p.id in seen:
+                raise ValueError(f"petitions: id {p.id!r} appears twice")
+            seen.add(p.id)
+        return self
+
 
 class LabelScore(BaseModel):
     label: str
@@ -91,8 +102,9 @@ class DepartmentPrediction(BaseModel):
 
 
 class Labels(BaseModel):
-    topic: TopicPrediction
-    department: DepartmentPrediction
+    topic: TopicPrediction | None = Field(None, description="None only when no topic model is served")
+    department: DepartmentPrediction | None = Field(None, description="None only when no department model "
+                                                                      "or duty list is served")
     needs_review: bool
 
 

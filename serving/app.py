@@ -1,0 +1,61 @@
+"""The FastAPI application: `create_app(config)` wires the service, middleware, error handlers and routes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from xinfang.serving.config import ServiceConfig
+from xinfang.serving.errors import install_handlers
+from xinfang.serving.observability import ServiceMiddleware, configure_json_logging
+from xinfang.serving.routes import ops_router, v1
+from xinfang.serving.service import Service
+
+import xinfang
+
+DESCRIPTION = """Classify Chinese petitions (信访) by topic and responsible department, store them, and find
+earlier petitions about the same matter.
+
+Every route under `/v1` and `/metrics` needs `Authorization: Bearer <key>` (create keys with
+`xinfang keys create --role intake|caseworker|admin --name NAME`). Errors are `{"error", "message",
+"fields": [{"field", "message"}], "request_id"}`.
+"""
+
+
+def create_app(config: ServiceConfig | None = None) -> FastAPI:
+    config = config or ServiceConfig.from_env()
+    if os.environ.get("XINFANG_LOG_JSON"):  # set by `xinfang serve` (also for its worker processes)
+        configure_json_logging(getattr(logging, os.environ["XINFANG_LOG_JSON"], logging.INFO))
+    svc = Service(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(svc.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(svc.stop)
+
+    app = FastAPI(title="xinfang", version=xinfang.__version__ if hasattr(xinfang, "__version__") else "0",
+                  description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = svc
+    install_handlers(app)
+    app.include_router(v1)
+    app.include_router(ops_router)
+    ui_dir = Path(__file__).with_name("ui")
+    if (ui_dir / "index.html").exists():  # the caseworker page (static files, no key needed to load them)
+        app.mount("/ui", StaticFiles(directory=ui_dir, html=True), name="ui")
+
+        @app.get("/ui", include_in_schema=False)
+        def _ui_redirect() -> RedirectResponse:
+            return RedirectResponse("/ui/")
+
+    app.add_middleware(ServiceMiddleware, metrics=svc.metrics, max_body_bytes=config.limits.max_body_bytes)
+    return app

@@ -1,0 +1,140 @@
+"""ONNX Runtime path for the classification bundles (XINFANG_RUNTIME=onnx|onnx-int8).
+
+Each bundle's encoder + mean pooling + linear head is exported once to ONNX (torch.onnx.export, TorchScript
+exporter, dynamic batch and sequence axes) and, for onnx-int8, dynamically quantized
+(onnxruntime.quantization.quantize_dynamic, int8 weights for MatMul/Gather). Files are cached under
+`<data dir>/onnx/<task>-<bundle version>/` (written to a temp name, then renamed), so a restart or a reload
+of the same bundle does not export again.
+
+`use_onnx(pipeline, ...)` replaces each bundle's `logits(texts)` on the loaded instance with the ONNX one;
+tokenization, calibration (temperature), label formatting and review thresholds stay the bundle's own, so
+the ONNX answers differ from PyTorch's only by numerical error (measured in eval/bench_service.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xinfang.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+def _export(bundle, path: Path) -> None:
+    import torch
+    from xinfang.models.classifier import mean_pool
+
+    class EncoderHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = bundle.encoder
+            self.register_buffer("w", bundle.head_w.detach().float().clone())
+            self.register_buffer("b", bundle.head_b.detach().float().clone())
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return mean_pool(hidden, attention_mask) @ self.w.T + self.b
+
+    model = EncoderHead().eval()
+    enc = bundle._tokenize(["样例文本 example", "第二条较长的样例文本，用于导出动态长度"])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    attn = getattr(bundle.encoder.config, "_attn_implementation", None)
+    try:
+        if attn is not None:
+            bundle.encoder.config._attn_implementation = "eager"  # plain ops export cleanly with dynamic axes
+        with torch.no_grad():
+            torch.onnx.export(
+                model, (enc["input_ids"], enc["attention_mask"]), str(tmp), dynamo=False,
+                input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=OPSET,
+                dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                              "logits": {0: "batch"}})
+        os.replace(tmp, path)
+    finally:
+        if attn is not None:
+            bundle.encoder.config._attn_implementation = attn
+        tmp.unlink(missing_ok=True)
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs every tensor on the root logger
+    try:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+        os.replace(tmp, dst)
+    finally:
+        root.setLevel(level)
+        tmp.unlink(missing_ok=True)
+
+
+def onnx_model_path(bundle, runtime: str, cache_dir: Path) -> Path:
+    """The cached ONNX file of a bundle for `runtime` (exported/quantized on first use)."""
+    folder = Path(cache_dir) / f"{bundle.task}-{bundle.version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / "model.onnx"
+    t0 = time.perf_counter()
+    try:
+        if not fp32.exists():
+            _export(bundle, fp32)
+            log.info("exported %s to ONNX in %.1fs", bundle.path, time.perf_counter() - t0)
+        if runtime == "onnx":
+            return fp32
+        int8 = folder / "model.int8.onnx"
+        if not int8.exists():
+            _quantize(fp32, int8)
+            log.info("quantized %s to int8 in %.1fs", bundle.path, time.perf_counter() - t0)
+        return int8
+    except Exception as exc:  # export/quantization failures are model problems the caller reports
+        raise ModelError(f"{bundle.path}: cannot convert to {runtime}: {exc}") from exc
+
+
+class OnnxLogits:
+    """`logits(texts)` of a bundle computed by ONNX Runtime (same tokenization and batching as the bundle)."""
+
+    def __init__(self, bundle, model_path: Path, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.bundle = bundle
+        self.path = model_path
+
+    def __call__(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        n_labels = len(self.bundle.labels)
+        if not texts:
+            return np.zeros((0, n_labels), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), n_labels), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self.bundle._tokenize([texts[i] for i in idx])
+            feeds = {"input_ids": enc["input_ids"].numpy().astype(np.int64),
+                     "attention_mask": enc["attention_mask"].numpy().astype(np.int64)}
+            out[idx] = self.session.run(["logits"], feeds)[0]
+        return out
+
+
+def use_onnx(pipeline, runtime: str, cache_dir: Path, threads: int = 2) -> dict[str, str]:
+    """Switch every bundle of `pipeline` to ONNX Runtime; returns task -> ONNX file used."""
+    if runtime not in ("onnx", "onnx-int8"):
+        raise ModelError(f"unknown ONNX runtime {runtime!r}")
+    used = {}
+    for task, bundle in pipeline.bundles.items():
+        path = onnx_model_path(bundle, runtime, cache_dir)
+        bundle.logits = OnnxLogits(bundle, path, threads)
+        used[task] = str(path)
+    return used

@@ -1,0 +1,213 @@
+"""The running service: store, models, embedder, index keeper, micro-batcher, metrics -- and their life cycle.
+
+Model work runs only in the micro-batcher's worker thread. A batch reads `self.models` once, so a reload
+(an atomic reference swap) never changes the model under a batch: requests in flight finish on the old one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from xinfang.serving.batcher import MicroBatcher
+from xinfang.serving.config import ServiceConfig
+from xinfang.serving.index_keeper import IndexKeeper, index_text
+from xinfang.serving.observability import Metrics
+from xinfang.serving.store import Store
+
+log = logging.getLogger("xinfang.serving")
+
+
+@dataclass
+class ModelSet:
+    """One loaded classification pipeline (swapped whole on reload)."""
+
+    pipeline: Any
+    info: dict
+    model_dirs: list[Path]
+    runtime: str
+    generation: int
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def versions(self) -> dict[str, dict]:
+        out = {}
+        for task, meta in self.info.items():
+            if isinstance(meta, dict) and "version" in meta:
+                out[task] = {"name": str(meta.get("name", task)), "version": str(meta["version"])}
+        return out
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads for torch (ONNX Runtime sessions take the same number when created)."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+def load_models(config: ServiceConfig, model_dirs: list[Path] | None, duty_list: Path | None,
+                generation: int) -> ModelSet:
+    """Load (and for ONNX runtimes convert) a classification pipeline; ModelError when a bundle fails its checks."""
+    from xinfang.models.pipeline import ClassificationPipeline
+
+    dirs = [Path(p) for p in (model_dirs or config.resolved_model_dirs())]
+    pipeline = ClassificationPipeline.from_paths(dirs, duty_list=duty_list or config.duty_list)
+    if config.runtime != "torch":
+        from xinfang.serving.onnx_runtime import use_onnx
+
+        use_onnx(pipeline, config.runtime, config.onnx_cache_dir, threads=config.threads)
+    info = pipeline.info()
+    return ModelSet(pipeline, info, dirs, config.runtime, generation)
+
+
+def load_scorer(config: ServiceConfig) -> tuple[Any, str]:
+    """(scorer, where it came from): the registry's promoted one, the configured file, or the shipped default."""
+    from xinfang.models.repeat_scorer import RepeatScorer
+
+    path = config.resolved_scorer_path()
+    return (RepeatScorer.load(path), str(path)) if path else (RepeatScorer.default(), "default")
+
+
+class Service:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store = Store(config.db_url)
+        self.models: ModelSet | None = None
+        self.model_error: str | None = None
+        self.embedder = None
+        self.scorer = None
+        self.scorer_path: str | None = None
+        self.keeper: IndexKeeper | None = None
+        self.batcher: MicroBatcher | None = None
+        self.reload_lock = threading.Lock()
+        self._sync_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        from xinfang.models.embedder import Embedder
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        set_threads(cfg.threads)
+        try:
+            self.models = load_models(cfg, None, None, generation=1)
+            self.metrics.set_models(self.models.info, cfg.runtime)
+        except Exception as exc:  # the service still serves reads; /readyz says why it is not ready
+            self.model_error = str(exc)
+            log.error("classification models not loaded: %s", exc)
+        self.embedder = Embedder(cfg.embed_encoder)
+        try:
+            self.scorer, self.scorer_path = load_scorer(cfg)
+        except Exception as exc:  # repeat routes answer 503 and /readyz says why; intake still stores
+            log.error("repeat scorer not loaded: %s", exc)
+        self.keeper = IndexKeeper(cfg.index_path, self.embedder.dim, self.embedder.fingerprint, self.store,
+                                  save_every=cfg.index_save_every, save_seconds=cfg.index_save_seconds,
+                                  on_change=self.metrics.index_size.set, on_save=self.metrics.index_saves.inc)
+        stats = self.keeper.open(self.embedder.encode)
+        self.metrics.index_size.set(len(self.keeper))
+        self.batcher = MicroBatcher(
+            {"classify": self._classify_batch, "analyze": self._analyze_batch, "embed": self._embed_batch},
+            max_batch=cfg.batch_max_size, max_wait_ms=cfg.batch_max_wait_ms, on_batch=self.metrics.on_batch)
+        if cfg.index_sync_seconds > 0:
+            self._sync_thread = threading.Thread(target=self._sync_loop, name="xinfang-index-sync", daemon=True)
+            self._sync_thread.start()
+        log.info("service started", extra={"seconds": round(time.perf_counter() - t0, 2), "index": stats,
+                                           "runtime": cfg.runtime, "store": self.store.dialect})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.batcher:
+            self.batcher.close()
+        if self._sync_thread:
+            self._sync_thread.join(10)
+        if self.keeper:
+            self.keeper.close()
+        self.store.close()
+
+    def _sync_loop(self) -> None:
+        """With several worker processes each holds its own index: re-reconcile with the store periodically."""
+        while not self._stop.wait(self.config.index_sync_seconds):
+            try:
+                self.keeper.reconcile(lambda texts: self.batcher.submit_future("embed", texts).result())
+            except Exception as exc:  # pragma: no cover - logged, retried next period
+                log.error("index sync failed: %s", exc)
+
+    # ------------------------------------------------------------------ readiness
+    def ready_checks(self) -> dict[str, bool]:
+        return {"models": self.models is not None, "index": self.keeper is not None,
+                "embedder": self.embedder is not None, "repeat_scorer": self.scorer is not None,
+                "store": self.store.ping()}
+
+    # ------------------------------------------------------------------ batch handlers (worker thread)
+    def _require_models(self) -> ModelSet:
+        models = self.models
+        if models is None:
+            raise ModelsUnavailable(self.model_error or "models not loaded")
+        return models
+
+    @staticmethod
+    def _classify(models: ModelSet, petitions: list[dict]) -> list[dict]:
+        """Classify a merged batch: requests from different clients may reuse ids, so the pipeline sees
+        positional ids and each result gets its caller's id back."""
+        results = models.pipeline.classify(
+            [{"id": str(i), "title": p.get("title"), "text": p.get("text")} for i, p in enumerate(petitions)])
+        return [{**r, "id": p.get("id")} for r, p in zip(results, petitions, strict=True)]
+
+    def _classify_batch(self, petitions: list[dict]) -> list[tuple[dict, ModelSet]]:
+        models = self._require_models()
+        return [(r, models) for r in self._classify(models, petitions)]
+
+    def _embed_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return list(self.embedder.encode(texts))
+
+    def _analyze_batch(self, petitions: list[dict]) -> list[tuple[dict, np.ndarray, ModelSet]]:
+        """Classify and embed (for storage + repeat search) in one pass of the worker."""
+        models = self._require_models()
+        results = self._classify(models, petitions)
+        vectors = self.embedder.encode([index_text(p.get("title"), p.get("text")) for p in petitions])
+        return [(r, v, models) for r, v in zip(results, vectors, strict=True)]
+
+    # ------------------------------------------------------------------ reload
+    def reload(self, model_dirs: list[Path] | None, duty_list: Path | None, who: str) -> ModelSet:
+        """Load a new pipeline beside the old one and swap atomically; the old one stays on any failure."""
+        if not self.reload_lock.acquire(blocking=False):
+            raise ReloadBusy("another reload is in progress")
+        try:
+            old = self.models
+            generation = (old.generation + 1) if old else 1
+            try:
+                new = load_models(self.config, model_dirs, duty_list, generation)
+                scorer, scorer_path = load_scorer(self.config)
+            except Exception:
+                self.metrics.reloads.labels("refused").inc()
+                raise
+            self.models = new
+            self.scorer, self.scorer_path = scorer, scorer_path
+            self.model_error = None
+            self.metrics.set_models(new.info, self.config.runtime)
+            self.metrics.reloads.labels("ok").inc()
+            versions = [f"{t}:{v['version']}" for t, v in new.versions().items()]
+            self.store.audit(who, "models.reload", versions)
+            log.info("models reloaded", extra={"generation": generation, "versions": versions})
+            return new
+        finally:
+            self.reload_lock.release()
+
+
+class ModelsUnavailable(RuntimeError):
+    pass
+
+
+class ReloadBusy(RuntimeError):
+    pass

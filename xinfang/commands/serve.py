@@ -1,0 +1,55 @@
+"""`xinfang serve`: the HTTP API (FastAPI + uvicorn). Settings: XINFANG_* variables, see xinfang.serving.config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+        port: int = typer.Option(8000, help="Port."),
+        data_dir: Path = typer.Option(None, "--data-dir", help="Store, index and models (default: XINFANG_DATA_DIR "
+                                      "or <repo>/var)."),
+        workers: int = typer.Option(1, min=1, max=16, help="Worker processes. 1 is right for 2 cores: one process "
+                                    "micro-batches all requests. With more, each process loads its own models and "
+                                    "re-syncs its index copy with the store every XINFANG_INDEX_SYNC_SECONDS (2 s)."),
+        runtime: str = typer.Option(None, help="torch, onnx or onnx-int8 (default: XINFANG_RUNTIME or torch)."),
+        log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    ) -> None:
+        """Serve the classification, petition store and repeat search API (JSON-lines logs on stderr)."""
+        import logging
+
+        import uvicorn
+
+        from xinfang.serving.config import ServiceConfig
+        from xinfang.serving.observability import configure_json_logging
+        from xinfang.serving.store import Store
+
+        if data_dir:
+            os.environ["XINFANG_DATA_DIR"] = str(Path(data_dir).resolve())
+        if runtime:
+            os.environ["XINFANG_RUNTIME"] = runtime
+        if workers > 1:
+            os.environ.setdefault("XINFANG_INDEX_SYNC_SECONDS", "2")
+        config = ServiceConfig.from_env()  # validates the settings before anything starts
+        os.environ["XINFANG_LOG_JSON"] = log_level.upper()  # worker processes configure their own logging
+        configure_json_logging(getattr(logging, log_level.upper(), logging.INFO))
+        store = Store(config.db_url)
+        try:
+            active = [k for k in store.list_keys() if not k["revoked_at"]]
+        finally:
+            store.close()
+        if not active:
+            dd = f" --data-dir {data_dir}" if data_dir else ""
+            typer.echo("no API keys yet: create one with\n"
+                       f"  xinfang keys create --role admin --name ops{dd}\n"
+                       f"then: curl -H 'Authorization: Bearer <key>' http://{host}:{port}/v1/models", err=True)
+        typer.echo(f"serving on http://{host}:{port} (docs: /docs, UI: /ui/, store: {store.safe_url}, "
+                   f"runtime: {config.runtime})", err=True)
+        uvicorn.run("xinfang.serving.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_config=None, access_log=False, timeout_graceful_shutdown=20)
