@@ -51,3 +51,12 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA_DIR.exists():
         pytest.skip(f"real data not present at {SHARED_DATA_DIR}")
     return SHARED_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def service_models(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path | None]:
+    """Tiny topic + department bundles (demo data) and a repeat scorer path for the service tests."""
+    from service_fixtures import scorer_path, train_tiny_bundles
+
+    bundles = train_tiny_bundles(tiny_encoder_dir, tmp_path_factory.mktemp("service-bundles"))
+    return bundles, scorer_path(tiny_encoder_dir, tmp_path_factory.mktemp("service-scorer"))

@@ -19,8 +19,6 @@ from service_fixtures import (
     demo_petitions,
     make_config,
     running_app,
-    scorer_path,
-    train_tiny_bundles,
 )
 from xinfang.models.vector_index import VectorIndex
 from xinfang.serving.batcher import MicroBatcher
@@ -28,13 +26,13 @@ from xinfang.serving.store import Store
 
 
 @pytest.fixture(scope="session")
-def bundles(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return train_tiny_bundles(tiny_encoder_dir, tmp_path_factory.mktemp("bundles"))
+def bundles(service_models) -> list[Path]:
+    return service_models[0]
 
 
 @pytest.fixture(scope="session")
-def scorer(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
-    return scorer_path(tiny_encoder_dir, tmp_path_factory.mktemp("scorer"))
+def scorer(service_models) -> Path | None:
+    return service_models[1]
 
 
 def _config(data_dir, bundles, encoder, scorer, **kw):
