@@ -96,6 +96,17 @@ def _ivf_nlist(factory: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _train_sample(vectors: np.ndarray, factory: str, per_list: int = 64) -> np.ndarray:
+    """At most `per_list` x nlist vectors (a fixed random subset) for IVF k-means: enough for good
+    centroids, and training time stays bounded at millions of vectors."""
+    nlist = _ivf_nlist(factory)
+    cap = per_list * nlist if nlist else len(vectors)
+    if len(vectors) <= cap:
+        return vectors
+    rows = np.sort(np.random.default_rng(0).choice(len(vectors), cap, replace=False))
+    return np.ascontiguousarray(vectors[rows])
+
+
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -204,7 +215,7 @@ class VectorIndex:
             return
         ints = np.arange(self._next_int, self._next_int + len(ids), dtype=np.int64)
         if not self._index.is_trained:
-            self._index.train(arr)
+            self._index.train(_train_sample(arr, self._active_factory))
         self._index.add_with_ids(arr, ints)
         self._next_int += len(ids)
         for s, i in zip(ids, ints.tolist(), strict=True):
@@ -277,7 +288,7 @@ class VectorIndex:
         t0 = time.perf_counter()
         ids, vecs = self._live_vectors_locked()
         self._reset_locked(self.factory)
-        self._index.train(vecs)
+        self._index.train(_train_sample(vecs, self.factory))
         self._add_locked(ids, vecs)
         log.info("trained %s on %d vectors in %.2fs", self.factory, len(ids), time.perf_counter() - t0)
 
@@ -485,7 +496,7 @@ class VectorIndex:
         if _ivf_nlist(obj.factory) and len(ids) >= obj.ivf_min_train:
             with obj._lock.write():
                 obj._reset_locked(obj.factory)
-                obj._index.train(obj._check_vectors(arr, len(ids)))
+                obj._index.train(_train_sample(obj._check_vectors(arr, len(ids)), obj.factory))
         obj.add(ids, arr)
         return obj
 
