@@ -3,8 +3,10 @@
 Both versions are evaluated on the task's fixed evaluation set (``Registry.set_eval_set``). Rules:
 
 - classifiers: refuse when macro-F1 drops by more than ``tolerance`` (default 0.01), or when any class
-  with at least ``min_support`` examples loses more than ``max_recall_drop`` (default 0.15) of recall, or
-  collapses (recall under ``collapse_recall``, default 0.05, where the promoted model had at least 0.30);
+  with at least ``min_support`` examples loses more than ``max_recall_drop`` (default 0.15) of recall
+  without gaining F1 (recall that the promoted model bought with false positives, e.g. a model that
+  predicts one class for everything, may be traded for precision), or collapses (recall under
+  ``collapse_recall``, default 0.05, where the promoted model had at least 0.30: always refused);
 - repeat scorer: refuse when pair F1 at each model's own operating threshold drops by more than
   ``tolerance`` (pairs labelled 0.5 are left out).
 
@@ -143,7 +145,7 @@ def compare_classification(
             if n["recall"] < collapse_recall and o["recall"] >= COLLAPSE_FROM:
                 row["flag"] = "collapsed"
                 reasons.append(f"class {lab!r} recall collapsed: {o['recall']:.3f} -> {n['recall']:.3f}")
-            elif drop > max_recall_drop:
+            elif drop > max_recall_drop and n["f1"] <= o["f1"]:
                 row["flag"] = "recall drop"
                 reasons.append(f"class {lab!r} recall dropped by {drop:.3f} (> {max_recall_drop}): "
                                f"{o['recall']:.3f} -> {n['recall']:.3f}")
