@@ -725,9 +725,16 @@
     if (!hv.hidden) $("help-close").focus();
   }
 
+  /* Text entry swallows the shortcuts; a focused checkbox or button does not. */
+  function isTyping(t) {
+    if (!t || !t.tagName) return false;
+    if (t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable) return true;
+    return t.tagName === "INPUT" && !/^(checkbox|radio|button|submit|reset)$/.test(t.type);
+  }
+
   function onKey(ev) {
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    var t = ev.target, typing = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
+    var t = ev.target, typing = isTyping(t);
     var view = document.body.dataset.view;
     if (ev.key === "Escape") {
       if (!$("help").hidden) { toggleHelp(false); ev.preventDefault(); return; }
