@@ -229,7 +229,16 @@ def test_review_flow_keyboard(page: Page, server: Server) -> None:
     while row.count() == 0 and page.locator("#pg-next").is_enabled():
         page.click("#pg-next")
         expect(page.locator("#queue-list")).to_have_attribute("aria-busy", "false")
-    row.locator("a.row-title").click()
+    # keyboard only: "/" then Esc leaves the filter box, j moves down the rows, Enter opens the selected one
+    page.keyboard.press("/")
+    page.keyboard.press("Escape")
+    expect(page.locator("#f-topic")).not_to_be_focused()
+    ids = page.eval_on_selector_all("#queue-list > li", "els => els.map(e => e.dataset.id)")
+    for _ in range(ids.index(pid)):
+        page.keyboard.press("j")
+    expect(row).to_have_attribute("aria-selected", "true")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{server.url}/ui/#/p/{pid}")
     expect(page.locator("#p-title")).to_have_text(target.get("title") or "（无标题）")
     expect(page.locator("#a-text")).to_contain_text(target["text"][:20])
     expect(page.locator("#lb-topic .lb-value")).to_be_visible()

@@ -293,7 +293,7 @@
       state.queue.items = items;
       state.queue.total = body.total !== undefined ? body.total : items.length;
       state.queue.page = f.page;
-      if (state.queue.sel >= items.length) state.queue.sel = 0;
+      if (state.queue.sel >= items.length) state.queue.sel = Math.max(0, items.length - 1);
       hideBanner();
       renderQueue();
       $("queue-list").setAttribute("aria-busy", "false");
@@ -329,7 +329,10 @@
           n > 0 ? el("span", { class: "badge repeat", title: "系统发现 " + n + " 件疑似重复", text: "疑似重复 " + n }) : null,
         ]),
       ]);
-      li.addEventListener("click", function (ev) { if (ev.target.tagName !== "A") openPetition(p.id); });
+      li.addEventListener("click", function (ev) {
+        q.sel = i;
+        if (ev.target.tagName !== "A") openPetition(p.id);
+      });
       list.appendChild(li);
     });
     fillDatalist("dl-topics", state.knownTopics);
@@ -354,11 +357,23 @@
   function moveQueueSel(delta) {
     var q = state.queue;
     if (!q.items.length) return;
+    var f = Object.assign({}, q.filters);
+    // j on the last row / k on the first one turn the page
+    if (delta > 0 && q.sel === q.items.length - 1 && !$("pg-next").disabled) {
+      q.sel = 0; f.page = (f.page || 0) + 1; location.hash = queueHash(f); return;
+    }
+    if (delta < 0 && q.sel === 0 && (f.page || 0) > 0) {
+      q.sel = PAGE_SIZE - 1; f.page -= 1; location.hash = queueHash(f); return;
+    }
     q.sel = Math.max(0, Math.min(q.items.length - 1, q.sel + delta));
     Array.from($("queue-list").children).forEach(function (li, i) {
       li.classList.toggle("sel", i === q.sel);
       li.setAttribute("aria-selected", i === q.sel ? "true" : "false");
-      if (i === q.sel) li.scrollIntoView({ block: "nearest" });
+      if (i === q.sel) {
+        // focus follows the selection, so Enter opens it even after a button had the focus
+        li.querySelector("a.row-title").focus({ preventScroll: true });
+        li.scrollIntoView({ block: "nearest" });
+      }
     });
   }
 
@@ -796,11 +811,13 @@
     ["f-review", "f-repeats"].forEach(function (id) {
       $(id).addEventListener("change", function () { state.queue.sel = 0; location.hash = queueHash(readFilters()); });
     });
-    $("f-clear").addEventListener("click", function () { location.hash = "#/queue"; });
+    $("f-clear").addEventListener("click", function () { state.queue.sel = 0; location.hash = "#/queue"; });
     $("pg-prev").addEventListener("click", function () {
+      state.queue.sel = 0;
       var f = Object.assign({}, state.queue.filters); f.page = Math.max(0, (f.page || 0) - 1); location.hash = queueHash(f);
     });
     $("pg-next").addEventListener("click", function () {
+      state.queue.sel = 0;
       var f = Object.assign({}, state.queue.filters); f.page = (f.page || 0) + 1; location.hash = queueHash(f);
     });
     $("btn-yes").addEventListener("click", function () { decide(true); });
