@@ -257,3 +257,177 @@ def test_feedback_export_round_trips_into_training_inputs(tmp_path: Path):
     future = export_feedback(store, tmp_path / "none.jsonl", "topic", since=parse_since("2999-01-01"))
     assert future.rows == 0 and (tmp_path / "none.jsonl").read_text("utf-8") == ""
     store.close()
+
+
+# ------------------------------------------------------------------------------------------- whole loop
+NEW_TOPIC = "退役军人事务"
+STRONG = ["--recipe", "tiny", "--trainable-layers", "1", "--epochs", "12", "--lr", "3e-3", "--head-lr", "5e-2",
+          "--max-length", "128", "--seed", "7"]
+
+
+def _cli(*args: str) -> str:
+    from typer.testing import CliRunner
+
+    from xinfang.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.output
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "_row"}, ensure_ascii=False) + "\n"
+                            for r in rows), "utf-8")
+    return path
+
+
+def _answers(client, key: str, petitions: list[dict]) -> list[dict]:
+    from service_fixtures import auth
+
+    res = client.post("/v1/classify", json={"petitions": petitions}, headers=auth(key))
+    assert res.status_code == 200, res.text
+    return [r["topic"] for r in res.json()["results"]]
+
+
+def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_data_path: Path, service_models):
+    """register -> gate -> promote -> served model changes (reload under load) -> refused worse model ->
+    forced + rollback (answers restored exactly) -> feedback -> export -> incremental training (new label)."""
+    from service_fixtures import auth, create_keys, make_config, running_app
+    from xinfang.models.normalize import normalize_text, petition_text
+    from xinfang.serving.store import Store
+    from xinfang.training.classifier import group_ids, group_split
+
+    from xinfang.records import load_records
+
+    records = load_records(demo_data_path, label_column="topic")
+    labels = [r["topic"] for r in records]
+    groups = group_ids([normalize_text(r.get("title")) for r in records],
+                       [petition_text(r.get("title"), r.get("text")) for r in records])
+    pool_idx, eval_idx = group_split(labels, groups, 0.3, 1)  # fixed, group-aware evaluation set
+    pool = [records[i] for i in pool_idx]
+    eval_file = _write(tmp_path / "eval.jsonl", [records[i] for i in eval_idx])
+    first = _write(tmp_path / "first.jsonl", pool[::3])
+    pool_file = _write(tmp_path / "pool.jsonl", pool)
+    shuffled = [r["topic"] for r in pool]
+    import random
+
+    random.Random(0).shuffle(shuffled)
+    bad_file = _write(tmp_path / "shuffled.jsonl", [{**r, "topic": t} for r, t in zip(pool, shuffled, strict=True)])
+
+    data_dir = tmp_path / "var"
+    reg_dir = data_dir / "registry"
+    enc = str(tiny_encoder_dir)
+    department_bundle = next(d for d in service_models[0] if "department" in d.name)
+    config = make_config(data_dir, [department_bundle], tiny_encoder_dir, repeat_scorer=service_models[1])
+    keys = create_keys(config)  # creates the service's store: promotions are audited there
+    code, out = _cli("models", "eval-set", "--task", "topic", "--data", eval_file, "--registry", reg_dir)
+    assert code == 0, out
+
+    # v1: a quick first model on a third of the pool; the first promotion has no baseline
+    code, out = _cli("train", "--task", "topic", "--data", first, "--out", tmp_path / "v1", "--base", enc,
+                     "--recipe", "tiny", "--seed", "7")
+    assert code == 0, out
+    code, out = _cli("models", "register", tmp_path / "v1", "--promote", "--registry", reg_dir)
+    assert code == 0 and "gate PASS" in out and "promoted topic-v1" in out, out
+
+    probe = [{"id": f"q{i}", "title": r.get("title"), "text": r.get("text")} for i, r in
+             enumerate(load_records(eval_file)[:12])]
+    with running_app(config) as client:
+        models = client.get("/v1/models", headers=auth(keys["admin"])).json()
+        assert str(reg_dir / "bundles" / "topic-v1") in models["model_dirs"]
+        answers_v1 = _answers(client, keys["intake"], probe)
+
+        # v2: the whole pool, a stronger recipe -> passes the gate, promoted, served after a reload
+        code, out = _cli("train", "--task", "topic", "--data", pool_file, "--out", tmp_path / "v2", "--base", enc,
+                         *STRONG)
+        assert code == 0, out
+        code, out = _cli("models", "register", tmp_path / "v2", "--parent", "topic-v1", "--promote",
+                         "--registry", reg_dir)
+        assert code == 0 and "gate PASS" in out, out
+        v2_gate = Registry(reg_dir).get("topic-v2")["gate"]
+        assert v2_gate["delta"] > 0 and v2_gate["baseline_version"] == "topic-v1"
+
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                r = client.post("/v1/classify", json={"petitions": probe[:3]}, headers=auth(keys["intake"]))
+                statuses.append(r.status_code)
+
+        workers = [threading.Thread(target=hammer) for _ in range(2)]
+        for w in workers:
+            w.start()
+        try:
+            for _ in range(2):
+                assert client.post("/v1/models/reload", headers=auth(keys["admin"])).status_code == 200
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        assert statuses and set(statuses) == {200}, statuses  # no failed request during the swaps
+        models = client.get("/v1/models", headers=auth(keys["admin"])).json()
+        assert str(reg_dir / "bundles" / "topic-v2") in models["model_dirs"]
+        answers_v2 = _answers(client, keys["intake"], probe)
+        assert answers_v2 != answers_v1
+
+        # a model trained on shuffled labels is refused; the promoted version stays
+        code, out = _cli("train", "--task", "topic", "--data", bad_file, "--out", tmp_path / "bad", "--base", enc,
+                         "--recipe", "tiny", "--seed", "7")
+        assert code == 0, out
+        code, out = _cli("models", "register", tmp_path / "bad", "--promote", "--registry", reg_dir)
+        assert code == 1 and "gate REFUSED" in out and "macro-F1 dropped" in out, out
+        assert Registry(reg_dir).promoted("topic") == "topic-v2"
+        # --force overrides (audited); rollback restores topic-v2 and its answers exactly
+        code, out = _cli("models", "promote", "topic-v3", "--force", "--registry", reg_dir)
+        assert code == 0 and "FORCED" in out, out
+        client.post("/v1/models/reload", headers=auth(keys["admin"]))
+        assert _answers(client, keys["intake"], probe) != answers_v2
+        code, out = _cli("models", "rollback", "--task", "topic", "--registry", reg_dir)
+        assert code == 0 and "topic-v3 -> topic-v2" in out, out
+        client.post("/v1/models/reload", headers=auth(keys["admin"]))
+        assert _answers(client, keys["intake"], probe) == answers_v2
+        _cli("models", "rollback", "--task", "topic", "--registry", reg_dir)
+        client.post("/v1/models/reload", headers=auth(keys["admin"]))
+        assert _answers(client, keys["intake"], probe) == answers_v1
+        _cli("models", "promote", "topic-v2", "--registry", reg_dir)  # gate passes again
+
+        # caseworkers correct topics (three rows get a new topic) and decide on a repeat pair
+        ids = []
+        for i, r in enumerate(pool[:6]):
+            res = client.post("/v1/petitions", json={"id": f"fb{i}", "title": r.get("title"), "text": r["text"]},
+                              headers=auth(keys["intake"]))
+            assert res.status_code == 201, res.text
+            ids.append(f"fb{i}")
+        for pid in ids[:3]:
+            fb = {"kind": "topic_correction", "label": NEW_TOPIC}
+            assert client.post(f"/v1/petitions/{pid}/feedback", json=fb,
+                               headers=auth(keys["caseworker"])).status_code == 201
+        client.post(f"/v1/petitions/{ids[3]}/feedback", json={"kind": "repeat_confirm", "target_id": ids[4]},
+                    headers=auth(keys["caseworker"]))
+
+    audit = [a["action"] for a in Store(config.db_url).list_audit(limit=500)]
+    assert {"model.promote", "model.promote.refused", "model.promote.forced", "model.rollback"} <= set(audit)
+
+    code, out = _cli("feedback", "export", "--task", "topic", "--output", tmp_path / "train2.jsonl",
+                     "--base", pool_file, "--data-dir", data_dir)
+    assert code == 0 and f"'{NEW_TOPIC}': 3" in out, out
+    exported = load_records(tmp_path / "train2.jsonl", label_column="topic")
+    assert len(exported) == len(pool) + 3 and sum(r["topic"] == NEW_TOPIC for r in exported) == 3
+    code, out = _cli("feedback", "export", "--task", "repeats", "--output", tmp_path / "pairs.jsonl",
+                     "--data-dir", data_dir)
+    assert code == 0 and json.loads((tmp_path / "pairs.jsonl").read_text("utf-8"))["label"] == 1
+
+    # incremental training from the promoted version: the head grows a row for the new topic
+    from xinfang.training.incremental import train_incremental
+
+    parent = Registry(reg_dir).bundle_path("topic-v2")
+    res = train_incremental(exported, parent_dir=parent, out_dir=tmp_path / "v4", recipe="tiny", seed=7,
+                            parent_version="topic-v2")
+    old_labels = json.loads((parent / "labels.json").read_text("utf-8"))
+    assert json.loads((res.out_dir / "labels.json").read_text("utf-8")) == old_labels + [NEW_TOPIC]
+    cfg = json.loads((res.out_dir / "config.json").read_text("utf-8"))
+    assert cfg["incremental"]["new_labels"] == [NEW_TOPIC] and cfg["parent"]["registry_version"] == "topic-v2"
+    rec = Registry(reg_dir, audit=JsonlAudit(tmp_path / "a.jsonl")).register(res.out_dir, parent="topic-v2")
+    assert NEW_TOPIC in rec["labels"] and rec["parent"] == "topic-v2"

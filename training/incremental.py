@@ -91,7 +91,7 @@ def _fine_tune_from(model, cache, texts, y, head_w, head_b, recipe, seed: int, p
             opt.step()
             sched.step()
             seen += len(b)
-            loss_sum += float(loss) * len(b)
+            loss_sum += float(loss.detach()) * len(b)
             bar.update(1)
         epochs.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)})
     bar.close()
