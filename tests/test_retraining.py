@@ -431,3 +431,39 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
     assert cfg["incremental"]["new_labels"] == [NEW_TOPIC] and cfg["parent"]["registry_version"] == "topic-v2"
     rec = Registry(reg_dir, audit=JsonlAudit(tmp_path / "a.jsonl")).register(res.out_dir, parent="topic-v2")
     assert NEW_TOPIC in rec["labels"] and rec["parent"] == "topic-v2"
+
+
+# ------------------------------------------------------------------------------------------- repeat scorer
+def test_repeat_scorer_retraining_through_registry_and_gate(tmp_path: Path, tiny_encoder_dir: Path,
+                                                            demo_data_path: Path, monkeypatch):
+    from xinfang.models.embedder import Embedder
+    from xinfang.training.adapters import read_jsonl
+    from xinfang.training.repeats import fit_repeat_scorer
+
+    from xinfang.records import load_records
+
+    monkeypatch.setenv("XINFANG_EMBED_ENCODER", str(tiny_encoder_dir))
+    pairs_file = demo_data_path.with_name("repeat_pairs.jsonl")
+    pairs = read_jsonl(pairs_file)
+    by_id = {r["id"]: r for r in load_records(demo_data_path)}
+    embedder = Embedder(str(tiny_encoder_dir))
+    good = fit_repeat_scorer(pairs, by_id, embedder).save(tmp_path / "good.json")
+    flipped = [{**p, "label": 1 - p["label"]} if p["label"] in (0, 1) else p for p in pairs]
+    bad = fit_repeat_scorer(flipped, by_id, embedder).save(tmp_path / "bad.json")
+
+    reg_dir = tmp_path / "registry"
+    code, out = _cli("models", "eval-set", "--task", "repeats", "--data", pairs_file,
+                     "--petitions", demo_data_path, "--registry", reg_dir)
+    assert code == 0, out
+    code, out = _cli("models", "register", good, "--promote", "--registry", reg_dir)
+    assert code == 0 and "promoted repeats-v1" in out and "pair_f1" in out, out
+    code, out = _cli("models", "register", bad, "--promote", "--registry", reg_dir)
+    assert code == 1 and "pair F1 dropped" in out, out
+    reg = Registry(reg_dir)
+    assert reg.promoted("repeats") == "repeats-v1"
+    gate = reg.get("repeats-v2")["gate"]
+    assert gate["metric"] == "pair_f1" and gate["new"] < gate["baseline"]
+    # the service picks the promoted scorer from the registry
+    from xinfang.training.registry import serving_scorer_path
+
+    assert serving_scorer_path(tmp_path) == reg.bundle_path("repeats-v1") / "scorer.json"
