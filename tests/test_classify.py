@@ -15,7 +15,13 @@ from xinfang.models.classifier import ClassifierBundle
 from xinfang.models.pipeline import ClassificationPipeline
 from xinfang.models.router import DutyList, Router, extract_jurisdiction, jurisdiction_levels
 from xinfang.training import evaluation as ev
-from xinfang.training.classifier import group_ids, group_split, prepare_examples, train_classifier
+from xinfang.training.classifier import (
+    group_ids,
+    group_split,
+    prepare_examples,
+    recipe_with,
+    train_classifier,
+)
 
 from xinfang.cli import app
 from xinfang.errors import DataError, ModelError
@@ -376,8 +382,8 @@ def test_single_class_rejected(tiny_encoder_dir: Path, tmp_path: Path) -> None:
 def test_class_with_one_example_dropped_with_warning(tmp_path: Path, tiny_encoder_dir: Path, caplog) -> None:
     rows = _rows(6) + [{"id": "solo", "title": "退役军人安置问题", "text": None, "topic": "退役军人"}]
     with caplog.at_level(logging.WARNING):
-        train_classifier(rows, task="topic", out_dir=tmp_path / "m", base=tiny_encoder_dir, recipe="tiny",
-                         progress=False)
+        train_classifier(rows, task="topic", out_dir=tmp_path / "m", base=tiny_encoder_dir,
+                         recipe=recipe_with("tiny", epochs=1), progress=False)
     assert any("退役军人" in r.message and "dropped" in r.message for r in caplog.records)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["dropped_classes"] == {"退役军人": 1}

