@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,10 +82,16 @@ class GateReport:
                 old = "-" if row["recall_baseline"] is None else f"{row['recall_baseline']:.3f}"
                 d = "-" if row["recall_delta"] is None else f"{row['recall_delta']:+.3f}"
                 flag = "  <-- " + row["flag"] if row.get("flag") else ""
-                lines.append(f"  {row['label']:<24} {row['support']:>7} {row['recall_new']:>10.3f} {old:>9} "
+                lines.append(f"  {_pad(row['label'], 24)} {row['support']:>7} {row['recall_new']:>10.3f} {old:>9} "
                              f"{d:>7}{flag}")
         lines.extend(f"  reason: {r}" for r in self.reasons)
         return "\n".join(lines)
+
+
+def _pad(text: str, width: int) -> str:
+    """Left-justify to a terminal width, counting CJK characters as two columns."""
+    shown = sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+    return text + " " * max(0, width - shown)
 
 
 # --------------------------------------------------------------------------------------------- metrics

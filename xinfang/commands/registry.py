@@ -107,9 +107,11 @@ def register(app: typer.Typer) -> None:
         from xinfang.training.gate import gate_and_promote
 
         task = reg.get(version)["task"]
-        if reg.eval_set(task) is None and reg.promoted(task) is None:
-            reg.promote(version, forced=False, gate=None)
-            typer.echo(f"promoted {version}: first {task} model, no evaluation set configured (no gate)")
+        if reg.eval_set(task) is None and (reg.promoted(task) is None or force):
+            first = reg.promoted(task) is None
+            reg.promote(version, forced=not first, gate=None)
+            why = f"first {task} model" if first else "FORCED (audited)"
+            typer.echo(f"promoted {version}: {why}, no evaluation set configured (no gate)")
             return
         report, promoted = gate_and_promote(reg, version, force=force, tolerance=tolerance,
                                             max_recall_drop=max_recall_drop)
