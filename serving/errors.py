@@ -65,6 +65,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # e.g. a body that is not UTF-8
+            msg = "body is not valid JSON (UTF-8)"
+            return error_response(request, 422, "invalid_request", f"body: {msg}", [{"field": "body", "message": msg}])
         code = _CODES.get(exc.status_code, "error")
         return error_response(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 

