@@ -290,7 +290,8 @@ def _answers(client, key: str, petitions: list[dict]) -> list[dict]:
     return [r["topic"] for r in res.json()["results"]]
 
 
-def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_data_path: Path, service_models):
+def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_data_path: Path, service_models,
+                                 monkeypatch):
     """register -> gate -> promote -> served model changes (reload under load) -> refused worse model ->
     forced + rollback (answers restored exactly) -> feedback -> export -> incremental training (new label)."""
     from service_fixtures import auth, create_keys, make_config, running_app
@@ -316,6 +317,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
     bad_file = _write(tmp_path / "shuffled.jsonl", [{**r, "topic": t} for r, t in zip(pool, shuffled, strict=True)])
 
     data_dir = tmp_path / "var"
+    monkeypatch.setenv("XINFANG_DATA_DIR", str(data_dir))  # `xinfang train --register` uses its registry
     reg_dir = data_dir / "registry"
     enc = str(tiny_encoder_dir)
     department_bundle = next(d for d in service_models[0] if "department" in d.name)
@@ -326,9 +328,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
 
     # v1: a quick first model on a third of the pool; the first promotion has no baseline
     code, out = _cli("train", "--task", "topic", "--data", first, "--out", tmp_path / "v1", "--base", enc,
-                     "--recipe", "tiny", "--seed", "7")
-    assert code == 0, out
-    code, out = _cli("models", "register", tmp_path / "v1", "--promote", "--registry", reg_dir)
+                     "--recipe", "tiny", "--seed", "7", "--register")
     assert code == 0 and "gate PASS" in out and "promoted topic-v1" in out, out
 
     probe = [{"id": f"q{i}", "title": r.get("title"), "text": r.get("text")} for i, r in
@@ -340,10 +340,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
 
         # v2: the whole pool, a stronger recipe -> passes the gate, promoted, served after a reload
         code, out = _cli("train", "--task", "topic", "--data", pool_file, "--out", tmp_path / "v2", "--base", enc,
-                         *STRONG)
-        assert code == 0, out
-        code, out = _cli("models", "register", tmp_path / "v2", "--parent", "topic-v1", "--promote",
-                         "--registry", reg_dir)
+                         *STRONG, "--register")
         assert code == 0 and "gate PASS" in out, out
         v2_gate = Registry(reg_dir).get("topic-v2")["gate"]
         assert v2_gate["delta"] > 0 and v2_gate["baseline_version"] == "topic-v1"
@@ -374,9 +371,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
 
         # a model trained on shuffled labels is refused; the promoted version stays
         code, out = _cli("train", "--task", "topic", "--data", bad_file, "--out", tmp_path / "bad", "--base", enc,
-                         "--recipe", "tiny", "--seed", "7")
-        assert code == 0, out
-        code, out = _cli("models", "register", tmp_path / "bad", "--promote", "--registry", reg_dir)
+                         "--recipe", "tiny", "--seed", "7", "--register")
         assert code == 1 and "gate REFUSED" in out and "macro-F1 dropped" in out, out
         assert Registry(reg_dir).promoted("topic") == "topic-v2"
         # --force overrides (audited); rollback restores topic-v2 and its answers exactly
@@ -420,17 +415,41 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
     assert code == 0 and json.loads((tmp_path / "pairs.jsonl").read_text("utf-8"))["label"] == 1
 
     # incremental training from the promoted version: the head grows a row for the new topic
-    from xinfang.training.incremental import train_incremental
-
+    code, out = _cli("train", "--task", "topic", "--data", tmp_path / "train2.jsonl", "--out", tmp_path / "v4",
+                     "--from", "promoted", "--recipe", "tiny", "--seed", "7", "--register")
+    assert code in (0, 1) and "registered topic-v4 (topic, parent topic-v2)" in out and "gate " in out, out
     parent = Registry(reg_dir).bundle_path("topic-v2")
-    res = train_incremental(exported, parent_dir=parent, out_dir=tmp_path / "v4", recipe="tiny", seed=7,
-                            parent_version="topic-v2")
     old_labels = json.loads((parent / "labels.json").read_text("utf-8"))
-    assert json.loads((res.out_dir / "labels.json").read_text("utf-8")) == old_labels + [NEW_TOPIC]
-    cfg = json.loads((res.out_dir / "config.json").read_text("utf-8"))
+    assert json.loads((tmp_path / "v4" / "labels.json").read_text("utf-8")) == old_labels + [NEW_TOPIC]
+    cfg = json.loads((tmp_path / "v4" / "config.json").read_text("utf-8"))
     assert cfg["incremental"]["new_labels"] == [NEW_TOPIC] and cfg["parent"]["registry_version"] == "topic-v2"
-    rec = Registry(reg_dir, audit=JsonlAudit(tmp_path / "a.jsonl")).register(res.out_dir, parent="topic-v2")
-    assert NEW_TOPIC in rec["labels"] and rec["parent"] == "topic-v2"
+    rec = Registry(reg_dir).get("topic-v4")
+    assert NEW_TOPIC in rec["labels"] and rec["parent"] == "topic-v2" and rec["gate"]["baseline_version"] == "topic-v2"
+
+
+def test_extend_head_keeps_old_rows_and_incremental_is_seeded(tmp_path: Path, tiny_encoder_dir: Path):
+    import torch
+    from safetensors.torch import load_file
+    from xinfang.training.classifier import train_classifier
+    from xinfang.training.incremental import extend_head, train_incremental
+
+    w, b = torch.randn(3, 8), torch.randn(3)
+    w2, b2, labels, added = extend_head(w, b, ["a", "b", "c"], ["b", "d", "a"], seed=1)
+    assert labels == ["a", "b", "c", "d"] and added == ["d"]
+    assert torch.equal(w2[:3], w) and torch.equal(b2[:3], b) and b2[3] == 0 and w2[3].abs().max() < 0.2
+    assert torch.equal(extend_head(w, b, ["a", "b", "c"], ["d"], seed=1)[0], w2)  # seeded
+
+    rows = [{"id": f"{t}{i}", "title": f"{kw}问题{i}", "text": f"{kw}反映第{i}次，请求解决", "topic": t}
+            for t, kw in (("交通", "公交车路线"), ("教育", "学校收费"), ("环境", "施工噪音")) for i in range(6)]
+    parent = train_classifier(rows, task="topic", out_dir=tmp_path / "p", base=str(tiny_encoder_dir),
+                              recipe="tiny", seed=3, progress=False).out_dir
+    more = rows + [{"id": f"n{i}", "title": f"退役军人安置{i}", "text": "退役军人安置问题", "topic": "退役"}
+                   for i in range(4)]
+    a = train_incremental(more, parent_dir=parent, out_dir=tmp_path / "a", recipe="tiny", seed=5)
+    c = train_incremental(more, parent_dir=parent, out_dir=tmp_path / "c", recipe="tiny", seed=5)
+    ha, hc = load_file(str(a.out_dir / "head.safetensors")), load_file(str(c.out_dir / "head.safetensors"))
+    assert torch.equal(ha["weight"], hc["weight"]) and ha["weight"].shape[0] == 4  # reproducible, 4 labels
+    assert json.loads((a.out_dir / "labels.json").read_text("utf-8"))[-1] == "退役"
 
 
 # ------------------------------------------------------------------------------------------- repeat scorer

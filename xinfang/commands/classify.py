@@ -38,6 +38,13 @@ def register(app: typer.Typer) -> None:
         title_column: str = typer.Option(None, help="File column holding the title."),
         text_column: str = typer.Option(None, help="File column holding the text."),
         id_column: str = typer.Option(None, help="File column holding the id."),
+        # -- retraining loop (owned by xinfang.commands.registry; see `xinfang models --help`) --
+        register_model: bool = typer.Option(False, "--register", help="Register the bundle in the model registry, "
+                                            "gate it against the promoted version, promote it when it passes."),
+        from_version: str = typer.Option(None, "--from", help="Continue from a registered version ('promoted' = "
+                                         "the promoted one): incremental training; new labels extend its head."),
+        force: bool = typer.Option(False, "--force", help="With --register: promote even if the gate refuses "
+                                   "(audited)."),
     ) -> None:
         """Fine-tune a classifier and write a verified model bundle."""
         from xinfang.errors import DataError
@@ -50,13 +57,24 @@ def register(app: typer.Typer) -> None:
                           batch_size=batch_size, lr=lr, head_lr=head_lr, target_precision=target_precision)
         label = label_column or task
         records = load_records(data, _columns(title_column, text_column, id_column), label_column=label)
-        result = train_classifier(records, task=task, out_dir=out, label_column=label, base=base, recipe=rec,
-                                  seed=seed, source=str(data))
+        parent = None
+        if from_version:  # retraining loop: incremental training from a registered version
+            from xinfang.commands.registry import train_from_version
+
+            result, parent = train_from_version(records, task=task, version=from_version, out=out, recipe=rec,
+                                                seed=seed, label_column=label, source=str(data))
+        else:
+            result = train_classifier(records, task=task, out_dir=out, label_column=label, base=base, recipe=rec,
+                                      seed=seed, source=str(data))
         m = result.metrics
         typer.echo(f"trained {task} model {result.version} in {result.seconds:.0f}s "
                    f"(train {result.n_train}, validation {result.n_val}): validation accuracy {m['accuracy']:.4f}, "
                    f"macro-F1 {m['macro_f1']:.4f}, ECE {m['ece_before_calibration']:.4f} -> "
                    f"{m['ece_after_calibration']:.4f}; bundle: {out}", err=True)
+        if register_model:  # retraining loop: registry + evaluation gate
+            from xinfang.commands.registry import register_trained
+
+            register_trained(out, task, parent, force)
 
     @app.command("predict")
     def predict(

@@ -28,6 +28,55 @@ def _print_gate(report, promoted: bool) -> None:
                     fg=typer.colors.RED)
 
 
+def train_from_version(records: list[dict], *, task: str, version: str, out: Path, recipe, seed: int,
+                       label_column: str, source: str, registry_dir: Path | None = None):
+    """`xinfang train --from VERSION`: incremental training from a registered version ('promoted' = the
+    promoted one of the task). Returns (TrainResult, the registry version trained from)."""
+    from xinfang.training.incremental import train_incremental
+    from xinfang.training.registry import RegistryError
+
+    reg = _registry(registry_dir)
+    if version == "promoted":
+        version = reg.promoted(task) or ""
+        if not version:
+            raise RegistryError(f"--from promoted: no promoted {task} model in {reg.root}")
+    record = reg.get(version)
+    if record["task"] != task:
+        raise RegistryError(f"--from {version}: a {record['task']} model, not {task}")
+    result = train_incremental(records, parent_dir=reg.bundle_path(version), out_dir=out, recipe=recipe,
+                               seed=seed, label_column=label_column, parent_version=version, source=source,
+                               progress=True)
+    return result, version
+
+
+def register_trained(out: Path, task: str, parent: str | None, force: bool,
+                     registry_dir: Path | None = None) -> None:
+    """`xinfang train --register`: register the new bundle, gate it against the promoted version and
+    promote it when it passes (or with --force); exit 1 when the gate refuses."""
+    reg = _registry(registry_dir)
+    rec = reg.register(out, task=task, parent=parent)
+    typer.echo(f"registered {rec['version']} ({task}, parent {parent or '-'}) -> {reg.root / rec['path']}")
+    _promote_cli(reg, rec["version"], force)
+
+
+def _promote_cli(reg, version: str, force: bool, tolerance: float = 0.01,
+                            max_recall_drop: float = 0.15) -> None:
+    from xinfang.training.gate import gate_and_promote
+
+    task = reg.get(version)["task"]
+    if reg.eval_set(task) is None and (reg.promoted(task) is None or force):
+        first = reg.promoted(task) is None
+        reg.promote(version, forced=not first, gate=None)
+        why = f"first {task} model" if first else "FORCED (audited)"
+        typer.echo(f"promoted {version}: {why}, no evaluation set configured (no gate)")
+        return
+    report, promoted = gate_and_promote(reg, version, force=force, tolerance=tolerance,
+                                        max_recall_drop=max_recall_drop)
+    _print_gate(report, promoted)
+    if not promoted:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     models_app = typer.Typer(help="Model registry: versions, evaluation gate, promote and rollback.",
                              no_args_is_help=True)
@@ -79,7 +128,7 @@ def register(app: typer.Typer) -> None:
         rec = reg.register(bundle_dir, task=task, parent=parent, note=note)
         typer.echo(f"registered {rec['version']} ({rec['task']}) -> {reg.root / rec['path']}")
         if promote:
-            _promote(reg, rec["version"], force)
+            _promote_cli(reg, rec["version"], force)
 
     @models_app.command("eval-set")
     def eval_set(
@@ -103,22 +152,6 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else report.render())
         raise typer.Exit(0 if report.passed else 1)
 
-    def _promote(reg, version: str, force: bool, tolerance: float = 0.01, max_recall_drop: float = 0.15) -> None:
-        from xinfang.training.gate import gate_and_promote
-
-        task = reg.get(version)["task"]
-        if reg.eval_set(task) is None and (reg.promoted(task) is None or force):
-            first = reg.promoted(task) is None
-            reg.promote(version, forced=not first, gate=None)
-            why = f"first {task} model" if first else "FORCED (audited)"
-            typer.echo(f"promoted {version}: {why}, no evaluation set configured (no gate)")
-            return
-        report, promoted = gate_and_promote(reg, version, force=force, tolerance=tolerance,
-                                            max_recall_drop=max_recall_drop)
-        _print_gate(report, promoted)
-        if not promoted:
-            raise typer.Exit(1)
-
     @models_app.command("promote")
     def promote(
         version: str,
@@ -128,7 +161,7 @@ def register(app: typer.Typer) -> None:
         registry: Path = opt_registry, database_url: str = opt_db,
     ) -> None:
         """Gate VERSION against the promoted version of its task on the fixed evaluation set, then promote."""
-        _promote(_registry(registry, database_url), version, force, tolerance, max_recall_drop)
+        _promote_cli(_registry(registry, database_url), version, force, tolerance, max_recall_drop)
 
     @models_app.command("rollback")
     def rollback(
