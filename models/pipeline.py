@@ -62,7 +62,7 @@ class ClassificationPipeline:
         texts, ids = [], []
         for i, p in enumerate(petitions):
             texts.append(petition_input(p, 8000, f"petition {i + 1}"))
-            ids.append(p.get("id", str(i + 1)))
+            ids.append(p["id"] if p.get("id") is not None else str(i + 1))
         seen: set = set()
         for pid in ids:
             if pid in seen:

@@ -86,7 +86,7 @@ class Examples:
 
 
 def prepare_examples(records: list[dict], label_column: str, source: str = "data",
-                     min_class_count: int = 2, max_chars: int = 8000) -> Examples:
+                     min_class_count: int = 2, max_chars: int = 8000, min_classes: int = 2) -> Examples:
     """Normalise records into (text, label) examples, applying the documented bad-input rules."""
     from xinfang.models.normalize import normalize_text, petition_text
 
@@ -123,7 +123,7 @@ def prepare_examples(records: list[dict], label_column: str, source: str = "data
                         "it needs at least %d", source, lab, len(rws), rws, min_class_count)
         ids, rows, texts, titles, labels = ([xs[i] for i in keep] for xs in (ids, rows, texts, titles, labels))
     classes = sorted(set(labels))
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         only = f"only '{classes[0]}'" if classes else "none"
         raise DataError(f"{source}: label column '{label_column}' needs at least 2 classes with "
                         f">= {min_class_count} examples each; found {only}"

@@ -232,7 +232,7 @@ def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data
     cfg = bundle.config
     label_column = label_column or cfg.get("label_column") or bundle.task
     records = load_records(data, label_column=label_column)
-    ex = prepare_examples(records, label_column, str(data), min_class_count=1)
+    ex = prepare_examples(records, label_column, str(data), min_class_count=1, min_classes=1)
     probs = bundle.proba_texts(ex.texts, batch_size, progress=True)
     columns = {"model": classification_metrics(ex.labels, probs, bundle.labels, bundle.threshold)}
     target = cfg["review"]["target_precision"]
