@@ -486,3 +486,19 @@ def test_repeat_scorer_retraining_through_registry_and_gate(tmp_path: Path, tiny
     from xinfang.training.registry import serving_scorer_path
 
     assert serving_scorer_path(tmp_path) == reg.bundle_path("repeats-v1") / "scorer.json"
+
+
+def test_promotion_that_cannot_be_audited_does_not_happen(tmp_path: Path, registry: Registry):
+    registry.register(fake_bundle(tmp_path / "b1"))
+    registry.register(fake_bundle(tmp_path / "b2"))
+    registry.promote("topic-v1")
+
+    class Down(JsonlAudit):
+        def record(self, *a, **k):
+            raise OSError("audit store down")
+
+    broken = Registry(registry.root, audit=Down(tmp_path / "x"))
+    with pytest.raises(OSError):
+        broken.promote("topic-v2")
+    assert registry.promoted("topic") == "topic-v1"
+    assert registry.load()["tasks"]["topic"]["stack"] == ["topic-v1"]

@@ -426,8 +426,9 @@ class Registry:
             state["stack"] = [*stack, version]
             event = self._event(data, "promote", task=task, version=version, previous=previous, forced=forced,
                                 gate=_gate_summary(gate))
-        self.audit.record("model.promote.forced" if forced else "model.promote", self.actor, version,
-                          {"task": task, "previous": previous, "forced": forced, "gate": event["gate"]})
+            # audited before registry.json is replaced: a promotion that cannot be audited does not happen
+            self.audit.record("model.promote.forced" if forced else "model.promote", self.actor, version,
+                              {"task": task, "previous": previous, "forced": forced, "gate": event["gate"]})
         log.info("promoted %s (previous %s, forced=%s)", version, previous, forced)
         return event
 
@@ -456,7 +457,7 @@ class Registry:
             state["stack"] = stack
             state["promoted"] = stack[-1]
             event = self._event(data, "rollback", task=task, version=stack[-1], previous=current)
-        self.audit.record("model.rollback", self.actor, event["version"], {"task": task, "previous": current})
+            self.audit.record("model.rollback", self.actor, event["version"], {"task": task, "previous": current})
         log.info("rolled back %s: %s -> %s", task, current, event["version"])
         return event
 
