@@ -31,6 +31,11 @@ FEATURES = [
     "identical_text",       # normalised texts identical
 ]
 
+# The scorer's default inputs: chosen by grouped-CV ablation on the real dev pairs (eval/reports/repeats.md).
+# Same petitioner, shared names and follow-up words still appear among the reasons; as model inputs they
+# did not add to the embedding similarity there (one person often raises several distinct matters).
+DEFAULT_FEATURES = ["cosine", "title_jaccard", "bigram_jaccard", "name_conflict", "log_gap_days", "identical_text"]
+
 # kind -> (reason label, suffix regex, max body length)
 _NAME_KINDS: dict[str, tuple[str, str, int]] = {
     "estate": ("同一地点", r"(?:小区|花园|家园|公寓|大厦|广场|山庄|新村|新城|苑|(?<!政)府|城(?![市管区乡镇建中际])|公馆|华庭)", 8),
@@ -45,13 +50,14 @@ _BODY_CHARS = r"[\u4e00-\u9fffA-Za-z0-9·]"
 _BOUNDARY = re.compile(r".*(?:[在于的是了和与及到住从向对为我你他她该本这那个位近旁边里内外区市县镇乡省州号栋楼期\d]"
                        r"|[由去给把被让还而或但请就要靠些很往离]"
                        r"|反映|投诉|举报|关于|请问|咨询|建议|位于|附近|周边|旁边|业主|居民|改变|调整|安装|发挥|依靠|占用|进入"
-                       r"|经过|距离|欺骗|恳请|希望|要求|解决|没有|已经|还有|设置|增建|相关|部分|所有|很多|许多|多名|每次|上班)")
+                       r"|经过|距离|欺骗|恳请|希望|要求|解决|没有|已经|还有|设置|增建|相关|部分|所有|很多|许多|多名|每次|上班|知道"
+                       r"|配套|借口|成立|大量)")
 _GENERIC = {
     "小区", "物业", "业主", "周边", "附近", "整个", "所在", "相关", "有关", "部分", "老旧", "新建", "安置", "拆迁",
     "回迁", "公租", "廉租", "保障", "商品", "住宅", "开发", "私立", "公立", "民办", "公办", "乡镇", "社区", "城市",
     "医疗", "人民", "人民政", "政", "农", "新农", "市政", "高速公", "公", "马", "道", "线", "铁", "全", "各", "其他",
     "多", "中小", "培训", "教育", "物流", "房地产", "开发商", "中", "小", "大", "一", "该", "此", "某", "商业", "农村",
-    "乡村", "城乡", "水泥", "十字", "油沙", "柏油", "人行", "人行马", "主干", "老", "家", "进", "出", "县", "回", "上", "下", "不", "有", "无", "总", "分", "子", "母", "村", "外",
+    "乡村", "城乡", "水泥", "十字", "公交线", "自来水", "供水", "供电", "燃气", "物业服务", "壳", "存管", "油沙", "柏油", "人行", "人行马", "主干", "老", "家", "进", "出", "县", "回", "上", "下", "不", "有", "无", "总", "分", "子", "母", "村", "外",
 }
 _NAME_RES = {
     kind: re.compile(f"({_BODY_CHARS}{{1,{n}}}?)({suffix})")
@@ -118,6 +124,42 @@ def extract_names(text: str) -> frozenset[tuple[str, str]]:
     return frozenset(found)
 
 
+def _edit_distance_le1(x: str, y: str) -> bool:
+    """True when x and y differ by at most one substitution, insertion, deletion or adjacent swap."""
+    if abs(len(x) - len(y)) > 1:
+        return False
+    if len(x) == len(y):
+        diff = [i for i in range(len(x)) if x[i] != y[i]]
+        return len(diff) <= 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]])
+    if len(x) > len(y):
+        x, y = y, x
+    return any(y[:i] + y[i + 1:] == x for i in range(len(y)))
+
+
+def names_match(x: str, y: str) -> bool:
+    """Same name allowing typos and nesting: 中茂城/中贸城, 千山/山千制药, 伊景园滨河苑/滨河苑."""
+    if x == y:
+        return True
+    short, long_ = sorted((x, y), key=len)
+    if len(short) >= 3 and short in long_:
+        return True
+    return len(short) >= 3 and (_edit_distance_le1(x, y) or (len(x) == len(y) and sorted(x) == sorted(y)))
+
+
+def _shared_names(names_a: frozenset, names_b: frozenset) -> list[tuple[str, str]]:
+    """(kind, name) found in both petitions, the most specific first; typo variants shown as "a/b"."""
+    out: dict[tuple[str, str], None] = {}
+    for ka, na in sorted(names_a, key=lambda kn: (-len(kn[1]), kn)):
+        for kb, nb in sorted(names_b, key=lambda kn: (-len(kn[1]), kn)):
+            if ka == kb and names_match(na, nb):
+                label = na if na == nb or nb in na else (nb if na in nb else f"{na}/{nb}")
+                out[(ka, label)] = None
+    shared = list(out)
+    # Keep the most specific of nested names ("伊景园滨河苑" over "滨河苑").
+    return [kn for kn in shared if not any(kn[1] != o[1] and kn[1] in o[1] for o in shared)]
+
+
 def _grams(text: str, n: int) -> set[str]:
     s = _NON_TEXT.sub("", text)
     return {s[i:i + n] for i in range(len(s) - n + 1)} if len(s) >= n else ({s} if s else set())
@@ -142,15 +184,13 @@ def pair_features(a: dict, b: dict, similarity: float) -> tuple[dict[str, float]
     tg_a, tg_b = _grams(full_a, 3), _grams(full_b, 3)
     containment = len(tg_a & tg_b) / min(len(tg_a), len(tg_b)) if tg_a and tg_b else 0.0
     names_a, names_b = extract_names(full_a), extract_names(full_b)
-    shared = sorted(names_a & names_b, key=lambda kn: (-len(kn[1]), kn))
-    # Keep the most specific of nested names ("伊景园滨河苑" over "滨河苑").
-    shared = [kn for kn in shared if not any(kn[1] != o[1] and kn[1] in o[1] for o in shared)]
+    shared = _shared_names(names_a, names_b)
     conflict: list[tuple[str, str, str]] = []
     if not shared:
         for kind in ("estate", "road", "village", "company", "school", "hospital", "case"):
             ka = sorted(n for k, n in names_a if k == kind)
             kb = sorted(n for k, n in names_b if k == kind)
-            if ka and kb and not any(x in y or y in x for x in ka for y in kb):
+            if ka and kb:
                 conflict.append((kind, ka[0], kb[0]))
     pa, pb = _petitioner(a), _petitioner(b)
     da, db = parse_time(a.get("time")), parse_time(b.get("time"))

@@ -6,7 +6,7 @@ Public API (used by the service, keep stable):
     scorer.score(a: dict, b: dict, similarity: float) -> {"probability": float, "is_repeat": bool,
                                                           "reasons": list[str]}
     scorer.threshold                      # operating threshold (probability), chosen on labelled data
-    RepeatScorer.fit(X, y, groups, ...)   # X: (n, len(FEATURES)); groups: connected components of the pairs
+    RepeatScorer.fit(X, y, groups, feature_names=...)   # X columns = feature_names (default: all FEATURES)
 
 Fitting: standardised features -> L2 logistic regression; the logit is then Platt-calibrated on out-of-fold
 logits of a grouped cross-validation (groups = connected components of the pair graph, so no message is on
@@ -199,6 +199,7 @@ class RepeatScorer:
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(self.to_dict(), fh, ensure_ascii=False, indent=2)
+                fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)

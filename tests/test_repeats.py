@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from xinfang.models.repeat_features import FEATURES, extract_names, pair_features, parse_time, reasons
+from xinfang.models.repeat_features import (
+    DEFAULT_FEATURES,
+    FEATURES,
+    extract_names,
+    names_match,
+    pair_features,
+    parse_time,
+    reasons,
+)
 from xinfang.models.repeat_scorer import RepeatScorer, choose_threshold, connected_components
 from xinfang.models.vector_index import VectorIndex
 
@@ -239,6 +247,15 @@ def test_extract_names():
     assert not any(n.endswith("政府") for _k, n in extract_names("请市政府和区政府尽快处理"))
 
 
+def test_names_match_typos_and_nesting():
+    assert names_match("中茂城", "中贸城") and names_match("千山制药机械股份有限公司", "山千制药机械股份有限公司")
+    assert names_match("伊景园滨河苑", "滨河苑") and names_match("锦绣华庭", "锦秀华庭")
+    assert not names_match("大风车幼儿园", "三之三幼儿园") and not names_match("金星路", "银星路"[:2])
+    feats, facts = pair_features({"title": "中茂城商铺退款", "text": "星沙中茂城商铺不退款"},
+                                 {"title": "中贸城商铺退款难", "text": "中贸城拒不退还定金"}, 0.9)
+    assert feats["name_conflict"] == 0.0 and facts.shared and "中茂城" in facts.shared[0][1]
+
+
 def test_pair_features_and_reasons_repeat():
     feats, facts = pair_features(A, B, 0.93)
     assert list(feats) == FEATURES
@@ -321,7 +338,7 @@ def test_threshold_rule_and_components():
 
 def test_default_scorer_loads():
     scorer = RepeatScorer.default()
-    assert scorer.feature_names == FEATURES and 0 < scorer.threshold < 1
+    assert scorer.feature_names == DEFAULT_FEATURES and 0 < scorer.threshold < 1
 
 
 # ----------------------------------------------------------------------------------------- finder + CLI

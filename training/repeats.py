@@ -1,6 +1,7 @@
 """Fit the repeat scorer on labelled pairs.
 
-    fit_repeat_scorer(pairs, petitions_by_id, embedder, cache_dir=None, min_precision=0.95) -> RepeatScorer
+    fit_repeat_scorer(pairs, petitions_by_id, embedder, cache_dir=None, min_precision=0.95,
+                      trained_on="", features=None) -> RepeatScorer
 
 `pairs` are dicts `{"a": id, "b": id, "label": 1 | 0 | 0.5}` (0.5 = unsure, left out); `petitions_by_id`
 maps ids to petition dicts (`title`, `text`, optional `petitioner`/`user`, `time`).
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from xinfang.models.normalize import petition_text
-from xinfang.models.repeat_features import FEATURES, pair_features
+from xinfang.models.repeat_features import DEFAULT_FEATURES, FEATURES, pair_features
 from xinfang.models.repeat_scorer import MIN_PRECISION, RepeatScorer, connected_components
 from xinfang.models.repeats import embed_cached
 
@@ -63,8 +64,9 @@ def pair_matrix(triples: list[tuple[str, str, int]], petitions_by_id: dict[str, 
 
 def fit_repeat_scorer(pairs: list[dict], petitions_by_id: dict[str, dict], embedder,
                       cache_dir: str | Path | None = None, min_precision: float = MIN_PRECISION,
-                      trained_on: str = "") -> RepeatScorer:
-    """Fit a calibrated RepeatScorer; its threshold and metrics come from grouped cross-validation."""
+                      trained_on: str = "", features: list[str] | None = None) -> RepeatScorer:
+    """Fit a calibrated RepeatScorer on `features` (default DEFAULT_FEATURES); its threshold and metrics
+    come from grouped cross-validation."""
     t0 = time.perf_counter()
     triples = labelled_pairs(pairs, petitions_by_id)
     if not triples:
@@ -72,7 +74,9 @@ def fit_repeat_scorer(pairs: list[dict], petitions_by_id: dict[str, dict], embed
     ids = sorted({i for a, b, _ in triples for i in (a, b)})
     vectors = embed_petitions(ids, petitions_by_id, embedder, cache_dir)
     X, y, groups = pair_matrix(triples, petitions_by_id, vectors)
-    scorer = RepeatScorer.fit(X, y, groups, min_precision=min_precision,
+    names = list(features or DEFAULT_FEATURES)
+    cols = [FEATURES.index(f) for f in names]
+    scorer = RepeatScorer.fit(X[:, cols], y, groups, min_precision=min_precision, feature_names=names,
                               encoder_fingerprint=embedder.fingerprint, trained_on=trained_on)
     log.info("fitted repeat scorer on %d pairs (%d groups) in %.1fs; threshold %.3f", len(y),
              len(set(groups.tolist())), time.perf_counter() - t0, scorer.threshold)
