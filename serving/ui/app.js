@@ -206,7 +206,8 @@
     var signedIn = !!getKey();
     $("logout-btn").hidden = !signedIn;
     $("who").hidden = !signedIn;
-    $("who").textContent = signedIn ? "已登录：" + (sessionStorage.getItem(NAME_STORE) || "办案人员") : "";
+    var name = sessionStorage.getItem(NAME_STORE);
+    $("who").textContent = signedIn ? "已登录（办案人员" + (name ? "：" + name : "") + "）" : "";
   }
 
   /* ------------------------------------------------------------------ sign-in */
@@ -521,7 +522,7 @@
   function noteWho(fb) {
     if (fb && fb.who && !sessionStorage.getItem(NAME_STORE)) {
       sessionStorage.setItem(NAME_STORE, fb.who);
-      $("who").textContent = "已登录：" + fb.who;
+      $("who").textContent = "已登录（办案人员：" + fb.who + "）";
     }
   }
 
