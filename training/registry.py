@@ -308,7 +308,7 @@ class Registry:
         promoted = {t: s.get("promoted") for t, s in data["tasks"].items()}
         for row in rows:
             row["promoted"] = promoted.get(row["task"]) == row["version"]
-        return sorted(rows, key=lambda r: (r["task"], r["created_at"], r["version"]))
+        return sorted(rows, key=lambda r: (r["task"], int(r["version"].rsplit("-v", 1)[-1])))
 
     def get(self, version: str) -> dict[str, Any]:
         data = self.load()
