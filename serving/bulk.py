@@ -59,9 +59,13 @@ async def _load(svc, records: list[dict], concurrency: int = 16) -> dict[str, in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xinfang.records import load_records
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see xinfang/commands/serve.py
     from xinfang.serving.config import ServiceConfig
     from xinfang.serving.service import Service
+
+    from xinfang.records import load_records
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", type=Path)

@@ -30,6 +30,10 @@ def register(app: typer.Typer) -> None:
         from xinfang.serving.observability import configure_json_logging
         from xinfang.serving.store import Store
 
+        # OpenMP threads that spin while waiting collapse under CPU contention (measured: a 2-thread torch
+        # forward went from 3 ms to 800 ms with other jobs on the 2 cores); passive waiting costs nothing when
+        # the cores are free. Must be set before torch is imported.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if data_dir:
             os.environ["XINFANG_DATA_DIR"] = str(Path(data_dir).resolve())
         if runtime:
