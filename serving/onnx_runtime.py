@@ -128,6 +128,88 @@ class OnnxLogits:
         return out
 
 
+def _export_embedder(embedder, path: Path) -> None:
+    import torch
+    from xinfang.models.classifier import mean_pool
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = embedder._model
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return torch.nn.functional.normalize(mean_pool(hidden, attention_mask), p=2, dim=1)
+
+    model = Pooled().eval()
+    enc = embedder._tokenizer([embedder.prefix + "样例文本", embedder.prefix + "第二条较长的样例文本，用于导出"],
+                              padding=True, truncation=True, max_length=embedder.max_length, return_tensors="pt")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    cfg = embedder._model.config
+    attn = getattr(cfg, "_attn_implementation", None)
+    try:
+        if attn is not None:
+            cfg._attn_implementation = "eager"
+        with torch.no_grad():
+            torch.onnx.export(
+                model, (enc["input_ids"], enc["attention_mask"]), str(tmp), dynamo=False,
+                input_names=["input_ids", "attention_mask"], output_names=["embedding"], opset_version=OPSET,
+                dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                              "embedding": {0: "batch"}})
+        os.replace(tmp, path)
+    finally:
+        if attn is not None:
+            cfg._attn_implementation = attn
+        tmp.unlink(missing_ok=True)
+
+
+class OnnxEncode:
+    """`Embedder.encode(texts)` by ONNX Runtime in fp32 (same prefix, truncation, pooling and normalisation).
+
+    Only fp32: stored index vectors must stay comparable with the embedder's fingerprint, which an int8
+    approximation would not honour."""
+
+    def __init__(self, embedder, model_path: Path, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.embedder = embedder
+        self.path = model_path
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        e = self.embedder
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of texts, not a single string")
+        out = np.zeros((len(texts), e.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i] or ""))
+        for start in range(0, len(order), e.batch_size):
+            idx = order[start:start + e.batch_size]
+            enc = e._tokenizer([e.prefix + (texts[i] or "") for i in idx], padding=True, truncation=True,
+                               max_length=e.max_length, return_tensors="np")
+            out[idx] = self.session.run(["embedding"], {"input_ids": enc["input_ids"].astype(np.int64),
+                                                        "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+        return out
+
+
+def use_onnx_embedder(embedder, cache_dir: Path, threads: int = 2) -> str:
+    """Switch an Embedder's encode() to ONNX Runtime (fp32, exported once per fingerprint); returns the file."""
+    folder = Path(cache_dir) / f"embedder-{embedder.fingerprint[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    if not path.exists():
+        t0 = time.perf_counter()
+        try:
+            _export_embedder(embedder, path)
+        except Exception as exc:
+            raise ModelError(f"{embedder.encoder_dir}: cannot export the embedder to ONNX: {exc}") from exc
+        log.info("exported the embedder to ONNX in %.1fs", time.perf_counter() - t0)
+    embedder.encode = OnnxEncode(embedder, path, threads)
+    return str(path)
+
+
 def use_onnx(pipeline, runtime: str, cache_dir: Path, threads: int = 2) -> dict[str, str]:
     """Switch every bundle of `pipeline` to ONNX Runtime; returns task -> ONNX file used."""
     if runtime not in ("onnx", "onnx-int8"):

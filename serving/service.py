@@ -107,6 +107,10 @@ class Service:
             self.model_error = str(exc)
             log.error("classification models not loaded: %s", exc)
         self.embedder = Embedder(cfg.embed_encoder)
+        if cfg.runtime != "torch":  # fp32 ONNX for the embedder in both ONNX runtimes (see onnx_runtime.py)
+            from xinfang.serving.onnx_runtime import use_onnx_embedder
+
+            use_onnx_embedder(self.embedder, cfg.onnx_cache_dir, threads=cfg.threads)
         try:
             self.scorer, self.scorer_path = load_scorer(cfg)
         except Exception as exc:  # repeat routes answer 503 and /readyz says why; intake still stores

@@ -140,6 +140,7 @@ def test_concurrent_requests_are_micro_batched(env) -> None:
     expected = [client.post("/v1/classify", json={"petitions": [t]}, headers=auth(keys["intake"])).json()
                 ["results"][0]["topic"]["label"] for t in texts]
     before = _metric(client, keys, "xinfang_batch_size_count", 'kind="classify"')
+    items_before = _metric(client, keys, "xinfang_batch_size_sum", 'kind="classify"')
     results: dict[int, str] = {}
 
     def call(i: int) -> None:
@@ -153,7 +154,8 @@ def test_concurrent_requests_are_micro_batched(env) -> None:
         t.join()
     assert [results[i] for i in range(16)] == expected
     batches = _metric(client, keys, "xinfang_batch_size_count", 'kind="classify"') - before
-    assert 1 <= batches <= 16
+    items = _metric(client, keys, "xinfang_batch_size_sum", 'kind="classify"') - items_before
+    assert items == 16 and 1 <= batches <= 16  # every petition went through the batcher, in <= 16 model calls
 
 
 # ------------------------------------------------------------------------------------------------ petitions
@@ -546,6 +548,20 @@ def test_onnx_runtime_matches_torch(tmp_path, bundles, runtime) -> None:
     agree = np.mean([a["topic"]["label"] == b["topic"]["label"] for a, b in zip(ref, got, strict=True)])
     assert agree >= (1.0 if runtime == "onnx" else 0.9)
     assert max(abs(a["topic"]["score"] - b["topic"]["score"]) for a, b in zip(ref, got, strict=True)) <= tol
+
+
+def test_onnx_embedder_matches_torch(tmp_path, tiny_encoder_dir) -> None:
+    from xinfang.models.embedder import Embedder
+    from xinfang.serving.onnx_runtime import use_onnx_embedder
+
+    texts = [p.get("title") or "" for p in demo_petitions(12)] + ["", "短"]
+    ref = Embedder(str(tiny_encoder_dir), batch_size=4).encode(texts)
+    emb = Embedder(str(tiny_encoder_dir), batch_size=4)
+    assert Path(use_onnx_embedder(emb, tmp_path, threads=1)).exists()
+    got = emb.encode(texts)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float((got * ref).sum(1).min()) > 0.9999
 
 
 def test_keys_cli(tmp_path) -> None:
