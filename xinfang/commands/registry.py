@@ -99,9 +99,11 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             m = r.get("metrics") or {}
             gate = r.get("gate") or {}
-            headline = next((f"{k}={m[k]:.4f}" for k in ("macro_f1", "pair_f1", "f1", "accuracy")
+            headline = next((f"validation {k}={m[k]:.4f}" for k in ("macro_f1", "pair_f1", "f1", "accuracy")
                              if isinstance(m.get(k), (int, float))), "")
-            g = "" if not gate else f" gate={'pass' if gate.get('passed') else 'fail'}"
+            g = "" if not gate else (f" gate={'pass' if gate.get('passed') else 'REFUSED'}"
+                                     f"{' (forced)' if gate.get('forced') else ''} "
+                                     f"eval {gate.get('metric')}={gate.get('new')}")
             typer.echo(f"{'*' if r['promoted'] else ' '} {r['version']:<16} {r['task']:<11} {r['created_at']} "
                        f"parent={r.get('parent') or '-'} {headline}{g}")
 
