@@ -500,7 +500,8 @@ class Registry:
                    "source": str(src.resolve()), "set_at": now_iso()}
             data["tasks"].setdefault(task, {"promoted": None, "stack": [], "next": 1})["eval_set"] = cfg
             self._event(data, "eval_set", task=task, sha256=cfg["sha256"])
-        self.audit.record("model.eval_set", self.actor, task, {"sha256": cfg["sha256"], "rows": rows})
+        self.audit.record("model.eval_set", self.actor, f"eval_set:{cfg['sha256'][:12]}",
+                          {"task": task, "sha256": cfg["sha256"], "rows": rows})
         return cfg
 
     def verify_eval_set(self, task: str) -> Path:
