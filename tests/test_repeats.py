@@ -357,7 +357,7 @@ def test_embedder_contract(tiny_embedder, tiny_encoder_dir):
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(tiny_embedder.encode(["学校收费"])[0], v[1], atol=1e-5)  # order-independent
     assert tiny_embedder.encode([]).shape == (0, tiny_embedder.dim)
-    other = Embedder(tiny_encoder_dir, prefix="passage: ", max_length=64)
+    other = Embedder(tiny_encoder_dir, prefix="query: ", max_length=64)
     assert other.fingerprint != tiny_embedder.fingerprint and len(other.fingerprint) == 64
 
 
