@@ -17,6 +17,17 @@ def _columns(title_column: str | None, text_column: str | None, id_column: str |
     return cols or None
 
 
+def _threads(n: int | None) -> None:
+    """torch intra-op threads; 1 is much faster when other jobs crowd the CPU (no spinning thread barriers)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+THREADS_HELP = "torch CPU threads (default: torch's choice; use 1 on a crowded machine)"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
@@ -45,8 +56,10 @@ def register(app: typer.Typer) -> None:
                                          "the promoted one): incremental training; new labels extend its head."),
         force: bool = typer.Option(False, "--force", help="With --register: promote even if the gate refuses "
                                    "(audited)."),
+        threads: int = typer.Option(None, help=THREADS_HELP),
     ) -> None:
         """Fine-tune a classifier and write a verified model bundle."""
+        _threads(threads)
         from xinfang.errors import DataError
         from xinfang.records import load_records
         from xinfang.training.classifier import recipe_with, resolve_recipe, train_classifier
@@ -88,8 +101,10 @@ def register(app: typer.Typer) -> None:
         title_column: str = typer.Option(None, help="File column holding the title."),
         text_column: str = typer.Option(None, help="File column holding the text."),
         id_column: str = typer.Option(None, help="File column holding the id."),
+        threads: int = typer.Option(None, help=THREADS_HELP),
     ) -> None:
         """Classify petitions: one JSON line per input row, in input order."""
+        _threads(threads)
         from tqdm import tqdm
 
         from xinfang.models.pipeline import ClassificationPipeline
@@ -128,10 +143,12 @@ def register(app: typer.Typer) -> None:
                                         "baseline is 5-fold group cross-validated on --data."),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
         batch_size: int = typer.Option(32, help="Petitions per forward pass."),
+        threads: int = typer.Option(None, help=THREADS_HELP),
     ) -> None:
         """Accuracy, macro-F1, per-class P/R/F1, top-3, ECE, review coverage: model vs char TF-IDF baseline."""
         from xinfang.training.evaluation import evaluate_bundle
 
+        _threads(threads)
         report = evaluate_bundle(model, data, label_column, train_data, batch_size)
         if as_json:
             typer.echo(json.dumps(report, ensure_ascii=False, indent=2))
