@@ -46,6 +46,7 @@ def machine() -> dict:
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=Path(__file__).parent).stdout.strip()}
