@@ -14,6 +14,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from xinfang.serving.config import LIMITS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+# Documented in the OpenAPI document (enforced by the validators below, with clearer messages).
+_CC = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f"
+NO_CONTROL = f"^[^{_CC}]*$"
+NOT_BLANK = f"^[^{_CC}]*[^\\s{_CC}][^{_CC}]*$"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -42,12 +46,15 @@ PetitionId = Annotated[str, StringConstraints(pattern=ID_PATTERN),
                              examples=["2024-000123"])]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_text_chars), AfterValidator(_clean),
                  AfterValidator(_not_blank),
-                 Field(description=f"Petition text (1..{LIMITS.max_text_chars} characters)")]
+                 Field(description=f"Petition text (1..{LIMITS.max_text_chars} characters, not blank, no control "
+                                   "characters but tab/newline)", json_schema_extra={"pattern": NOT_BLANK})]
 Title = Annotated[str, StringConstraints(max_length=LIMITS.max_title_chars), AfterValidator(_clean),
-                  Field(description=f"Title (at most {LIMITS.max_title_chars} characters)")]
-Short = Annotated[str, StringConstraints(max_length=200), AfterValidator(_clean)]
+                  Field(description=f"Title (at most {LIMITS.max_title_chars} characters)",
+                        json_schema_extra={"pattern": NO_CONTROL})]
+Short = Annotated[str, StringConstraints(max_length=200), AfterValidator(_clean),
+                  Field(json_schema_extra={"pattern": NO_CONTROL})]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_clean),
-                  AfterValidator(_not_blank)]
+                  AfterValidator(_not_blank), Field(json_schema_extra={"pattern": NOT_BLANK})]
 
 
 class _In(BaseModel):
