@@ -48,7 +48,7 @@ _NAME_KINDS: dict[str, tuple[str, str, int]] = {
 _BODY_CHARS = r"[\u4e00-\u9fffA-Za-z0-9·]"
 # A name's body ends at the last of these (place prefixes like "A3区", verbs, pronouns, prepositions).
 _BOUNDARY = re.compile(r".*(?:[在于的是了和与及到住从向对为我你他她该本这那个位近旁边里内外区市县镇乡省州号栋楼期\d]"
-                       r"|[由去给把被让还而或但请就要靠些很往离]"
+                       r"|[由去给把被让还而或但请就要靠些很往离过]"
                        r"|反映|投诉|举报|关于|请问|咨询|建议|位于|附近|周边|旁边|业主|居民|改变|调整|安装|发挥|依靠|占用|进入"
                        r"|经过|距离|欺骗|恳请|希望|要求|解决|没有|已经|还有|设置|增建|相关|部分|所有|很多|许多|多名|每次|上班|知道"
                        r"|配套|借口|成立|大量)")
