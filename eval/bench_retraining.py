@@ -154,7 +154,7 @@ def render(r: dict) -> str:
         f"{r['recipe']['trainable_layers']} layer(s) fine-tuned, {r['recipe']['epochs']} epochs; "
         f"total wall time {r['seconds']} s",
         "- gate: refuse when macro-F1 drops by more than 0.01 or any class with >= 3 examples loses more "
-        "than 0.15 recall (or collapses); the baseline is the promoted version, on the same fixed set", "",
+        "than 0.15 recall without gaining F1, or collapses; the baseline is the promoted version, on the same fixed set", "",
         "| step | version | parent | train s | macro-F1 new | promoted (baseline) | delta | gate |",
         "|---|---|---|---|---|---|---|---|",
     ]
