@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from xinfang.models.classifier import ClassifierBundle, mean_pool
+from xinfang.records import load_records
+from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training import evaluation as ev
 from xinfang.training.classifier import (
     RECIPES,
@@ -40,9 +43,6 @@ from xinfang.training.classifier import (
     run_layers,
     train_classifier,
 )
-
-from xinfang.records import load_records
-from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 
 log = logging.getLogger("bench_classify")
 REPORTS = REPO_ROOT / "eval" / "reports"
@@ -74,6 +74,7 @@ def frozen_embeddings(cache: FrozenCache, texts: list[str], base: str) -> np.nda
     """Mean-pooled final-layer states of the *pretrained* encoder, continuing from the cached lower layers."""
     import torch
     from transformers import AutoModel
+
     from xinfang.models.encoder import resolve_encoder
 
     model = AutoModel.from_pretrained(resolve_encoder(base), local_files_only=True).eval()
@@ -106,6 +107,7 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
+
     from xinfang.models.encoder import resolve_encoder
 
     records = load_records(path, label_column=label_column)[:limit]

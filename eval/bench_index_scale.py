@@ -21,8 +21,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from xinfang.models.vector_index import VectorIndex
 
+from xinfang.models.vector_index import VectorIndex
 from xinfang.settings import get_settings
 
 REPORTS = Path(__file__).resolve().parent / "reports"

@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import GroupKFold
+
 from xinfang.models.embedder import DEFAULT_PREFIX, Embedder
 from xinfang.models.normalize import petition_text
 from xinfang.models.repeat_features import DEFAULT_FEATURES, FEATURES
 from xinfang.models.repeat_scorer import RepeatScorer, binary_metrics
 from xinfang.models.repeats import embed_cached
 from xinfang.models.vector_index import VectorIndex
-from xinfang.training.repeats import labelled_pairs, pair_matrix
-
 from xinfang.records import load_records
 from xinfang.settings import SHARED_DATA_DIR, get_settings
+from xinfang.training.repeats import labelled_pairs, pair_matrix
 
 SHIPPED = [FEATURES.index(f) for f in DEFAULT_FEATURES]
 REPORTS = Path(__file__).resolve().parent / "reports"

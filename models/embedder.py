@@ -69,6 +69,7 @@ class Embedder:
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+
         from xinfang.models.encoder import resolve_encoder
 
         if max_length < 8:

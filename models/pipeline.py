@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xinfang.errors import DataError, ModelError
 from xinfang.models.classifier import ClassifierBundle, petition_input
 from xinfang.models.router import DutyList, Router
-
-from xinfang.errors import DataError, ModelError
 
 __all__ = ["ClassificationPipeline"]
 

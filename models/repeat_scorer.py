@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from xinfang.models.repeat_features import FEATURES, pair_features, reasons
 
 from xinfang.errors import ModelError
+from xinfang.models.repeat_features import FEATURES, pair_features, reasons
 
 FORMAT = "xinfang-repeat-scorer/1"
 DEFAULT_SCORER_PATH = Path(__file__).with_name("repeat_scorer_default.json")

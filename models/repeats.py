@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-from xinfang.models.normalize import petition_text
-from xinfang.models.vector_index import MANIFEST, VectorIndex
 
 from xinfang.errors import DataError, IndexError_
+from xinfang.models.normalize import petition_text
+from xinfang.models.vector_index import MANIFEST, VectorIndex
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+
+from xinfang.cli import app
+from xinfang.errors import DataError, ModelError
 from xinfang.models.classifier import ClassifierBundle
 from xinfang.models.pipeline import ClassificationPipeline
 from xinfang.models.router import DutyList, Router, extract_jurisdiction, jurisdiction_levels
+from xinfang.records import load_records
 from xinfang.training import evaluation as ev
 from xinfang.training.classifier import (
     group_ids,
@@ -22,10 +26,6 @@ from xinfang.training.classifier import (
     recipe_with,
     train_classifier,
 )
-
-from xinfang.cli import app
-from xinfang.errors import DataError, ModelError
-from xinfang.records import load_records
 
 TOPICS = {
     "交通运输": ("公交车路线", "交通"),
@@ -129,6 +129,7 @@ def test_training_is_seeded(tmp_path: Path, tiny_encoder_dir: Path, data_file: P
 def test_cached_training_path_matches_full_forward(topic_bundle: Path, tiny_encoder_dir: Path) -> None:
     """The model trained on cached lower-layer states must give the same logits through a plain forward pass."""
     from transformers import AutoModel, AutoTokenizer
+
     from xinfang.training.classifier import FrozenCache, _layers, top_logits
 
     b = ClassifierBundle.load(topic_bundle)

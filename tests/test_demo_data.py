@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from xinfang.models.normalize import normalize_text, petition_text
 
+from xinfang.models.normalize import normalize_text, petition_text
 from xinfang.records import load_records
 from xinfang.settings import DEMO_DATA_DIR
 

@@ -8,6 +8,7 @@ import time
 import unicodedata
 
 import pytest
+
 from xinfang.models.normalize import normalize_text, petition_text
 
 HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from xinfang.errors import DataError, IndexError_, ModelError
 from xinfang.models.repeat_features import (
     DEFAULT_FEATURES,
     FEATURES,
@@ -20,8 +22,6 @@ from xinfang.models.repeat_features import (
 )
 from xinfang.models.repeat_scorer import RepeatScorer, choose_threshold, connected_components
 from xinfang.models.vector_index import VectorIndex
-
-from xinfang.errors import DataError, IndexError_, ModelError
 
 DIM = 16
 
@@ -459,9 +459,8 @@ def test_cli_train_scorer(tmp_path, tiny_encoder_dir):
 @pytest.mark.realdata
 def test_realdata_pairs_features(shared_data_dir):
     """Feature extraction on the real dev pairs: petitioner ids and mixed times are read for every pair."""
-    from xinfang.training.repeats import labelled_pairs
-
     from xinfang.records import load_records
+    from xinfang.training.repeats import labelled_pairs
 
     by_id = {r["id"]: r for r in load_records(shared_data_dir / "attachment3_likes.jsonl")}
     pairs = [json.loads(line) for line in (shared_data_dir / "repeat_pairs_dev.jsonl").read_text().splitlines()]

@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
-from xinfang.training.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
 
 from xinfang.errors import ModelError
+from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
+from xinfang.training.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
 
 
 def fake_bundle(path: Path, task: str = "topic", macro_f1: float = 0.5, labels=("a", "b")) -> Path:
@@ -204,12 +204,11 @@ def _stored(store, pid: str, title: str, text: str, topic: str) -> None:
 
 
 def test_feedback_export_round_trips_into_training_inputs(tmp_path: Path):
+    from xinfang.records import load_records
     from xinfang.serving.store import Store
     from xinfang.training.adapters import load_pairs_with_petitions
     from xinfang.training.classifier import prepare_examples
     from xinfang.training.feedback_export import export_feedback, output_paths, parse_since
-
-    from xinfang.records import load_records
 
     store = Store(f"sqlite:///{tmp_path / 'xinfang.db'}")
     for i, topic in enumerate(["交通运输", "教育文体", "环境保护", "交通运输"]):
@@ -295,11 +294,11 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
     """register -> gate -> promote -> served model changes (reload under load) -> refused worse model ->
     forced + rollback (answers restored exactly) -> feedback -> export -> incremental training (new label)."""
     from service_fixtures import auth, create_keys, make_config, running_app
+
     from xinfang.models.normalize import normalize_text, petition_text
+    from xinfang.records import load_records
     from xinfang.serving.store import Store
     from xinfang.training.classifier import group_ids, group_split
-
-    from xinfang.records import load_records
 
     records = load_records(demo_data_path, label_column="topic")
     labels = [r["topic"] for r in records]
@@ -430,6 +429,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
 def test_extend_head_keeps_old_rows_and_incremental_is_seeded(tmp_path: Path, tiny_encoder_dir: Path):
     import torch
     from safetensors.torch import load_file
+
     from xinfang.training.classifier import train_classifier
     from xinfang.training.incremental import extend_head, train_incremental
 
@@ -456,10 +456,9 @@ def test_extend_head_keeps_old_rows_and_incremental_is_seeded(tmp_path: Path, ti
 def test_repeat_scorer_retraining_through_registry_and_gate(tmp_path: Path, tiny_encoder_dir: Path,
                                                             demo_data_path: Path, monkeypatch):
     from xinfang.models.embedder import Embedder
+    from xinfang.records import load_records
     from xinfang.training.adapters import read_jsonl
     from xinfang.training.repeats import fit_repeat_scorer
-
-    from xinfang.records import load_records
 
     monkeypatch.setenv("XINFANG_EMBED_ENCODER", str(tiny_encoder_dir))
     pairs_file = demo_data_path.with_name("repeat_pairs.jsonl")

@@ -105,6 +105,7 @@ def load_eval_pairs(path: Path) -> tuple[list[tuple[dict, dict]], list[int]]:
 def pair_similarities(pairs: list[tuple[dict, dict]], encoder: str | None = None) -> list[float]:
     """Cosine similarity of each pair under the repeat embedder (cached per encoder and texts)."""
     import numpy as np
+
     from xinfang.models.embedder import Embedder
     from xinfang.models.normalize import petition_text
 

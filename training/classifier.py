@@ -313,6 +313,7 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
     """Train the top layers of `model` (in place) and a new head; return (head_w, head_b, epoch_log)."""
     import torch
     from tqdm import tqdm
+
     from xinfang.models.classifier import mean_pool
 
     torch.manual_seed(seed)
@@ -399,6 +400,7 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     """Fine-tune on `records` and write a verified model bundle to `out_dir`. See the module docstring."""
     import torch
     from transformers import AutoModel, AutoTokenizer
+
     from xinfang.models.encoder import resolve_encoder
     from xinfang.training import evaluation as ev
 
@@ -497,6 +499,7 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
                 metrics: dict) -> str:
     """Write the bundle into a temporary sibling directory, then move it into place (atomic-ish)."""
     from safetensors.torch import save_file
+
     from xinfang.models.classifier import ENCODER_DIR, write_manifest
     from xinfang.training.model_card import render_card, save_confusion_png
 

@@ -224,9 +224,8 @@ def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data
     (out-of-fold predictions; its threshold is then chosen on those same predictions, an optimistic figure).
     """
     from xinfang.models.classifier import ClassifierBundle
-    from xinfang.training.classifier import data_fingerprint, group_ids, group_split, prepare_examples
-
     from xinfang.records import load_records
+    from xinfang.training.classifier import data_fingerprint, group_ids, group_split, prepare_examples
 
     bundle = ClassifierBundle.load(model_dir)
     cfg = bundle.config

@@ -25,9 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xinfang.training.registry import REPEAT_TASK, Registry, RegistryError
-
 from xinfang.errors import DataError
+from xinfang.training.registry import REPEAT_TASK, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 

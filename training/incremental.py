@@ -47,6 +47,7 @@ def _fine_tune_from(model, cache, texts, y, head_w, head_b, recipe, seed: int, p
     """The colleague's fine-tuning loop (``classifier.fine_tune``) but starting from a given head."""
     import torch
     from tqdm import tqdm
+
     from xinfang.models.classifier import mean_pool
     from xinfang.training.classifier import _batches, _layers, run_layers
 
@@ -115,6 +116,7 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
+
     from xinfang.models.classifier import ENCODER_DIR, verify_manifest
     from xinfang.training import evaluation as ev
     from xinfang.training.classifier import (
