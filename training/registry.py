@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from xinfang.errors import ModelError, XinfangError
+from xinfang.hashing import sha256_file
 from xinfang.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dir_fingerprint(path: Path) -> str:
