@@ -20,8 +20,6 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xinfang.machine import machine_info as machine
 from xinfang.models.classifier import ClassifierBundle, mean_pool
 from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
@@ -48,19 +47,6 @@ log = logging.getLogger("bench_classify")
 REPORTS = REPO_ROOT / "eval" / "reports"
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO_ROOT).stdout.strip()}
 
 
 def folds(labels: list[str], groups: list[int], n: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

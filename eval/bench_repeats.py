@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import GroupKFold
 
+from xinfang.machine import machine_info as machine
 from xinfang.models.embedder import DEFAULT_PREFIX, Embedder
 from xinfang.models.normalize import petition_text
 from xinfang.models.repeat_features import DEFAULT_FEATURES, FEATURES
@@ -36,20 +34,6 @@ REPORTS = Path(__file__).resolve().parent / "reports"
 log = logging.getLogger("bench_repeats")
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "loadavg_1m": round(os.getloadavg()[0], 1),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=Path(__file__).parent).stdout.strip()}
 
 
 def nested_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cols: list[int], folds: int,

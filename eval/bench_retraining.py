@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from xinfang.machine import cpu_model
 from xinfang.models.normalize import normalize_text, petition_text
 from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
@@ -33,16 +33,6 @@ from xinfang.training.classifier import FrozenCache, group_ids, group_split, rec
 from xinfang.training.gate import gate_and_promote
 from xinfang.training.incremental import train_incremental
 from xinfang.training.registry import JsonlAudit, Registry
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
