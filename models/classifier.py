@@ -6,7 +6,11 @@ A bundle is one directory (written by `xinfang train`, see xinfang.training.clas
     head.safetensors      linear head over mean-pooled token states: weight [C, H], bias [C]
     labels.json           label list (index = head row)
     config.json           task, base encoder, max_length, text prefix, normalisation, recipe, seed,
-                          data fingerprint, temperature, review threshold and its stated precision
+                          data fingerprint, temperature, review threshold and its stated precision,
+                          ensemble (weight, final temperature; null for an encoder-only bundle)
+    tfidf.json, tfidf_head.safetensors
+                          char TF-IDF + linear head of the ensemble (xinfang.models.tfidf_head); present when
+                          config.json has an ensemble (bundles from before the ensemble have neither)
     metrics.json          validation metrics (before/after calibration)
     MODEL_CARD.md, confusion_matrix.png
     manifest.json         sha256 of every other file; checked on load (ModelError naming the file)
@@ -95,7 +99,7 @@ class ClassifierBundle:
     """A loaded, verified classifier bundle. Inference is thread-safe (read-only model, locked tokenizer)."""
 
     def __init__(self, path: Path, config: dict, labels: list[str], tokenizer, encoder, head_w, head_b,
-                 version: str, metrics: dict | None = None) -> None:
+                 version: str, metrics: dict | None = None, tfidf=None) -> None:
         self.path = Path(path)
         self.config = config
         self.labels = list(labels)
@@ -105,6 +109,7 @@ class ClassifierBundle:
         self.head_b = head_b
         self.version = version
         self.metrics = metrics or {}
+        self.tfidf = tfidf  # TfidfHead of the ensemble, or None (encoder only)
         self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call concurrently
 
     # ----- identity -----
@@ -162,7 +167,16 @@ class ClassifierBundle:
         encoder.eval()
         if head["weight"].shape[0] != len(labels):
             raise ModelError(f"{path}: head has {head['weight'].shape[0]} rows but labels.json lists {len(labels)}")
-        return cls(path, config, labels, tokenizer, encoder, head["weight"], head["bias"], manifest["version"], metrics)
+        tfidf = None
+        if config.get("ensemble"):
+            from xinfang.models.tfidf_head import TFIDF_JSON, TFIDF_TENSORS, TfidfHead
+
+            for name in (TFIDF_JSON, TFIDF_TENSORS):
+                if verify and name not in manifest["files"]:
+                    raise ModelError(f"{path}: config.json has an ensemble but the manifest does not list {name}")
+            tfidf = TfidfHead.load(path, len(labels))
+        return cls(path, config, labels, tokenizer, encoder, head["weight"], head["bias"], manifest["version"], metrics,
+                   tfidf)
 
     # ----- inference -----
     def _tokenize(self, texts: list[str]):
@@ -197,11 +211,25 @@ class ClassifierBundle:
             bar.close()
         return out
 
+    @property
+    def ensemble(self) -> dict | None:
+        """The ensemble settings of config.json (weight, final temperature), or None for an encoder-only bundle."""
+        return self.config.get("ensemble") or None
+
     def proba_texts(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Calibrated probabilities (softmax of logits / temperature) for normalised texts."""
+        """Calibrated probabilities for normalised texts: softmax(logits / temperature) of the encoder, mixed
+        with the TF-IDF head's when the bundle has the ensemble (see xinfang.models.tfidf_head.ensemble_proba)."""
         from xinfang.training.evaluation import softmax
 
-        return softmax(self.logits(texts, batch_size, progress), self.temperature)
+        p = softmax(self.logits(texts, batch_size, progress), self.temperature)
+        ens = self.ensemble
+        if ens is None:
+            return p
+        from xinfang.models.tfidf_head import ensemble_proba
+
+        weight = float(ens["weight"])
+        p_tfidf = self.tfidf.proba(texts) if weight < 1.0 else None
+        return ensemble_proba(p, p_tfidf, weight, float(ens.get("temperature", 1.0)))
 
     def predict_proba(self, petitions: list[dict], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         max_chars = int(self.config.get("normalization", {}).get("max_chars", 8000))

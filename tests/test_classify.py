@@ -100,7 +100,8 @@ def test_bundle_files_config_and_card(topic_bundle: Path) -> None:
     assert b.task == "topic" and b.version == manifest["version"] and b.labels == sorted(TOPICS)
 
 
-@pytest.mark.parametrize("victim", ["head.safetensors", "labels.json", "encoder/model.safetensors"])
+@pytest.mark.parametrize("victim", ["head.safetensors", "labels.json", "encoder/model.safetensors",
+                                    "tfidf.json", "tfidf_head.safetensors"])
 def test_manifest_tamper_detected(topic_bundle: Path, tmp_path: Path, victim: str) -> None:
     copy = tmp_path / "b"
     shutil.copytree(topic_bundle, copy)
@@ -432,3 +433,98 @@ def test_real_topic_groups(shared_data_dir: Path) -> None:
     assert by_dup and all(len(s) == 1 for s in by_dup.values())  # exact-title repeats share a group
     tr, va = group_split(ex.labels, g, 0.1, 13)
     assert not {g[i] for i in tr} & {g[i] for i in va} and 0.07 < len(va) / len(g) < 0.13
+
+
+# ------------------------------------------------------------------------------------------ TF-IDF ensemble
+def test_ensemble_files_in_manifest_and_weight_recorded(topic_bundle: Path) -> None:
+    from xinfang.training.classifier import ENSEMBLE_WEIGHTS
+
+    manifest = json.loads((topic_bundle / "manifest.json").read_text())
+    assert {"tfidf.json", "tfidf_head.safetensors"} <= set(manifest["files"])
+    cfg = json.loads((topic_bundle / "config.json").read_text())
+    ens = cfg["ensemble"]
+    assert ens["weight"] in ENSEMBLE_WEIGHTS and ens["components"] == ["encoder", "tfidf"] and ens["temperature"] > 0
+    f1 = ens["validation_macro_f1"]
+    assert f1["encoder"] == f1["by_weight"]["1.0"] and f1["tfidf"] == f1["by_weight"]["0.0"]
+    assert f1["by_weight"][str(ens["weight"])] == max(f1["by_weight"].values())
+    metrics = json.loads((topic_bundle / "metrics.json").read_text())
+    assert metrics["ensemble"]["weight"] == ens["weight"] and "ensemble" in metrics["ensemble"]
+    assert "TF-IDF" in (topic_bundle / "MODEL_CARD.md").read_text()
+    tf = json.loads((topic_bundle / "tfidf.json").read_text())
+    assert tf["analyzer"] == "char" and tf["ngram_range"] == [1, 3] and tf["vocabulary"]
+
+
+def test_tfidf_head_round_trip_equals_in_memory(tmp_path: Path) -> None:
+    from xinfang.models.tfidf_head import TfidfHead
+
+    rows = _rows(8)
+    labels = sorted(TOPICS) + ["unseen"]
+    texts = [f"{r['title']}\n{r['text'] or ''}" for r in rows]
+    y = [labels.index(r["topic"]) for r in rows]
+    head = TfidfHead.fit(texts, y, len(labels), seed=1)
+    head.calibrate(texts[::2], y[::2])
+    head.save(tmp_path)
+    loaded = TfidfHead.load(tmp_path, len(labels))
+    query = ["K8县公交车路线问题", "学校收费 ABC", "完全无关的内容", "小区物业停车"]
+    diff = loaded.transform(query) - head.vectorizer.transform(query)  # our tf-idf == sklearn's
+    assert abs(diff).max() < 1e-9 if diff.nnz else True
+    sk = head.svm.decision_function(head.vectorizer.transform(query))
+    np.testing.assert_allclose(loaded.scores(query)[:, :3], sk, atol=1e-5)
+    np.testing.assert_allclose(loaded.proba(query), head.proba(query), atol=1e-6)
+    assert loaded.temperature == head.temperature and loaded.proba(query)[:, 3].max() < 1e-6
+    with pytest.raises(ModelError, match="shapes"):
+        TfidfHead.load(tmp_path, len(labels) + 1)
+
+
+def test_bundle_uses_ensemble(topic_bundle: Path) -> None:
+    from xinfang.models.tfidf_head import ensemble_proba
+
+    b = ClassifierBundle.load(topic_bundle)
+    texts = ["K8县公交车路线问题", "学校幼儿园收费"]
+    expected = ensemble_proba(ev.softmax(b.logits(texts), b.temperature), b.tfidf.proba(texts),
+                              b.ensemble["weight"], b.ensemble["temperature"])
+    np.testing.assert_allclose(b.proba_texts(texts), expected, atol=1e-9)
+    pipe = ClassificationPipeline(bundles={"topic": b})
+    row = pipe.classify([{"id": "1", "title": texts[0]}])[0]
+    assert row["topic"]["score"] == round(float(expected[0].max()), 6)
+
+
+def test_no_tfidf_bundle_still_predicts(tmp_path: Path, tiny_encoder_dir: Path, data_file: Path) -> None:
+    out = tmp_path / "plain"
+    res = _invoke(["train", "--task", "topic", "--data", data_file, "--base", tiny_encoder_dir, "--out", out,
+                   "--recipe", "tiny", "--epochs", "2", "--seed", "3", "--no-tfidf"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "tfidf.json").exists() and not (out / "tfidf_head.safetensors").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["ensemble"] is None and cfg["recipe"]["tfidf"] is False
+    b = ClassifierBundle.load(out)
+    assert b.tfidf is None and b.ensemble is None
+    texts = ["K8县公交车路线问题"]
+    np.testing.assert_allclose(b.proba_texts(texts), ev.softmax(b.logits(texts), b.temperature), atol=1e-9)
+    assert b.predict([{"title": texts[0]}])[0]["label"] in TOPICS
+
+
+def test_ensemble_files_cannot_be_dropped_from_manifest(topic_bundle: Path, tmp_path: Path) -> None:
+    from xinfang.models.classifier import write_manifest
+
+    copy = tmp_path / "b"
+    shutil.copytree(topic_bundle, copy)
+    (copy / "tfidf.json").unlink()
+    (copy / "tfidf_head.safetensors").unlink()
+    write_manifest(copy)  # a consistent manifest, but config.json still declares the ensemble
+    with pytest.raises(ModelError, match="tfidf"):
+        ClassifierBundle.load(copy)
+
+
+def test_incremental_refits_tfidf_head(topic_bundle: Path, tmp_path: Path) -> None:
+    from xinfang.training.incremental import train_incremental
+
+    more = _rows(6) + [{"id": f"n{i}", "title": f"退役军人安置{i}", "text": "退役军人安置问题", "topic": "退役"}
+                       for i in range(6)]
+    res = train_incremental(more, parent_dir=topic_bundle, out_dir=tmp_path / "inc", recipe="tiny", seed=5)
+    b = ClassifierBundle.load(res.out_dir)
+    assert b.labels[-1] == "退役" and b.tfidf is not None and b.tfidf.coef.shape[0] == len(b.labels)
+    parent_vocab = json.loads((topic_bundle / "tfidf.json").read_text())["vocabulary"]
+    assert "退役" in b.tfidf.vocabulary and "退役" not in parent_vocab  # refitted on the new data
+    assert b.config["ensemble"]["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert b.predict([{"title": "退役军人安置问题"}])[0]["label"] in b.labels

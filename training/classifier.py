@@ -38,7 +38,7 @@ import numpy as np
 from xinfang.errors import DataError, ModelError
 
 __all__ = ["Recipe", "RECIPES", "Examples", "prepare_examples", "group_ids", "group_split", "FrozenCache",
-           "train_classifier", "TrainResult", "data_fingerprint"]
+           "train_classifier", "TrainResult", "data_fingerprint", "fit_tfidf", "calibrate", "ENSEMBLE_WEIGHTS"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Recipe:
     val_fraction: float = 0.1
     target_precision: float = 0.95
     min_class_count: int = 2
+    tfidf: bool = True  # also fit the char TF-IDF head and ship the validated ensemble (see calibrate)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -377,6 +378,71 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
     return head.weight.detach().cpu(), head.bias.detach().cpu(), log_rows
 
 
+# ---------------------------------------------------------------------------------------------- ensemble
+ENSEMBLE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def fit_tfidf(texts: list[str], y: list[int], n_classes: int, seed: int, source: str = "data"):
+    """The TF-IDF head fitted on the training part, or None (with a warning) when the texts give no features."""
+    from xinfang.models.tfidf_head import TfidfHead
+
+    try:
+        return TfidfHead.fit(texts, y, n_classes, seed=seed)
+    except ValueError as exc:  # e.g. no n-gram occurs in 2 training texts
+        log.warning("%s: TF-IDF head not fitted (%s); the bundle uses the encoder alone", source, exc)
+        return None
+
+
+def _macro_f1(y: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, probs.argmax(axis=1), labels=sorted(set(y.tolist())), average="macro",
+                          zero_division=0))
+
+
+def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe: Recipe,
+              va_texts: list[str], tfidf=None) -> tuple[float, dict, dict, dict | None]:
+    """Encoder temperature, optional ensemble, review threshold and validation metrics of the final probabilities.
+
+    With a TF-IDF head: its temperature is fitted on validation, the weight w of
+    `w * p_encoder + (1 - w) * p_tfidf` is the one of ENSEMBLE_WEIGHTS with the best validation macro-F1 (ties:
+    the one closest to 0.5), and a final temperature is fitted on the log of the mixed probabilities. The review
+    threshold and the metrics are computed on the final probabilities. Returns
+    (encoder temperature, review, metrics, ensemble config or None).
+    """
+    from xinfang.models.tfidf_head import ensemble_proba
+    from xinfang.training import evaluation as ev
+
+    y = np.array(va_y)
+    temperature = ev.fit_temperature(va_logits, y)
+    p_raw, p_enc = ev.softmax(va_logits), ev.softmax(va_logits, temperature)
+    p_final, ensemble = p_enc, None
+    if tfidf is not None:
+        tfidf.calibrate(va_texts, va_y)
+        p_tf = tfidf.proba(va_texts)
+        by_weight = {w: _macro_f1(y, w * p_enc + (1 - w) * p_tf) for w in ENSEMBLE_WEIGHTS}
+        best = max(by_weight.values())
+        weight = min((w for w, f in by_weight.items() if f >= best - 1e-12), key=lambda w: (abs(w - 0.5), w))
+        mixed = weight * p_enc + (1 - weight) * p_tf
+        t_final = ev.fit_temperature(np.log(np.clip(mixed, 1e-12, None)), y)
+        p_final = ensemble_proba(p_enc, p_tf, weight, t_final)
+        ensemble = {"weight": weight, "components": ["encoder", "tfidf"], "temperature": t_final,
+                    "tfidf_temperature": tfidf.temperature,
+                    "rule": "p = softmax(log(weight * p_encoder + (1 - weight) * p_tfidf) / temperature)",
+                    "selection": f"validation macro-F1 over weights {list(ENSEMBLE_WEIGHTS)}; ties -> closest to 0.5",
+                    "validation_macro_f1": {"encoder": by_weight[1.0], "tfidf": by_weight[0.0],
+                                            "ensemble": _macro_f1(y, p_final),
+                                            "by_weight": {str(w): f for w, f in by_weight.items()}}}
+    review = ev.choose_threshold(p_final, y, recipe.target_precision)
+    metrics = ev.classification_metrics([labels[i] for i in va_y], p_final, labels, review["threshold"])
+    metrics["ece_before_calibration"] = ev.expected_calibration_error(p_raw, y)
+    metrics["ece_after_calibration"] = metrics["ece"]
+    metrics["temperature"] = temperature
+    if ensemble is not None:
+        metrics["ensemble"] = {"weight": ensemble["weight"], **ensemble["validation_macro_f1"]}
+    return temperature, review, metrics, ensemble
+
+
 # ---------------------------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
@@ -402,7 +468,6 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     from transformers import AutoModel, AutoTokenizer
 
     from xinfang.models.encoder import resolve_encoder
-    from xinfang.training import evaluation as ev
 
     t_start = time.perf_counter()
     if recipe == "auto":
@@ -448,16 +513,9 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     top = _layers(model)[n_frozen:]
     va_logits = top_logits(model, top, head_w.to(dev), head_b.to(dev), cache, va_texts, dev)
 
-    # calibration + abstain threshold on validation
-    va_y_np = np.array(va_y)
-    temperature = ev.fit_temperature(va_logits, va_y_np)
-    p_raw, p_cal = ev.softmax(va_logits), ev.softmax(va_logits, temperature)
-    review = ev.choose_threshold(p_cal, va_y_np, recipe.target_precision)
-    val_labels = [labels[i] for i in va_y]
-    metrics = ev.classification_metrics(val_labels, p_cal, labels, review["threshold"])
-    metrics["ece_before_calibration"] = ev.expected_calibration_error(p_raw, va_y_np)
-    metrics["ece_after_calibration"] = metrics["ece"]
-    metrics["temperature"] = temperature
+    # TF-IDF head on the same training part; calibration, ensemble weight and abstain threshold on validation
+    tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source) if recipe.tfidf else None
+    temperature, review, metrics, ensemble = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
     metrics["epochs"] = epochs
     metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
 
@@ -484,6 +542,7 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
         "class_counts": dict(sorted(Counter(ex.labels).items())),
         "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
         "temperature": temperature,
+        "ensemble": ensemble,
         "review": {"rule": "needs_review when the calibrated top score < threshold", **review},
         "device": str(dev),
         "train_seconds": None,
@@ -491,13 +550,15 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     }
     out_dir = Path(out_dir)
     config["train_seconds"] = time.perf_counter() - t_start
-    version = save_bundle(out_dir, model, tokenizer, head_w, head_b, labels, config, metrics)
+    version = save_bundle(out_dir, model, tokenizer, head_w, head_b, labels, config, metrics,
+                          tfidf if ensemble else None)
     return TrainResult(out_dir, version, metrics, config["train_seconds"], len(tr), len(va))
 
 
 def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[str], config: dict,
-                metrics: dict) -> str:
-    """Write the bundle into a temporary sibling directory, then move it into place (atomic-ish)."""
+                metrics: dict, tfidf=None) -> str:
+    """Write the bundle (with the TF-IDF head files when given) into a temporary sibling directory, then move it
+    into place (atomic-ish)."""
     from safetensors.torch import save_file
 
     from xinfang.models.classifier import ENCODER_DIR, write_manifest
@@ -512,6 +573,8 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
         tokenizer.save_pretrained(tmp / ENCODER_DIR)
         save_file({"weight": head_w.contiguous().float(), "bias": head_b.contiguous().float()},
                   str(tmp / "head.safetensors"))
+        if tfidf is not None:
+            tfidf.save(tmp)
         (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -7,7 +7,9 @@ order of the parent is preserved and extended. Old labels that are absent from t
 head. Everything else (normalisation, group-aware split, frozen-state cache, calibration, review
 threshold, bundle format) is the colleague's training code in ``xinfang.training.classifier``; the
 bundle's config.json records ``parent`` (bundle version and registry version) and ``incremental``
-(kept and new labels). Seeded: the same inputs give the same bundle.
+(kept and new labels). A parent with a TF-IDF head (the ensemble) gets a new one, refitted from scratch on the
+new training part (cheap), and the ensemble weight is chosen again (unless ``recipe.tfidf`` is False).
+Seeded: the same inputs give the same bundle.
 """
 
 from __future__ import annotations
@@ -118,14 +120,15 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     from transformers import AutoModel, AutoTokenizer
 
     from xinfang.models.classifier import ENCODER_DIR, verify_manifest
-    from xinfang.training import evaluation as ev
     from xinfang.training.classifier import (
         RECIPES,
         FrozenCache,
         TrainResult,
         _device,
         _layers,
+        calibrate,
         data_fingerprint,
+        fit_tfidf,
         group_ids,
         group_split,
         prepare_examples,
@@ -182,14 +185,9 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     ft_seconds = time.perf_counter() - t_ft
     top = _layers(model)[n_frozen:]
     va_logits = top_logits(model, top, new_w.to(dev), new_b.to(dev), cache, va_texts, dev)
-    va_y_np = np.array(va_y)
-    temperature = ev.fit_temperature(va_logits, va_y_np)
-    p_cal = ev.softmax(va_logits, temperature)
-    review = ev.choose_threshold(p_cal, va_y_np, recipe.target_precision)
-    metrics = ev.classification_metrics([labels[i] for i in va_y], p_cal, labels, review["threshold"])
-    metrics["ece_before_calibration"] = ev.expected_calibration_error(ev.softmax(va_logits), va_y_np)
-    metrics["ece_after_calibration"] = metrics["ece"]
-    metrics["temperature"] = temperature
+    tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source) \
+        if pcfg.get("ensemble") and getattr(recipe, "tfidf", True) else None
+    temperature, review, metrics, ensemble = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
     metrics["epochs"] = epochs
     metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
 
@@ -200,7 +198,7 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
         "max_length": max_length,
         "recipe": {**pcfg.get("recipe", {}), **{k: getattr(recipe, k) for k in
                                                 ("name", "trainable_layers", "epochs", "batch_size", "lr",
-                                                 "head_lr", "val_fraction", "target_precision")}},
+                                                 "head_lr", "val_fraction", "target_precision", "tfidf")}},
         "frozen": {"embeddings": True, "layers": list(range(n_frozen))},
         "seed": seed,
         "split": {"method": "StratifiedGroupKFold (groups: same normalised title or text)",
@@ -211,6 +209,7 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
         "class_counts": dict(sorted(Counter(ex.labels).items())),
         "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
         "temperature": temperature,
+        "ensemble": ensemble,
         "review": {"rule": "needs_review when the calibrated top score < threshold", **review},
         "device": str(dev),
         "fine_tune_seconds": ft_seconds,
@@ -220,7 +219,8 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
                         "labels_absent_from_data": [lab for lab in old_labels if lab not in set(ex.labels)]},
     })
     config["train_seconds"] = time.perf_counter() - t_start
-    version = save_bundle(Path(out_dir), model, tokenizer, new_w, new_b, labels, config, metrics)
+    version = save_bundle(Path(out_dir), model, tokenizer, new_w, new_b, labels, config, metrics,
+                          tfidf if ensemble else None)
     log.info("incremental %s bundle %s from %s: %d labels (%d new) in %.1fs", task, version,
              parent_version or manifest.get("version"), len(labels), len(added), config["train_seconds"])
     return TrainResult(Path(out_dir), version, metrics, config["train_seconds"], len(tr), len(va))

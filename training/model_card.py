@@ -46,6 +46,16 @@ def _f(v) -> str:
     return "–" if v is None else f"{v:.4f}"
 
 
+def _ensemble_line(ens: dict | None) -> str:
+    if not ens:
+        return "- ensemble: none (encoder + linear head only)"
+    f1 = ens["validation_macro_f1"]
+    return (f"- ensemble: `{ens['rule']}` with a char 1-3-gram TF-IDF + LinearSVC head (tfidf.json, "
+            f"tfidf_head.safetensors); weight **{ens['weight']}** on the encoder, chosen by {ens['selection']}; "
+            f"validation macro-F1: encoder {_f(f1['encoder'])}, TF-IDF {_f(f1['tfidf'])}, "
+            f"ensemble {_f(f1['ensemble'])}")
+
+
 def render_card(config: dict, metrics: dict, labels: list[str]) -> str:
     r = config["review"]
     rec = config["recipe"]
@@ -65,6 +75,7 @@ def render_card(config: dict, metrics: dict, labels: list[str]) -> str:
         f"- recipe `{rec['name']}`: epochs {rec['epochs']}, batch {rec['batch_size']}, lr {rec['lr']}, "
         f"head lr {rec['head_lr']}, warmup {rec['warmup_ratio']}, weight decay {rec['weight_decay']}, seed {config['seed']}",
         f"- training time: {config['train_seconds']:.0f} s on {config['device']}",
+        _ensemble_line(config.get("ensemble")),
         "",
         "## Data",
         f"- {config['n_examples']} examples, fingerprint `{config['data_fingerprint'][:16]}…` (sha256 of normalised texts + labels)",
@@ -79,7 +90,8 @@ def render_card(config: dict, metrics: dict, labels: list[str]) -> str:
         "",
         "## Validation metrics (group-aware held-out validation split)",
         f"- accuracy {_f(metrics['accuracy'])}, macro-F1 {_f(metrics['macro_f1'])}, "
-        f"top-3 accuracy {_f(metrics.get('top3_accuracy'))}",
+        f"top-3 accuracy {_f(metrics.get('top3_accuracy'))}"
+        + (" (the shipped ensemble's probabilities)" if config.get("ensemble") else ""),
         f"- calibration: temperature {config['temperature']:.3f}; ECE {_f(metrics['ece_before_calibration'])} before, "
         f"{_f(metrics['ece_after_calibration'])} after (15 bins; fitted and measured on the same validation split)",
         f"- review rule: `needs_review` when the calibrated top score < **{r['threshold']:.4f}**, chosen on validation "

@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
                                          "the promoted one): incremental training; new labels extend its head."),
         force: bool = typer.Option(False, "--force", help="With --register: promote even if the gate refuses "
                                    "(audited)."),
+        no_tfidf: bool = typer.Option(False, "--no-tfidf", help="Encoder only: no char TF-IDF head and no "
+                                      "ensemble (by default both are fitted and the ensemble weight is chosen on "
+                                      "validation)."),
         threads: int = typer.Option(None, help=THREADS_HELP),
     ) -> None:
         """Fine-tune a classifier and write a verified model bundle."""
@@ -67,7 +70,8 @@ def register(app: typer.Typer) -> None:
         if task not in ("topic", "department"):
             raise DataError(f"--task must be 'topic' or 'department', got {task!r}")
         rec = recipe_with(resolve_recipe(task, recipe), max_length=max_length, epochs=epochs, trainable_layers=trainable_layers,
-                          batch_size=batch_size, lr=lr, head_lr=head_lr, target_precision=target_precision)
+                          batch_size=batch_size, lr=lr, head_lr=head_lr, target_precision=target_precision,
+                          tfidf=False if no_tfidf else None)
         label = label_column or task
         records = load_records(data, _columns(title_column, text_column, id_column), label_column=label)
         parent = None
@@ -84,6 +88,10 @@ def register(app: typer.Typer) -> None:
                    f"(train {result.n_train}, validation {result.n_val}): validation accuracy {m['accuracy']:.4f}, "
                    f"macro-F1 {m['macro_f1']:.4f}, ECE {m['ece_before_calibration']:.4f} -> "
                    f"{m['ece_after_calibration']:.4f}; bundle: {out}", err=True)
+        if m.get("ensemble"):
+            e = m["ensemble"]
+            typer.echo(f"ensemble weight {e['weight']} on the encoder (validation macro-F1: encoder {e['encoder']:.4f}, "
+                       f"TF-IDF {e['tfidf']:.4f}, ensemble {e['ensemble']:.4f})", err=True)
         if register_model:  # retraining loop: registry + evaluation gate
             from xinfang.commands.registry import register_trained
 
