@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -226,8 +227,13 @@ def test_review_flow_keyboard(page: Page, server: Server) -> None:
     expect(page.locator("#queue-list")).to_have_attribute("aria-busy", "false")
     expect(page.locator("#queue-list .chip.topic").first).to_contain_text(topic)
     row = page.locator(f'#queue-list > li[data-id="{pid}"]')
+    page_no = 0
     while row.count() == 0 and page.locator("#pg-next").is_enabled():
         page.click("#pg-next")
+        page_no += 1
+        # wait for the new page itself, not the previous page's idle list
+        expect(page).to_have_url(re.compile(rf"page={page_no}$"))
+        expect(page.locator("#pg-info")).to_contain_text(f"第 {page_no * 25 + 1}–")
         expect(page.locator("#queue-list")).to_have_attribute("aria-busy", "false")
     # keyboard only: "/" then Esc leaves the filter box, j moves down the rows, Enter opens the selected one
     page.keyboard.press("/")
