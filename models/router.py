@@ -147,7 +147,14 @@ _NOT_PLACE = {
 _LEVEL = {"市": "city", "区": "county", "县": "county", "镇": "township", "乡": "township", "街道": "township"}
 
 
+# Verbs and function words that end a run of characters before a unit suffix: the name starts after the last one
+# ("说要问街道" names no place; "反映星沙镇" names 星沙镇).
+_INNER_STOP = set("说要问找去跟让请给帮向对把被在是的了和与及我你他她们这那有没不也都就还又再已曾才会能可该映诉举报询议求")
+
+
 def _clean_name(name: str, suffix: str) -> str | None:
+    cut = max((i for i, ch in enumerate(name) if ch in _INNER_STOP), default=-1)
+    name = name[cut + 1:]
     while name and name[0] in _LEAD_STOP:
         name = name[1:]
     if len(name) > 4:
