@@ -29,6 +29,7 @@ OPSET = 17
 
 def _export(bundle, path: Path) -> None:
     import torch
+
     from xinfang.models.classifier import mean_pool
 
     class EncoderHead(torch.nn.Module):
@@ -109,6 +110,7 @@ class OnnxLogits:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # like OMP_WAIT_POLICY=PASSIVE
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
@@ -132,6 +134,7 @@ class OnnxLogits:
 
 def _export_embedder(embedder, path: Path) -> None:
     import torch
+
     from xinfang.models.classifier import mean_pool
 
     class Pooled(torch.nn.Module):
@@ -177,6 +180,7 @@ class OnnxEncode:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         self.embedder = embedder
         self.path = model_path
