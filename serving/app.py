@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+
+import xinfang
 from xinfang.serving.config import ServiceConfig
 from xinfang.serving.errors import install_handlers
 from xinfang.serving.observability import ServiceMiddleware, configure_json_logging
 from xinfang.serving.routes import ops_router, v1
 from xinfang.serving.service import Service
-
-import xinfang
 
 DESCRIPTION = """Classify Chinese petitions (信访) by topic and responsible department, store them, and find
 earlier petitions about the same matter.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
 from xinfang.serving.errors import ApiError
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `xinfang keys create`")

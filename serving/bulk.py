@@ -62,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see xinfang/commands/serve.py
+    from xinfang.records import load_records
     from xinfang.serving.config import ServiceConfig
     from xinfang.serving.service import Service
-
-    from xinfang.records import load_records
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", type=Path)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from xinfang.models.normalize import petition_text
-from xinfang.models.vector_index import VectorIndex
 
 from xinfang.errors import IndexError_
+from xinfang.models.normalize import petition_text
+from xinfang.models.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 

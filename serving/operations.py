@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
+
+from xinfang.errors import XinfangError
 from xinfang.models.normalize import petition_text
 from xinfang.serving.errors import ApiError
 from xinfang.serving.index_keeper import index_text
 from xinfang.serving.schemas import PetitionCreate, PetitionInput, RepeatSearchRequest
 from xinfang.serving.service import ModelsUnavailable, Service
 from xinfang.serving.store import UnknownTarget, request_hash
-
-from xinfang.errors import XinfangError
 
 
 def _time_str(value: datetime | None) -> str | None:

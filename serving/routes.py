@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+
+from xinfang.errors import XinfangError
 from xinfang.serving import operations as ops
 from xinfang.serving.auth import ANY_ROLE, Principal, require
 from xinfang.serving.config import LIMITS
@@ -35,8 +37,6 @@ from xinfang.serving.schemas import (
     RepeatsResponse,
 )
 from xinfang.serving.service import ReloadBusy, Service
-
-from xinfang.errors import XinfangError
 
 
 def _err(*codes: int) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from xinfang.serving.batcher import MicroBatcher
 from xinfang.serving.config import ServiceConfig
 from xinfang.serving.index_keeper import IndexKeeper, index_text
