@@ -153,6 +153,7 @@ def create_key(data_dir: Path, role: str) -> str:
 def populate(data_dir: Path, n: int, texts: list[dict], encoder: str) -> float:
     """n synthetic petitions in the store and the same ids in a persisted index (random unit vectors)."""
     from sqlalchemy import insert
+
     from xinfang.models.embedder import Embedder
     from xinfang.models.vector_index import VectorIndex
     from xinfang.serving.store import Petition, Store
@@ -284,10 +285,10 @@ def load_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Pat
 def accuracy_suite(args, model_dirs: list[Path], cache_dir: Path) -> dict:
     """PyTorch vs ONNX vs ONNX-int8 on real labelled rows, in process, same inputs."""
     import torch
-    from xinfang.models.pipeline import ClassificationPipeline
-    from xinfang.serving.onnx_runtime import use_onnx
 
+    from xinfang.models.pipeline import ClassificationPipeline
     from xinfang.records import load_records
+    from xinfang.serving.onnx_runtime import use_onnx
     from xinfang.settings import SHARED_DATA_DIR
 
     torch.set_num_threads(2)
@@ -425,6 +426,7 @@ def crash_suite(args, data_dir: Path, env: dict, petitions: list[dict], logs: Pa
     import threading
 
     import httpx
+
     from xinfang.models.vector_index import VectorIndex
     from xinfang.serving.store import Store
 

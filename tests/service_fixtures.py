@@ -95,6 +95,7 @@ def create_keys(config) -> dict[str, str]:
 def running_app(config):
     """A TestClient around create_app(config) with the lifespan (start-up reconcile, shutdown save) run."""
     from fastapi.testclient import TestClient
+
     from xinfang.serving.app import create_app
 
     app = create_app(config)

@@ -7,6 +7,7 @@ import os
 
 import pytest
 from service_fixtures import auth, create_keys, make_config, running_app
+
 from xinfang.serving.store import Base, Store
 
 PG_URL = os.environ.get("XINFANG_TEST_POSTGRES_URL")

@@ -20,6 +20,7 @@ from service_fixtures import (
     make_config,
     running_app,
 )
+
 from xinfang.models.vector_index import VectorIndex
 from xinfang.serving.batcher import MicroBatcher
 from xinfang.serving.store import Store

@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from xinfang.serving.store import Base, Store, StoreError, UnknownTarget, request_hash
 
 PG_URL = os.environ.get("XINFANG_TEST_POSTGRES_URL")
