@@ -311,8 +311,11 @@ def top_logits(model, top_layers, head_w, head_b, cache: FrozenCache, texts: lis
 
 def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_classes: int, recipe: Recipe,
               seed: int, val_texts: list[str] | None = None, val_y: list[int] | None = None,
-              progress: bool = True) -> tuple[object, object, list[dict]]:
-    """Train the top layers of `model` (in place) and a new head; return (head_w, head_b, epoch_log)."""
+              progress: bool = True, init_head: tuple | None = None) -> tuple[object, object, list[dict]]:
+    """Train the top layers of `model` (in place) and a head; return (head_w, head_b, epoch_log).
+
+    The head starts random, or from `init_head` = (weight, bias) when continuing from a bundle's head.
+    """
     import torch
     from tqdm import tqdm
 
@@ -329,8 +332,13 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
         p.requires_grad = True
     hidden_size = model.config.hidden_size
     head = torch.nn.Linear(hidden_size, n_classes).to(dev)
-    torch.nn.init.normal_(head.weight, std=0.02)
-    torch.nn.init.zeros_(head.bias)
+    if init_head is None:
+        torch.nn.init.normal_(head.weight, std=0.02)
+        torch.nn.init.zeros_(head.bias)
+    else:
+        with torch.no_grad():
+            head.weight.copy_(init_head[0])
+            head.bias.copy_(init_head[1])
     drop = torch.nn.Dropout(recipe.dropout)
     decay = [p for n, p in top.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in top.named_parameters() if n.endswith("bias") or "LayerNorm" in n]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -45,65 +44,6 @@ def extend_head(old_w, old_b, old_labels: list[str], new_labels: list[str], seed
     return w, b, labels, added
 
 
-def _fine_tune_from(model, cache, texts, y, head_w, head_b, recipe, seed: int, progress: bool):
-    """The colleague's fine-tuning loop (``classifier.fine_tune``) but starting from a given head."""
-    import torch
-    from tqdm import tqdm
-
-    from xinfang.models.classifier import mean_pool
-    from xinfang.training.classifier import _batches, _layers, run_layers
-
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    dev = next(model.parameters()).device
-    top = _layers(model)[cache.n_frozen:]
-    for p in model.parameters():
-        p.requires_grad = False
-    for p in top.parameters():
-        p.requires_grad = True
-    head = torch.nn.Linear(head_w.shape[1], head_w.shape[0]).to(dev)
-    with torch.no_grad():
-        head.weight.copy_(head_w)
-        head.bias.copy_(head_b)
-    drop = torch.nn.Dropout(recipe.dropout)
-    decay = [p for n, p in top.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    no_decay = [p for n, p in top.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    groups = [{"params": decay, "lr": recipe.lr, "weight_decay": recipe.weight_decay},
-              {"params": no_decay, "lr": recipe.lr, "weight_decay": 0.0},
-              {"params": list(head.parameters()), "lr": recipe.head_lr, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]])
-    lengths = [cache.store[t].shape[0] for t in texts]
-    total = max(1, math.ceil(len(texts) / recipe.batch_size) * recipe.epochs)
-    warm = max(1, int(recipe.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    yt = torch.tensor(y, dtype=torch.long)
-    epochs = []
-    bar = tqdm(total=total, desc="incremental fine-tune", unit="step", disable=not progress)
-    for epoch in range(recipe.epochs):
-        top.train()
-        seen, loss_sum = 0, 0.0
-        for b in _batches(len(texts), lengths, recipe.batch_size, rng):
-            hidden, mask = cache.batch([texts[i] for i in b], dev)
-            logits = head(drop(mean_pool(run_layers(model, top, hidden, mask), mask)))
-            loss = loss_fn(logits, yt[b].to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-            opt.step()
-            sched.step()
-            seen += len(b)
-            loss_sum += float(loss.detach()) * len(b)
-            bar.update(1)
-        epochs.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)})
-    bar.close()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad = False
-    return head.weight.detach().cpu(), head.bias.detach().cpu(), epochs
-
-
 def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: str | Path,
                       recipe="tiny", seed: int = 13, label_column: str | None = None,
                       parent_version: str | None = None, source: str = "data", progress: bool = False,
@@ -128,6 +68,7 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
         _layers,
         calibrate,
         data_fingerprint,
+        fine_tune,
         fit_tfidf,
         group_ids,
         group_split,
@@ -180,8 +121,8 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     tr_texts, va_texts = [ex.texts[i] for i in tr], [ex.texts[i] for i in va]
     tr_y, va_y = [y_all[i] for i in tr], [y_all[i] for i in va]
     t_ft = time.perf_counter()
-    new_w, new_b, epochs = _fine_tune_from(model, cache, tr_texts, tr_y, head_w.to(dev), head_b.to(dev),
-                                           recipe, seed, progress)
+    new_w, new_b, epochs = fine_tune(model, cache, tr_texts, tr_y, len(labels), recipe, seed, progress=progress,
+                                     init_head=(head_w.to(dev), head_b.to(dev)))
     ft_seconds = time.perf_counter() - t_ft
     top = _layers(model)[n_frozen:]
     va_logits = top_logits(model, top, new_w.to(dev), new_b.to(dev), cache, va_texts, dev)
