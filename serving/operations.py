@@ -1,12 +1,13 @@
 """What the routes do, as async functions over a Service: model work is awaited through the micro-batcher,
 store and index work runs in the thread pool, so the event loop never blocks.
 
-Order of a petition write: classify + embed -> repeat search -> commit the row (the acknowledgement point)
--> add to the index. A crash after the commit is repaired by the start-up reconcile.
+Order of a petition write: embed -> repeat search alongside classification -> commit the row (the
+acknowledgement point) -> add to the index. A crash after the commit is repaired by the start-up reconcile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -18,7 +19,7 @@ from xinfang.models.normalize import petition_text
 from xinfang.serving.errors import ApiError
 from xinfang.serving.index_keeper import index_text
 from xinfang.serving.schemas import PetitionCreate, PetitionInput, RepeatSearchRequest
-from xinfang.serving.service import ModelsUnavailable, Service
+from xinfang.serving.service import ModelsUnavailable, Service, limit_index_threads
 from xinfang.serving.store import UnknownTarget, request_hash
 
 
@@ -79,6 +80,7 @@ def score_hits(svc: Service, petitions: list[dict], vectors: np.ndarray, k: int)
     if svc.scorer is None:
         raise ApiError(503, "unavailable", "repeat scorer not loaded; see /readyz and the server log")
     own = [{p["id"]} if p.get("id") else set() for p in petitions]
+    limit_index_threads(svc.config.index_threads)
     hits = svc.keeper.index.search(np.asarray(vectors, dtype=np.float32), k, own)
     ids = sorted({pid for row in hits for pid, _ in row})
     found = {pid: finder_petition(p) for pid, p in svc.store.get_petitions(ids).items()}
@@ -123,6 +125,10 @@ def _replay(stored: dict, rhash: str) -> tuple[int, dict]:
     return 200, stored["response"]
 
 
+async def _no_repeats() -> list[list[dict]]:
+    return [[]]
+
+
 async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]:
     """Store, classify, index; (201, answer) or, for an identical retry of a client id, (200, same answer)."""
     body = req.model_dump(mode="json")
@@ -136,9 +142,14 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
     now = datetime.now(UTC)
     petition = {"id": pid, "title": req.title, "text": req.text, "petitioner": req.petitioner,
                 "time": _time_str(req.received_at or now)}
-    [(result, vector, models)] = await _model_call(svc, "analyze", [petition])
-    repeats = [] if svc.scorer is None else (
-        await run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), svc.config.repeat_k))[0]
+    # Embed first, then search the index (thread pool: one thread, memory-bound) while the worker classifies.
+    [vector] = await _model_call(svc, "embed", [index_text(req.title, req.text)])
+    classified, hits = await asyncio.gather(
+        _model_call(svc, "classify", [petition]),
+        _no_repeats() if svc.scorer is None else
+        run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), svc.config.repeat_k))
+    [(result, models)] = classified
+    repeats = hits[0]
     labels = labels_of(result)
     versions = models.versions()
     answer = {"id": pid, "labels": labels, "repeats": repeats, "models": versions, "created_at": now.isoformat()}

@@ -18,7 +18,7 @@ import numpy as np
 
 from xinfang.serving.batcher import MicroBatcher
 from xinfang.serving.config import ServiceConfig
-from xinfang.serving.index_keeper import IndexKeeper, index_text
+from xinfang.serving.index_keeper import IndexKeeper
 from xinfang.serving.observability import Metrics
 from xinfang.serving.store import Store
 
@@ -53,6 +53,23 @@ def set_threads(n: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
+
+
+_INDEX_THREADS = threading.local()
+
+
+def limit_index_threads(n: int) -> None:
+    """FAISS (OpenMP) threads for searches made by the calling thread.
+
+    OpenMP's thread count is a per-thread setting, so each thread that searches sets it (once). With the
+    default of all cores, a one-query exact search at 100k vectors took 32 ms instead of 6 ms whenever the
+    other core was busy (model inference, another process): the OpenMP team waits for a descheduled member,
+    and the scan is bound by memory bandwidth anyway."""
+    if getattr(_INDEX_THREADS, "n", None) != n:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+        _INDEX_THREADS.n = n
 
 
 def load_models(config: ServiceConfig, model_dirs: list[Path] | None, duty_list: Path | None,
@@ -108,10 +125,11 @@ class Service:
             self.model_error = str(exc)
             log.error("classification models not loaded: %s", exc)
         self.embedder = Embedder(cfg.embed_encoder)
-        if cfg.runtime != "torch":  # fp32 ONNX for the embedder in both ONNX runtimes (see onnx_runtime.py)
+        if cfg.embedder_runtime != "torch":  # its own fingerprint in int8 (see onnx_runtime.py)
             from xinfang.serving.onnx_runtime import use_onnx_embedder
 
-            use_onnx_embedder(self.embedder, cfg.onnx_cache_dir, threads=cfg.threads)
+            use_onnx_embedder(self.embedder, cfg.onnx_cache_dir, threads=cfg.threads,
+                              int8=cfg.embedder_runtime == "onnx-int8")
         try:
             self.scorer, self.scorer_path = load_scorer(cfg)
         except Exception as exc:  # repeat routes answer 503 and /readyz says why; intake still stores
@@ -122,7 +140,7 @@ class Service:
         stats = self.keeper.open(self.embedder.encode)
         self.metrics.index_size.set(len(self.keeper))
         self.batcher = MicroBatcher(
-            {"classify": self._classify_batch, "analyze": self._analyze_batch, "embed": self._embed_batch},
+            {"classify": self._classify_batch, "embed": self._embed_batch},
             max_batch=cfg.batch_max_size, max_wait_ms=cfg.batch_max_wait_ms, on_batch=self.metrics.on_batch)
         if cfg.index_sync_seconds > 0:
             self._sync_thread = threading.Thread(target=self._sync_loop, name="xinfang-index-sync", daemon=True)
@@ -175,13 +193,6 @@ class Service:
 
     def _embed_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.embedder.encode(texts))
-
-    def _analyze_batch(self, petitions: list[dict]) -> list[tuple[dict, np.ndarray, ModelSet]]:
-        """Classify and embed (for storage + repeat search) in one pass of the worker."""
-        models = self._require_models()
-        results = self._classify(models, petitions)
-        vectors = self.embedder.encode([index_text(p.get("title"), p.get("text")) for p in petitions])
-        return [(r, v, models) for r, v in zip(results, vectors, strict=True)]
 
     # ------------------------------------------------------------------ reload
     def reload(self, model_dirs: list[Path] | None, duty_list: Path | None, who: str) -> ModelSet:

@@ -74,7 +74,8 @@ def demo_petitions(n: int | None = None) -> list[dict]:
 def make_config(data_dir: Path, bundles: list[Path], encoder_dir: Path, **overrides):
     from xinfang.serving.config import ServiceConfig
 
-    kwargs = dict(data_dir=data_dir, model_dirs=bundles, embed_encoder=str(encoder_dir), threads=1,
+    # torch keeps these API tests free of ONNX exports; the ONNX runtimes have their own tests in test_service.py
+    kwargs = dict(data_dir=data_dir, model_dirs=bundles, embed_encoder=str(encoder_dir), threads=1, runtime="torch",
                   index_save_every=1000, index_save_seconds=60.0, batch_max_wait_ms=2.0)
     kwargs.update(overrides)
     return ServiceConfig(**kwargs)

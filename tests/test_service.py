@@ -534,6 +534,18 @@ def test_micro_batcher_groups_and_isolates_failures() -> None:
         b.submit_future("double", [1])
 
 
+def test_micro_batcher_does_not_hold_a_lone_request() -> None:
+    """After a batch of one request, the next lone request is answered without waiting out max_wait."""
+    b = MicroBatcher({"echo": lambda items: items}, max_batch=8, max_wait_ms=3000)
+    try:
+        assert b.submit_future("echo", [1]).result(10) == [1]  # may wait: the batcher starts out expecting company
+        t0 = time.monotonic()
+        assert b.submit_future("echo", [2]).result(10) == [2]
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        b.close()
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
 def test_onnx_runtime_matches_torch(tmp_path, bundles, runtime) -> None:
     from xinfang.models.pipeline import ClassificationPipeline
@@ -563,6 +575,43 @@ def test_onnx_embedder_matches_torch(tmp_path, tiny_encoder_dir) -> None:
     assert got.shape == ref.shape and got.dtype == np.float32
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert float((got * ref).sum(1).min()) > 0.9999
+    assert emb.fingerprint == Embedder(str(tiny_encoder_dir), batch_size=4).fingerprint  # same vectors, same index
+
+
+def test_int8_embedder_has_its_own_fingerprint_and_index(tmp_path, bundles, tiny_encoder_dir, scorer) -> None:
+    """An index built by the fp32 embedder is refused by the int8 one (and the reverse): rebuilt from the store."""
+    from xinfang.models.embedder import Embedder
+    from xinfang.serving.onnx_runtime import use_onnx_embedder
+
+    texts = [p.get("title") or "" for p in demo_petitions(12)]
+    ref = Embedder(str(tiny_encoder_dir), batch_size=4)
+    emb = Embedder(str(tiny_encoder_dir), batch_size=4)
+    assert use_onnx_embedder(emb, tmp_path / "onnx", threads=1, int8=True).endswith(".onnx")
+    assert emb.fingerprint != ref.fingerprint
+    got = emb.encode(texts)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float((got * ref.encode(texts)).sum(1).mean()) > 0.9
+    again = Embedder(str(tiny_encoder_dir), batch_size=4)
+    use_onnx_embedder(again, tmp_path / "onnx", threads=1, int8=True)
+    assert again.fingerprint == emb.fingerprint  # stable across restarts: the persisted index stays usable
+
+    config = _config(tmp_path / "data", bundles, tiny_encoder_dir, scorer, embed_runtime="onnx")
+    keys = create_keys(config)
+    with running_app(config) as client:
+        for i in range(4):
+            assert client.post("/v1/petitions", json=_petition(i, id=f"q-{i}"),
+                               headers=auth(keys["intake"])).status_code == 201
+        fp32 = client.get("/v1/models", headers=auth(keys["intake"])).json()["embedder"]["fingerprint"]
+    assert fp32 == ref.fingerprint and VectorIndex.load(config.index_path).fingerprint == fp32
+    for runtime, expected in (("onnx-int8", emb.fingerprint), ("torch", fp32)):
+        config = _config(tmp_path / "data", bundles, tiny_encoder_dir, scorer, embed_runtime=runtime)
+        with running_app(config) as client:
+            assert client.get("/v1/models", headers=auth(keys["intake"])).json()["embedder"]["fingerprint"] == expected
+            assert sorted(client.service.keeper.index.ids()) == [f"q-{i}" for i in range(4)]
+            rep = client.get("/v1/petitions/q-0/repeats", headers=auth(keys["caseworker"]))
+            assert rep.status_code == 200
+        saved = VectorIndex.load(config.index_path)
+        assert saved.fingerprint == expected and sorted(saved.ids()) == [f"q-{i}" for i in range(4)]
 
 
 def test_keys_cli(tmp_path) -> None:
