@@ -22,6 +22,7 @@ from xinfang.machine import machine_info as machine
 from xinfang.models.embedder import DEFAULT_PREFIX, Embedder
 from xinfang.models.normalize import petition_text
 from xinfang.models.repeat_features import DEFAULT_FEATURES, FEATURES
+from xinfang.models.repeat_ranking import HYBRID_WEIGHT, MIN_FETCH, rerank
 from xinfang.models.repeat_scorer import RepeatScorer, binary_metrics
 from xinfang.models.repeats import embed_cached
 from xinfang.models.vector_index import VectorIndex
@@ -80,14 +81,16 @@ def cosine_metrics(y: np.ndarray, sims: np.ndarray) -> dict:
 
 
 def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id: dict | None = None,
-              keep: dict | None = None, fetch: int = 50) -> dict:
+              keep: dict | None = None, fetch: int = MIN_FETCH) -> dict:
     """Recall@k of labelled repeats: each side of a positive pair queries the whole corpus (itself excluded).
 
     raw: the partner's rank among all messages. filtered: other messages labelled as the same matter as the
     query (its positive component) are dropped from the ranking first, as in filtered link-prediction
     metrics, so a query with ten known repeats is not penalised for ranking the other nine first.
-    reranked (when `keep` holds the nested-CV scorers): the top `fetch` by cosine re-ordered by the scorer of
-    the fold that did not see the pair."""
+    hybrid re-rank (when `by_id` is given): the shipped ranking of models/repeat_ranking.py, the top `fetch`
+    by cosine re-ordered by cosine and lexical similarity.
+    reranked by scorer (when `keep` holds the nested-CV scorers): the top `fetch` by cosine re-ordered by the
+    scorer of the fold that did not see the pair."""
     sparse = hasattr(vectors, "tocsr")
     index = None if sparse else VectorIndex.rebuild(ids, vectors, vectors.shape[1])
     pos_idx = [i for i, t in enumerate(triples) if t[2] == 1]
@@ -119,7 +122,7 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
     t0 = time.perf_counter()
     raw = search(fetch, [{a} for a, _, _ in queries])
     secs = time.perf_counter() - t0
-    filt = search(max(ks), [{a} | (members[comp_of[a]] - {b}) for a, b, _ in queries])
+    filt = search(fetch, [{a} | (members[comp_of[a]] - {b}) for a, b, _ in queries])
 
     def rank(hits: list[str], b: str) -> int | None:
         return hits.index(b) + 1 if b in hits else None
@@ -127,6 +130,10 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
     out: dict = {"queries": len(queries), "search_seconds": round(secs, 3)}
     variants = {"raw": [rank([p for p, _ in h], b) for (_a, b, _), h in zip(queries, raw, strict=True)],
                 "filtered": [rank([p for p, _ in h], b) for (_a, b, _), h in zip(queries, filt, strict=True)]}
+    if by_id is not None:  # the shipped ranking: embedding top `fetch`, re-ranked with lexical similarity
+        for name, hits in (("hybrid re-rank (shipped)", raw), ("hybrid re-rank (shipped), filtered", filt)):
+            variants[name] = [rank([p for p, _ in rerank(by_id[a], h, by_id, max(ks))], b)
+                              for (a, b, _), h in zip(queries, hits, strict=True)]
     if keep is not None and by_id is not None:
         from xinfang.models.repeat_features import pair_features
 
@@ -318,7 +325,14 @@ def render(r: dict) -> str:
         "",
         f"All {d['messages']} messages indexed (exact `IndexFlatIP`); each side of every labelled repeat pair "
         "queries the index (itself excluded); recall@k = share of queries whose labelled partner is in the top k. "
-        "Caveat: many candidate pairs were drawn from TF-IDF nearest neighbours, which favours the TF-IDF row.",
+        "Caveat: many candidate pairs were drawn from TF-IDF nearest neighbours, which favours lexical rankings. "
+        f"The shipped ranking (`models/repeat_ranking.py`) fetches the {MIN_FETCH} nearest by embedding cosine "
+        f"and re-orders them by {HYBRID_WEIGHT} x cosine + {1 - HYBRID_WEIGHT:.1f} x char 2/3-gram cosine. "
+        "*Filtered*: other messages labelled as the same matter as the query are removed from its ranking "
+        "first (filtered link-prediction metric). Unlabelled copies of hot matters still count against it: "
+        "the remaining misses at 5 are, on inspection, queries about matters with dozens of messages "
+        "(伊景园滨河苑 bundled parking, 丽发新城 mixing plant) whose top 5 are all other messages about the "
+        "same matter that the dev pairs do not label.",
         "",
         "| index vectors | ranking | queries | recall@1 | recall@5 | recall@10 |",
         "|---|---|---|---|---|---|",
@@ -329,8 +343,10 @@ def render(r: dict) -> str:
                 lines.append(f"| {name} | {variant} | {rr['queries']} | {_f(v['recall@1'])} | {_f(v['recall@5'])} | "
                              f"{_f(v['recall@10'])} |")
     rk = next(iter(r["retrieval"].values()))
-    lines += ["", f"Target recall@5 ≥ {t['recall@5']}: raw {_f(rk['raw']['recall@5'])}, filtered "
-              f"{_f(rk['filtered']['recall@5'])} ({'met' if rk['filtered']['recall@5'] >= t['recall@5'] else 'NOT met'}).",
+    hy, hyf = rk["hybrid re-rank (shipped)"], rk["hybrid re-rank (shipped), filtered"]
+    lines += ["", f"Target recall@5 ≥ {t['recall@5']}, shipped ranking: raw {_f(hy['recall@5'])}, filtered "
+              f"{_f(hyf['recall@5'])} ({'met' if hyf['recall@5'] >= t['recall@5'] else 'NOT met'}); "
+              f"embedding cosine alone: raw {_f(rk['raw']['recall@5'])}, filtered {_f(rk['filtered']['recall@5'])}.",
               ""]
     return "\n".join(lines)
 

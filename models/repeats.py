@@ -27,6 +27,7 @@ import numpy as np
 
 from xinfang.errors import DataError, IndexError_
 from xinfang.models.normalize import petition_text
+from xinfang.models.repeat_ranking import fetch_size, score_candidates
 from xinfang.models.vector_index import MANIFEST, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ class RepeatFinder:
         self.embedder, self.index, self.scorer = embedder, index, scorer
 
     def candidates(self, petition: dict, k: int, lookup: Lookup) -> list[dict]:
-        """Top-k indexed petitions for `petition`, scored, probability desc; never the petition itself."""
+        """Top-k indexed petitions for `petition` (embedding search re-ranked with lexical similarity, see
+        repeat_ranking.py), scored, probability desc; never the petition itself."""
         return self.candidates_many([petition], k, lookup)[0]
 
     def candidates_many(self, petitions: list[dict], k: int, lookup: Lookup) -> list[list[dict]]:
@@ -207,21 +209,13 @@ class RepeatFinder:
         texts = [petition_embedding_text(p) for p in petitions]
         vecs = self.embedder.encode(texts)
         own = [{str(p["id"])} if p.get("id") not in (None, "") else set() for p in petitions]
-        hits = self.index.search(vecs, k, own)
+        hits = self.index.search(vecs, fetch_size(k), own)
         found = lookup(sorted({pid for row in hits for pid, _ in row}))
-        out = []
-        for petition, row in zip(petitions, hits, strict=True):
-            cands = []
-            for pid, sim in row:
-                other = found.get(pid)
-                if other is None:
-                    log.warning("indexed id %s has no stored petition; skipped", pid)
-                    continue
-                s = self.scorer.score(petition, other, sim)
-                cands.append({"id": pid, "similarity": round(float(sim), 4), **s})
-            cands.sort(key=lambda c: (-c["probability"], -c["similarity"]))
-            out.append(cands)
-        return out
+        missing = {pid for row in hits for pid, _ in row} - set(found)
+        if missing:
+            log.warning("%d indexed ids have no stored petition; skipped", len(missing))
+        return [score_candidates(petition, row, found, k, self.scorer)
+                for petition, row in zip(petitions, hits, strict=True)]
 
     def score_pair(self, a: dict, b: dict) -> dict:
         """Score two petitions directly (no index): {"probability", "is_repeat", "reasons", "similarity"}."""

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xinfang.errors import XinfangError
 from xinfang.models.normalize import petition_text
+from xinfang.models.repeat_ranking import fetch_size, score_candidates
 from xinfang.serving.errors import ApiError
 from xinfang.serving.index_keeper import index_text
 from xinfang.serving.schemas import PetitionCreate, PetitionInput, RepeatSearchRequest
@@ -75,26 +76,17 @@ async def classify(svc: Service, petitions: list[PetitionInput]) -> dict:
 
 # ---------------------------------------------------------------------------- repeats
 def score_hits(svc: Service, petitions: list[dict], vectors: np.ndarray, k: int) -> list[list[dict]]:
-    """Search the index with precomputed vectors and score each hit (as RepeatFinder.candidates_many does,
+    """Search the index with precomputed vectors, re-rank and score the hits (as RepeatFinder.candidates_many does,
     without embedding again: the vector was computed in the same micro-batch as the classification)."""
     if svc.scorer is None:
         raise ApiError(503, "unavailable", "repeat scorer not loaded; see /readyz and the server log")
     own = [{p["id"]} if p.get("id") else set() for p in petitions]
     limit_index_threads(svc.config.index_threads)
-    hits = svc.keeper.index.search(np.asarray(vectors, dtype=np.float32), k, own)
+    hits = svc.keeper.index.search(np.asarray(vectors, dtype=np.float32), fetch_size(k), own)
     ids = sorted({pid for row in hits for pid, _ in row})
     found = {pid: finder_petition(p) for pid, p in svc.store.get_petitions(ids).items()}
-    out = []
-    for petition, row in zip(petitions, hits, strict=True):
-        cands = []
-        for pid, sim in row:
-            other = found.get(pid)
-            if other is None:  # deleted between search and lookup
-                continue
-            cands.append({"id": pid, "similarity": round(float(sim), 4), **svc.scorer.score(petition, other, sim)})
-        cands.sort(key=lambda c: (-c["probability"], -c["similarity"]))
-        out.append(cands)
-    return out
+    # ids missing from `found` were deleted between search and lookup: score_candidates drops them
+    return [score_candidates(petition, row, found, k, svc.scorer) for petition, row in zip(petitions, hits, strict=True)]
 
 
 async def repeats_of(svc: Service, pid: str, k: int) -> list[dict]:

@@ -381,6 +381,46 @@ def test_finder_never_returns_itself(tiny_embedder):
         finder.candidates({"id": "e", "title": " ", "text": None}, 3, store.lookup)
 
 
+def test_lexical_similarity():
+    from xinfang.models.repeat_ranking import lexical_similarity
+
+    a = "伊景园滨河苑捆绑销售车位\n开发商要求购房必须买车位"
+    assert lexical_similarity(a, a) == pytest.approx(1.0)
+    assert lexical_similarity(a, "学校乱收费补课费") == 0.0
+    assert lexical_similarity(a, "") == 0.0 and lexical_similarity("", "") == 0.0
+    near = lexical_similarity(a, "伊景园滨河苑强制捆绑销售车位")
+    far = lexical_similarity(a, "开发商拖延交房")
+    assert 0 < far < near < 1
+    assert lexical_similarity(a, "伊景园滨河苑强制捆绑销售车位") == pytest.approx(
+        lexical_similarity("伊景园滨河苑强制捆绑销售车位", a))
+
+
+def test_rerank_lifts_literal_match_and_drops_unknown_ids():
+    from xinfang.models.repeat_ranking import HYBRID_WEIGHT, fetch_size, rerank
+
+    query = {"title": "伊景园滨河苑捆绑销售车位", "text": "开发商要求购房必须买车位"}
+    found = {"x": {"title": "丽发新城搅拌站噪音", "text": "每天轰鸣"},
+             "y": {"title": "伊景园滨河苑捆绑销售车位", "text": "购房必须买车位"}}
+    hits = [("x", 0.95), ("gone", 0.94), ("y", 0.93)]
+    assert rerank(query, hits, found, 1) == [("y", 0.93)]  # cosine order alone would pick x
+    assert rerank(query, hits, found, 5) == [("y", 0.93), ("x", 0.95)]
+    assert rerank(query, [], found, 3) == []
+    assert 0 < HYBRID_WEIGHT < 1 and fetch_size(5) >= 20 and fetch_size(100) == 400
+
+
+def test_finder_candidates_come_from_a_widened_search(tiny_embedder):
+    from xinfang.models.repeats import PetitionStore, RepeatFinder, build_index
+
+    scorer, _, _ = _toy_scorer()
+    scorer.encoder_fingerprint = tiny_embedder.fingerprint
+    recs = [{"id": f"n{i}", "title": f"第{i}号意见", "text": "一般建议" * (i + 1)} for i in range(30)]
+    recs.append({"id": "same", "title": A["title"], "text": A["text"]})
+    index = build_index(recs, tiny_embedder)
+    finder = RepeatFinder(tiny_embedder, index, scorer)
+    top = finder.candidates(dict(A, id="q"), 1, PetitionStore(recs).lookup)
+    assert [c["id"] for c in top] == ["same"]
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -1,0 +1,81 @@
+"""Which indexed petitions become repeat candidates: embedding search widened, then re-ranked with a
+lexical similarity.
+
+The vector index returns the `fetch_size(k)` nearest petitions by embedding cosine; they are re-ranked by
+`HYBRID_WEIGHT * cosine + (1 - HYBRID_WEIGHT) * lexical`, where `lexical` is the cosine of sublinear-tf
+character 2- and 3-gram vectors of the two normalised texts (no corpus statistics, so it is the same for one
+petition or a million). The top k are then scored by the repeat scorer.
+
+Why: hot matters draw dozens of near-paraphrases that all sit within 0.01 cosine of each other in the frozen
+e5 space; the literal overlap of place names and wording separates the same matter from its neighbours much
+better. On the real dev pairs (eval/reports/repeats.md) this lifted recall@5 of labelled repeats from 0.73 to
+0.85 (raw) and from 0.82 to 0.93 (filtered); every labelled partner was within the embedding top 100, and
+within the top 50 for 99 %.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from functools import lru_cache
+
+import numpy as np
+
+from xinfang.models.normalize import petition_text
+
+HYBRID_WEIGHT = 0.3
+MIN_FETCH = 50
+_NON_TEXT = re.compile(r"[\s\W_]+")
+
+
+def fetch_size(k: int) -> int:
+    """How many embedding neighbours to re-rank for a top-k answer."""
+    return max(4 * k, MIN_FETCH)
+
+
+@lru_cache(maxsize=65536)
+def _gram_vector(text: str) -> tuple[dict[str, float], float]:
+    """Sublinear-tf char 2/3-gram weights of a normalised text, and their L2 norm."""
+    s = _NON_TEXT.sub(" ", text)
+    counts = Counter(s[i:i + n] for n in (2, 3) for i in range(len(s) - n + 1))
+    weights = {g: 1.0 + math.log(c) for g, c in counts.items() if " " not in g}
+    return weights, math.sqrt(sum(w * w for w in weights.values()))
+
+
+def lexical_similarity(a: str, b: str) -> float:
+    """Cosine of the char 2/3-gram vectors of two normalised texts (0 when either has none)."""
+    (wa, na), (wb, nb) = _gram_vector(a), _gram_vector(b)
+    if not na or not nb:
+        return 0.0
+    if len(wb) < len(wa):
+        wa, wb = wb, wa
+    return sum(w * wb[g] for g, w in wa.items() if g in wb) / (na * nb)
+
+
+def _text(p: dict) -> str:
+    return petition_text(p.get("title"), p.get("text"))
+
+
+def rerank(query: dict, hits: list[tuple[str, float]], found: dict[str, dict], k: int) -> list[tuple[str, float]]:
+    """The k best of `hits` (id, cosine) by the hybrid score; hits without a stored petition are dropped."""
+    qtext = _text(query)
+    scored = []
+    for pid, sim in hits:
+        other = found.get(pid)
+        if other is None:
+            continue
+        hybrid = HYBRID_WEIGHT * float(sim) + (1 - HYBRID_WEIGHT) * lexical_similarity(qtext, _text(other))
+        scored.append((hybrid, pid, float(sim)))
+    order = np.argsort([-h for h, _, _ in scored], kind="stable")[:k]
+    return [(scored[i][1], scored[i][2]) for i in order]
+
+
+def score_candidates(query: dict, hits: list[tuple[str, float]], found: dict[str, dict], k: int,
+                     scorer) -> list[dict]:
+    """Re-rank `hits`, keep k, score each: [{"id", "similarity", "probability", "is_repeat", "reasons"}],
+    probability desc."""
+    cands = [{"id": pid, "similarity": round(sim, 4), **scorer.score(query, found[pid], sim)}
+             for pid, sim in rerank(query, hits, found, k)]
+    cands.sort(key=lambda c: (-c["probability"], -c["similarity"]))
+    return cands
