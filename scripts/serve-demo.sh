@@ -2,7 +2,7 @@
 # Start the service on the embedded defaults: SQLite store and local index in the data dir (var/ unless
 # XINFANG_DATA_DIR says otherwise), demo models trained on datasets/demo (tiny recipe) when missing, the demo
 # petitions loaded (idempotent), then `xinfang serve` in the foreground. Extra arguments go to `xinfang serve`
-# (e.g. --port 8080, --runtime onnx-int8). Create a key in another shell, see the README.
+# (e.g. --port 8080, --runtime torch). Create a key in another shell, see the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/xinfang ]; then

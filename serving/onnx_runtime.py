@@ -235,6 +235,7 @@ def use_onnx_embedder(embedder, cache_dir: Path, threads: int = 2, int8: bool = 
             log.info("quantized the embedder to int8 in %.1fs", time.perf_counter() - t0)
         embedder.fingerprint = int8_fingerprint(embedder.fingerprint, path)
     embedder.encode = OnnxEncode(embedder, path, threads)
+    embedder._model = None  # the session replaces it: frees the PyTorch weights
     return str(path)
 
 
@@ -246,5 +247,6 @@ def use_onnx(pipeline, runtime: str, cache_dir: Path, threads: int = 2) -> dict[
     for task, bundle in pipeline.bundles.items():
         path = onnx_model_path(bundle, runtime, cache_dir)
         bundle.logits = OnnxLogits(bundle, path, threads)
+        bundle.encoder = None  # the session replaces it: frees the PyTorch weights (~470 MB for e5-small)
         used[task] = str(path)
     return used

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, min=1, max=16, help="Worker processes. 1 is right for 2 cores: one process "
                                     "micro-batches all requests. With more, each process loads its own models and "
                                     "re-syncs its index copy with the store every XINFANG_INDEX_SYNC_SECONDS (2 s)."),
-        runtime: str = typer.Option(None, help="torch, onnx or onnx-int8 (default: XINFANG_RUNTIME or torch)."),
+        runtime: str = typer.Option(None, help="torch, onnx or onnx-int8 (default: XINFANG_RUNTIME or onnx-int8)."),
         log_level: str = typer.Option("info", help="debug, info, warning, error."),
     ) -> None:
         """Serve the classification, petition store and repeat search API (JSON-lines logs on stderr)."""
