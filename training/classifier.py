@@ -26,8 +26,6 @@ import logging
 import math
 import random
 import re
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError, ModelError
+from xinfang.fsutil import staged_directory
 
 __all__ = ["Recipe", "RECIPES", "Examples", "prepare_examples", "group_ids", "group_split", "FrozenCache",
            "train_classifier", "TrainResult", "data_fingerprint", "fit_tfidf", "calibrate", "ENSEMBLE_WEIGHTS"]
@@ -581,10 +580,7 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
     from xinfang.models.classifier import ENCODER_DIR, write_manifest
     from xinfang.training.model_card import render_card, save_confusion_png
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir, "manifest.json", "a model bundle") as tmp:
         model_cpu = copy.deepcopy(model).cpu() if next(model.parameters()).is_cuda else model
         model_cpu.save_pretrained(tmp / ENCODER_DIR, safe_serialization=True)
         tokenizer.save_pretrained(tmp / ENCODER_DIR)
@@ -599,14 +595,6 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
                            f"{config['task']}: validation confusion matrix")
         (tmp / "MODEL_CARD.md").write_text(render_card(config, metrics, labels), encoding="utf-8")
         version = write_manifest(tmp)
-        if out_dir.exists():
-            if not (out_dir / "manifest.json").exists() and any(out_dir.iterdir()):
-                raise ModelError(f"{out_dir}: exists and is not a model bundle; refusing to overwrite it")
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return version
 
 

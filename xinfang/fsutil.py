@@ -1,0 +1,32 @@
+"""Filesystem helpers shared by everything that writes model directories."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from xinfang.errors import ModelError
+
+
+@contextmanager
+def staged_directory(out_dir: str | Path, marker: str, kind: str) -> Iterator[Path]:
+    """Yield a temporary sibling of `out_dir` to fill; when the block succeeds it replaces `out_dir`.
+
+    An existing non-empty `out_dir` without the `marker` file is not ours: ModelError, nothing touched. On any
+    error the temporary directory is removed and `out_dir` stays as it was."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            if not (out_dir / marker).exists() and any(out_dir.iterdir()):
+                raise ModelError(f"{out_dir}: exists and is not {kind}; refusing to overwrite it")
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
