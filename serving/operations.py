@@ -77,7 +77,7 @@ async def classify(svc: Service, petitions: list[PetitionInput]) -> dict:
 # ---------------------------------------------------------------------------- repeats
 def score_hits(svc: Service, petitions: list[dict], vectors: np.ndarray, k: int) -> list[list[dict]]:
     """Search the index with precomputed vectors, re-rank and score the hits (as RepeatFinder.candidates_many does,
-    without embedding again: the vector was computed in the same micro-batch as the classification)."""
+    without embedding again: the vector comes from the caller)."""
     if svc.scorer is None:
         raise ApiError(503, "unavailable", "repeat scorer not loaded; see /readyz and the server log")
     own = [{p["id"]} if p.get("id") else set() for p in petitions]
