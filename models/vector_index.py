@@ -147,6 +147,7 @@ class VectorIndex:
         self._int_to_id: dict[int, str] = {}
         self._tombstones: set[int] = set()  # int ids still inside an approximate index but deleted
         self._next_int = 0
+        self.search_params: dict[str, int] = {}
         self._active_factory = FLAT if (self.factory == FLAT or nlist) else self.factory
         self._index = self._new_index(self._active_factory)
 
@@ -165,6 +166,8 @@ class VectorIndex:
             ivf.nprobe = min(nlist, 16)
         elif "HNSW" in factory:
             faiss.ParameterSpace().set_index_parameter(base, "efSearch", 64)
+        for name, value in self.search_params.items():  # kept across IVF training and compaction
+            faiss.ParameterSpace().set_index_parameter(base, name, value)
         return faiss.IndexIDMap2(base)
 
     @property
@@ -314,7 +317,9 @@ class VectorIndex:
             return np.asarray(self._index.reconstruct(self._id_to_int[str(pid)]), dtype=np.float32)
 
     def set_search_params(self, **params: int) -> None:
-        """Set FAISS search parameters of an approximate index, e.g. efSearch=64 (HNSW) or nprobe=16 (IVF)."""
+        """Set FAISS search parameters of an approximate index, e.g. efSearch=64 (HNSW) or nprobe=16 (IVF).
+
+        They are remembered: an IVF index still in its exact warm-up gets them once it is trained."""
         with self._lock.write():
             ps = faiss.ParameterSpace()
             base = faiss.downcast_index(self._index.index)
@@ -324,6 +329,14 @@ class VectorIndex:
                 except RuntimeError as exc:
                     if self.approximate:
                         raise IndexError_(f"cannot set {name}={value} on {self._active_factory}: {exc}") from exc
+                if self.factory != FLAT:
+                    self.search_params[name] = int(value)
+
+    def with_factory(self, factory: str) -> VectorIndex:
+        """A new index of another FAISS factory holding the same ids and vectors (same fingerprint)."""
+        with self._lock.read():
+            ids, vecs = self._live_vectors_locked()
+        return VectorIndex.rebuild(ids, vecs, self.dim, factory, self.fingerprint)
 
     def search(self, vectors: np.ndarray, k: int,
                exclude_ids: list[set[str]] | None = None) -> list[list[tuple[str, float]]]:

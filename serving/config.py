@@ -12,6 +12,8 @@
 | XINFANG_RUNTIME | onnx-int8 | torch, onnx or onnx-int8: classification encoders and (unless set below) the embedder; onnx-int8 is ~2x faster than onnx and ~4x than torch on the 2 cores, top-1 topic agreement with torch 0.97 (eval/reports/service_quiet.md) |
 | XINFANG_EMBED_RUNTIME | (XINFANG_RUNTIME) | runtime of the repeat-search embedder alone; torch and onnx give the same vectors (same fingerprint), onnx-int8 its own fingerprint: switching to or from it rebuilds the index from the store at start-up (all stored petitions embedded again) |
 | XINFANG_THREADS | 2 | intra-op threads of torch / ONNX Runtime (the machine has 2 cores; one inference at a time) |
+| XINFANG_INDEX_FACTORY | Flat | FAISS factory string of the repeat-search index; `IVF4096,SQfp16` for about 1M petitions (changing it rebuilds the index from the persisted vectors at start-up) |
+| XINFANG_INDEX_SEARCH | (none) | FAISS search parameters, e.g. `nprobe=768` (IVF) or `efSearch=128` (HNSW); eval/reports/index_scale.md: IVF4096,SQfp16 with nprobe=768 answers in 8.7 ms p95 at 1M with recall@10 0.975 |
 | XINFANG_INDEX_THREADS | 1 | FAISS threads per search (a one-query exact scan is memory-bound; more threads wait on a busy core) |
 | XINFANG_MAX_BATCH | 64 | petitions per /v1/classify request |
 | XINFANG_MAX_TEXT_CHARS | 10000 | characters of a petition text (title: 500) |
@@ -85,6 +87,18 @@ class Limits:
 LIMITS = Limits.from_env()
 
 
+def parse_search_params(value: str) -> dict[str, int]:
+    """`nprobe=768,efSearch=64` -> {"nprobe": 768, "efSearch": 64}; XinfangError naming the variable."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, num = part.partition("=")
+        if not sep or not name.strip().isidentifier() or not num.strip().isdigit() or int(num) < 1:
+            raise XinfangError(f"XINFANG_INDEX_SEARCH={value!r}: expected name=positive integer pairs separated "
+                               "by commas, e.g. nprobe=768")
+        out[name.strip()] = int(num)
+    return out
+
+
 @dataclass
 class ServiceConfig:
     """Everything `create_app` needs; `from_env()` is what `xinfang serve` uses."""
@@ -100,6 +114,8 @@ class ServiceConfig:
     embed_runtime: str | None = None  # None: same as runtime
     threads: int = 2
     index_threads: int = 1
+    index_factory: str = "Flat"
+    index_search: dict[str, int] = field(default_factory=dict)
     batch_max_size: int = 32
     batch_max_wait_ms: float = 4.0
     index_save_every: int = 500
@@ -180,6 +196,8 @@ class ServiceConfig:
             embed_runtime=(env("XINFANG_EMBED_RUNTIME") or "").strip().lower() or None,
             threads=_env_int("XINFANG_THREADS", 2, 1),
             index_threads=_env_int("XINFANG_INDEX_THREADS", 1, 1),
+            index_factory=(env("XINFANG_INDEX_FACTORY") or "Flat").strip(),
+            index_search=parse_search_params(env("XINFANG_INDEX_SEARCH") or ""),
             batch_max_size=_env_int("XINFANG_BATCH_MAX_SIZE", 32, 1),
             batch_max_wait_ms=_env_float("XINFANG_BATCH_MAX_WAIT_MS", 4.0),
             index_save_every=_env_int("XINFANG_INDEX_SAVE_EVERY", 500, 1),

@@ -34,13 +34,15 @@ def index_text(title: str | None, text: str | None) -> str:
 class IndexKeeper:
     def __init__(self, path: Path, dim: int, fingerprint: str, store, save_every: int = 500,
                  save_seconds: float = 30.0, on_change: Callable[[int], None] | None = None,
-                 on_save: Callable[[], None] | None = None) -> None:
+                 on_save: Callable[[], None] | None = None, factory: str = "Flat",
+                 search_params: dict[str, int] | None = None) -> None:
         self.path = Path(path)
+        self.factory, self.search_params = factory, dict(search_params or {})
         self.dim, self.fingerprint = dim, fingerprint
         self.store = store
         self.save_every, self.save_seconds = save_every, save_seconds
         self.on_change, self.on_save = on_change, on_save
-        self.index = VectorIndex(dim, fingerprint=fingerprint)
+        self.index = self._empty()
         self._dirty = 0
         self._dirty_since: float | None = None
         self._cond = threading.Condition()
@@ -60,13 +62,28 @@ class IndexKeeper:
                 loaded = len(self.index)
             except IndexError_ as exc:
                 log.warning("persisted index not used (%s); rebuilding from the store", exc)
-                self.index = VectorIndex(self.dim, fingerprint=self.fingerprint)
+                self.index = self._empty()
+            if self.index.factory != self.factory:
+                log.info("index factory changed; rebuilding from the persisted vectors",
+                         extra={"from": self.index.factory, "to": self.factory})
+                self.index = self.index.with_factory(self.factory)
+            self._apply_search_params()
         stats = self.reconcile(embed, batch)
         stats["loaded"] = loaded
         self.save()
         self._thread = threading.Thread(target=self._persist_loop, name="xinfang-index-saver", daemon=True)
         self._thread.start()
         return stats
+
+    def _empty(self) -> VectorIndex:
+        index = VectorIndex(self.dim, self.factory, fingerprint=self.fingerprint)
+        if self.search_params:
+            index.set_search_params(**self.search_params)
+        return index
+
+    def _apply_search_params(self) -> None:
+        if self.search_params:
+            self.index.set_search_params(**self.search_params)
 
     def reconcile(self, embed: EmbedFn, batch: int = 64) -> dict:
         """Index stored petitions missing from the index; drop index ids missing from the store."""

@@ -136,7 +136,8 @@ class Service:
             log.error("repeat scorer not loaded: %s", exc)
         self.keeper = IndexKeeper(cfg.index_path, self.embedder.dim, self.embedder.fingerprint, self.store,
                                   save_every=cfg.index_save_every, save_seconds=cfg.index_save_seconds,
-                                  on_change=self.metrics.index_size.set, on_save=self.metrics.index_saves.inc)
+                                  on_change=self.metrics.index_size.set, on_save=self.metrics.index_saves.inc,
+                                  factory=cfg.index_factory, search_params=cfg.index_search)
         stats = self.keeper.open(self.embedder.encode)
         self.metrics.index_size.set(len(self.keeper))
         self.batcher = MicroBatcher(

@@ -496,6 +496,46 @@ def test_restart_reconciles_index_with_store(tmp_path, bundles, tiny_encoder_dir
         assert sorted(client.service.keeper.index.ids()) == sorted(client.service.store.iter_ids())
 
 
+def test_index_factory_and_search_params_from_settings(tmp_path, bundles, tiny_encoder_dir, scorer) -> None:
+    from dataclasses import replace
+
+    import faiss
+
+    from xinfang.errors import XinfangError
+    from xinfang.serving.config import parse_search_params
+
+    assert parse_search_params("nprobe=768, efSearch=64") == {"nprobe": 768, "efSearch": 64}
+    assert parse_search_params("") == {}
+    for bad in ("nprobe", "nprobe=0", "nprobe=x", "=3"):
+        with pytest.raises(XinfangError, match="XINFANG_INDEX_SEARCH"):
+            parse_search_params(bad)
+    config = _config(tmp_path / "data", bundles, tiny_encoder_dir, scorer)
+    keys = create_keys(config)
+    with running_app(config) as client:
+        for i in range(4):
+            assert client.post("/v1/petitions", json=_petition(i, id=f"f-{i}"),
+                               headers=auth(keys["intake"])).status_code == 201
+    # another factory in the settings: the persisted vectors are moved into it at start-up, params applied
+    hnsw = replace(config, index_factory="HNSW16", index_search={"efSearch": 77})
+    with running_app(hnsw) as client:
+        idx = client.service.keeper.index
+        assert idx.factory == "HNSW16" and sorted(idx.ids()) == [f"f-{i}" for i in range(4)]
+        assert faiss.downcast_index(idx._index.index).hnsw.efSearch == 77
+        rep = client.get("/v1/petitions/f-0/repeats", headers=auth(keys["caseworker"]))
+        assert rep.status_code == 200 and len(rep.json()["candidates"]) == 3
+
+
+def test_ivf_search_params_survive_training() -> None:
+    import faiss
+
+    idx = VectorIndex(8, "IVF4,Flat", ivf_min_train=40)
+    idx.set_search_params(nprobe=3)  # still exact (warm-up): remembered
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((60, 8)).astype(np.float32)
+    idx.add([f"v{i}" for i in range(60)], vecs / np.linalg.norm(vecs, axis=1, keepdims=True))
+    assert idx.approximate and faiss.extract_index_ivf(idx._index.index).nprobe == 3
+
+
 def test_models_missing_means_not_ready_but_reads_work(tmp_path, tiny_encoder_dir, scorer) -> None:
     config = _config(tmp_path / "data", [tmp_path / "no-such-bundle"], tiny_encoder_dir, scorer)
     keys = create_keys(config)
