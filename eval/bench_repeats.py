@@ -270,6 +270,10 @@ def main() -> None:
             "seconds": summary["seconds"], "cross_fitted_cosine": cosine_metrics(y, oof),
             "base_cosine_same_run": cosine_metrics(y, ft_keep["base_cosine"]),
             "scorer_nested_cv": nested_cv(X_ft, y, groups, SHIPPED, args.folds),
+            "ablations_nested_cv": {name: nested_cv(X_ft, y, groups, cols, args.folds) for name, cols in (
+                ("cosine only", [FEATURES.index("cosine")]),
+                ("cosine + identical text", [FEATURES.index("cosine"), FEATURES.index("identical_text")]),
+                ("shipped minus time gap", [i for i in SHIPPED if FEATURES[i] != "log_gap_days"]))},
             "real_scorer": {"path": str(ft_dir.relative_to(settings.data_dir.parent))
                             if ft_dir.is_relative_to(settings.data_dir.parent) else str(ft_dir),
                             "threshold": ft_scorer["threshold"], "cv_metrics": ft_scorer["metrics"]}}
@@ -345,6 +349,9 @@ def render(r: dict) -> str:
                      f"cosine | {_f(c['roc_auc'])} | {_f(c['best_f1'])} | – | – | – |")
         lines.append(f"| **repeat scorer on the fine-tuned cosine** (shipped features, nested CV) | {_f(fs['roc_auc'])} | "
                      f"{_f(fs['best_f1'])} | {_f(fs['precision'])} | {_f(fs['recall'])} | {_f(fs['f1'])} |")
+        for name, a in ft.get("ablations_nested_cv", {}).items():
+            lines.append(f"| ablation on the fine-tuned cosine: {name} | {_f(a['roc_auc'])} | {_f(a['best_f1'])} | "
+                         f"{_f(a['precision'])} | {_f(a['recall'])} | {_f(a['f1'])} |")
         s = fs
     lines += [
         "",
