@@ -17,7 +17,6 @@ Public API (used by the service, keep stable):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +28,7 @@ from xinfang.errors import DataError, IndexError_
 from xinfang.models.normalize import petition_text
 from xinfang.models.repeat_ranking import fetch_size, score_candidates
 from xinfang.models.vector_index import MANIFEST, VectorIndex
+from xinfang.records import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,10 @@ class PetitionStore:
         path = Path(directory) / STORE_FILE
         if not path.exists():
             return cls()
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError as exc:
-                        raise IndexError_(f"{path}, line {n}: corrupt petition store: {exc}") from exc
-        return cls(rows)
+        try:
+            return cls(read_jsonl(path))
+        except DataError as exc:
+            raise IndexError_(f"corrupt petition store: {exc}") from exc
 
 
 def open_index(directory: str | Path, embedder, create: bool = True,

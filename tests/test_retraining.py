@@ -456,8 +456,7 @@ def test_extend_head_keeps_old_rows_and_incremental_is_seeded(tmp_path: Path, ti
 def test_repeat_scorer_retraining_through_registry_and_gate(tmp_path: Path, tiny_encoder_dir: Path,
                                                             demo_data_path: Path, monkeypatch):
     from xinfang.models.embedder import Embedder
-    from xinfang.records import load_records
-    from xinfang.training.adapters import read_jsonl
+    from xinfang.records import load_records, read_jsonl
     from xinfang.training.repeats import fit_repeat_scorer
 
     monkeypatch.setenv("XINFANG_EMBED_ENCODER", str(tiny_encoder_dir))

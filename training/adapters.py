@@ -45,29 +45,13 @@ def predict_labels(bundle_dir: Path, records: list[dict[str, Any]]) -> list[str]
     return list(_PRED_CACHE[key])
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Plain JSONL objects (for pair files, which have no title/text of their own)."""
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError as exc:
-                        raise DataError(f"{path}: line {n}: invalid JSON ({exc})") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    return rows
-
-
 def load_pairs_with_petitions(pairs_path: Path, petitions_path: Path | None = None) -> list[dict[str, Any]]:
     """Self-contained labelled pairs ``{"a": {petition}, "b": {petition}, "label"}``.
 
     Rows may already hold petitions inline, or hold ids (``{"a": id, "b": id, "label"}``, the repeat
     scorer's training format) resolved against ``petitions_path``.
     """
-    from xinfang.records import load_records
+    from xinfang.records import load_records, read_jsonl
 
     rows = read_jsonl(pairs_path)
     by_id: dict[str, dict[str, Any]] = {}

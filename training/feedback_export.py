@@ -164,7 +164,7 @@ def export_feedback(store: Any, output: Path, task: str, since: datetime | None 
         used = sorted({r[s] for r in rows for s in ("a", "b")})
         pets = [_petition(petitions[i]) for i in used]
         if base is not None:
-            from xinfang.training.adapters import read_jsonl
+            from xinfang.records import read_jsonl
 
             base_pets = load_records(base_petitions, require_text=False) if base_petitions else []
             rows, pets = merge_pairs(read_jsonl(base), base_pets, rows, pets)

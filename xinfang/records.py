@@ -96,6 +96,30 @@ def load_records(
     return records
 
 
+def read_jsonl(path: str | Path, line_key: str | None = None) -> list[dict[str, Any]]:
+    """Plain JSON objects, one per non-blank line (pair files, stores); DataError naming file and line.
+
+    With `line_key`, each object also gets its 1-based line number under that key."""
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise DataError(f"{path}, line {n}: invalid JSON: {exc}") from exc
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}, line {n}: expected a JSON object")
+                if line_key:
+                    row[line_key] = n
+                rows.append(row)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return rows
+
+
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """Write rows as UTF-8 JSON lines atomically (temporary file, then os.replace)."""
     path = Path(path)

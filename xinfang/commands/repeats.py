@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,23 +28,12 @@ def _load_scorer(path: Path | None):
 
 
 def _read_pairs(path: Path) -> list[dict]:
-    rows = []
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    with fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path}, line {n}: invalid JSON: {exc}") from exc
-            if not isinstance(row, dict) or "a" not in row or "b" not in row:
-                raise DataError(f"{path}, line {n}: expected an object with fields 'a' and 'b'")
-            row["_row"] = n
-            rows.append(row)
+    from xinfang.records import read_jsonl
+
+    rows = read_jsonl(path, line_key="_row")
+    for row in rows:
+        if "a" not in row or "b" not in row:
+            raise DataError(f"{path}, line {row['_row']}: expected an object with fields 'a' and 'b'")
     return rows
 
 
