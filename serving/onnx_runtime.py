@@ -47,23 +47,30 @@ def _export(bundle, path: Path) -> None:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return mean_pool(hidden, attention_mask) @ self.w.T + self.b
 
-    model = EncoderHead().eval()
     enc = bundle._tokenize(["样例文本 example", "第二条较长的样例文本，用于导出动态长度"])
+    _export_module(EncoderHead().eval(), bundle.encoder.config, enc, "logits", path)
+
+
+def _export_module(model, config, enc, output: str, path: Path) -> None:
+    """torch.onnx.export of `model(input_ids, attention_mask) -> output` with dynamic batch and sequence axes,
+    written to a temporary name then renamed. Eager attention while exporting: plain ops export cleanly."""
+    import torch
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    attn = getattr(bundle.encoder.config, "_attn_implementation", None)
+    attn = getattr(config, "_attn_implementation", None)
     try:
         if attn is not None:
-            bundle.encoder.config._attn_implementation = "eager"  # plain ops export cleanly with dynamic axes
+            config._attn_implementation = "eager"
         with torch.no_grad():
             torch.onnx.export(
                 model, (enc["input_ids"], enc["attention_mask"]), str(tmp), dynamo=False,
-                input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=OPSET,
+                input_names=["input_ids", "attention_mask"], output_names=[output], opset_version=OPSET,
                 dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                              "logits": {0: "batch"}})
+                              output: {0: "batch"}})
         os.replace(tmp, path)
     finally:
         if attn is not None:
-            bundle.encoder.config._attn_implementation = attn
+            config._attn_implementation = attn
         tmp.unlink(missing_ok=True)
 
 
@@ -150,26 +157,9 @@ def _export_embedder(embedder, path: Path) -> None:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return torch.nn.functional.normalize(mean_pool(hidden, attention_mask), p=2, dim=1)
 
-    model = Pooled().eval()
     enc = embedder._tokenizer([embedder.prefix + "样例文本", embedder.prefix + "第二条较长的样例文本，用于导出"],
                               padding=True, truncation=True, max_length=embedder.max_length, return_tensors="pt")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    cfg = embedder._model.config
-    attn = getattr(cfg, "_attn_implementation", None)
-    try:
-        if attn is not None:
-            cfg._attn_implementation = "eager"
-        with torch.no_grad():
-            torch.onnx.export(
-                model, (enc["input_ids"], enc["attention_mask"]), str(tmp), dynamo=False,
-                input_names=["input_ids", "attention_mask"], output_names=["embedding"], opset_version=OPSET,
-                dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                              "embedding": {0: "batch"}})
-        os.replace(tmp, path)
-    finally:
-        if attn is not None:
-            cfg._attn_implementation = attn
-        tmp.unlink(missing_ok=True)
+    _export_module(Pooled().eval(), embedder._model.config, enc, "embedding", path)
 
 
 class OnnxEncode:
