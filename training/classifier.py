@@ -186,6 +186,20 @@ def group_split(labels: list[str], groups: list[int], val_fraction: float, seed:
     return sorted(tr.tolist()), sorted(va.tolist())
 
 
+def seeded_group_split(ex: Examples, val_fraction: float, seed: int, source: str):
+    """(groups, train indices, validation indices) of a group-aware split; seeds random, numpy and torch."""
+    import torch
+
+    groups = group_ids(ex.titles, ex.texts)
+    tr, va = group_split(ex.labels, groups, val_fraction, seed)
+    if not va:
+        raise DataError(f"{source}: too few groups for a validation split ({len(set(groups))} groups)")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return groups, tr, va
+
+
 def data_fingerprint(texts: list[str], labels: list[str]) -> str:
     """sha256 over the normalised texts and labels, in order."""
     h = hashlib.sha256()
@@ -492,7 +506,6 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
                      source: str = "data", cache: FrozenCache | None = None, progress: bool = True,
                      name: str | None = None) -> TrainResult:
     """Fine-tune on `records` and write a verified model bundle to `out_dir`. See the module docstring."""
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     from xinfang.models.encoder import resolve_encoder
@@ -508,13 +521,7 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     ex = prepare_examples(records, label_column, source, recipe.min_class_count)
     labels = sorted(set(ex.labels))
     y_all = [labels.index(v) for v in ex.labels]
-    groups = group_ids(ex.titles, ex.texts)
-    tr, va = group_split(ex.labels, groups, recipe.val_fraction, seed)
-    if not va:
-        raise DataError(f"{source}: too few groups for a validation split ({len(set(groups))} groups)")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    groups, tr, va = seeded_group_split(ex, recipe.val_fraction, seed, source)
 
     enc_path = resolve_encoder(base)
     try:

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from pathlib import Path
-
-import numpy as np
 
 from xinfang.errors import DataError, ModelError
 
@@ -54,7 +51,6 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     layer with the same length and prefix, and that layer was frozen when the parent was trained (so the
     parent's lower layers equal the base encoder's).
     """
-    import torch
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
@@ -68,11 +64,10 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
         calibrate,
         fine_tune,
         fit_tfidf,
-        group_ids,
-        group_split,
         prepare_examples,
         run_record,
         save_bundle,
+        seeded_group_split,
         top_logits,
     )
 
@@ -92,13 +87,7 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     head_w, head_b, labels, added = extend_head(head["weight"], head["bias"], old_labels,
                                                 sorted(set(ex.labels)), seed)
     y_all = [labels.index(v) for v in ex.labels]
-    groups = group_ids(ex.titles, ex.texts)
-    tr, va = group_split(ex.labels, groups, recipe.val_fraction, seed)
-    if not va:
-        raise DataError(f"{source}: too few groups for a validation split ({len(set(groups))} groups)")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    groups, tr, va = seeded_group_split(ex, recipe.val_fraction, seed, source)
 
     enc_path = parent_dir / ENCODER_DIR
     try:
