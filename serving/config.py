@@ -19,7 +19,7 @@
 | XINFANG_MAX_TEXT_CHARS | 10000 | characters of a petition text (title: 500) |
 | XINFANG_MAX_BODY_BYTES | 4194304 | request body size (413 above) |
 | XINFANG_BATCH_MAX_SIZE | 32 | petitions per micro-batch |
-| XINFANG_BATCH_MAX_WAIT_MS | 4 | how long the micro-batcher waits for more requests |
+| XINFANG_BATCH_MAX_WAIT_MS | 10 | how long the micro-batcher waits for more requests when they arrive together (a lone request is not held); 10 ms gave +13-19 % single-petition throughput at 8 clients over 4 ms in alternating runs, 1-client latency unchanged |
 | XINFANG_INDEX_SAVE_EVERY | 500 | save the index after this many index writes ... |
 | XINFANG_INDEX_SAVE_SECONDS | 30 | ... or this many seconds after the first unsaved write (and on shutdown) |
 | XINFANG_INDEX_SYNC_SECONDS | 0 | >0: re-reconcile the index with the store this often (set automatically with --workers > 1) |
@@ -117,7 +117,7 @@ class ServiceConfig:
     index_factory: str = "Flat"
     index_search: dict[str, int] = field(default_factory=dict)
     batch_max_size: int = 32
-    batch_max_wait_ms: float = 4.0
+    batch_max_wait_ms: float = 10.0
     index_save_every: int = 500
     index_save_seconds: float = 30.0
     index_sync_seconds: float = 0.0
@@ -199,7 +199,7 @@ class ServiceConfig:
             index_factory=(env("XINFANG_INDEX_FACTORY") or "Flat").strip(),
             index_search=parse_search_params(env("XINFANG_INDEX_SEARCH") or ""),
             batch_max_size=_env_int("XINFANG_BATCH_MAX_SIZE", 32, 1),
-            batch_max_wait_ms=_env_float("XINFANG_BATCH_MAX_WAIT_MS", 4.0),
+            batch_max_wait_ms=_env_float("XINFANG_BATCH_MAX_WAIT_MS", 10.0),
             index_save_every=_env_int("XINFANG_INDEX_SAVE_EVERY", 500, 1),
             index_save_seconds=_env_float("XINFANG_INDEX_SAVE_SECONDS", 30.0),
             index_sync_seconds=_env_float("XINFANG_INDEX_SYNC_SECONDS", 0.0),
