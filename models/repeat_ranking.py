@@ -53,8 +53,14 @@ def lexical_similarity(a: str, b: str) -> float:
     return sum(w * wb[g] for g, w in wa.items() if g in wb) / (na * nb)
 
 
+@lru_cache(maxsize=65536)
+def _normalised(title: str | None, text: str | None) -> str:
+    return petition_text(title, text)
+
+
 def _text(p: dict) -> str:
-    return petition_text(p.get("title"), p.get("text"))
+    """Normalised title + text; cached, since the same stored candidates come back query after query."""
+    return _normalised(p.get("title"), p.get("text"))
 
 
 def rerank(query: dict, hits: list[tuple[str, float]], found: dict[str, dict], k: int) -> list[tuple[str, float]]:

@@ -209,20 +209,19 @@ def use_onnx_embedder(embedder, cache_dir: Path, threads: int = 2, int8: bool = 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     t0 = time.perf_counter()
-    if not path.exists():
-        try:
-            _export_embedder(embedder, path)
-        except Exception as exc:
-            raise ModelError(f"{embedder.encoder_dir}: cannot export the embedder to ONNX: {exc}") from exc
-        log.info("exported the embedder to ONNX in %.1fs", time.perf_counter() - t0)
-    if int8:
-        fp32, path = path, folder / "model.int8-per-channel.onnx"
+    try:  # as onnx_model_path: export once, quantize once, both cached
         if not path.exists():
-            try:
+            _export_embedder(embedder, path)
+            log.info("exported the embedder to ONNX in %.1fs", time.perf_counter() - t0)
+        if int8:
+            fp32, path = path, folder / "model.int8-per-channel.onnx"
+            if not path.exists():
                 _quantize(fp32, path)
-            except Exception as exc:
-                raise ModelError(f"{embedder.encoder_dir}: cannot quantize the embedder: {exc}") from exc
-            log.info("quantized the embedder to int8 in %.1fs", time.perf_counter() - t0)
+                log.info("quantized the embedder to int8 in %.1fs", time.perf_counter() - t0)
+    except Exception as exc:  # export/quantization failures are model problems the caller reports
+        raise ModelError(f"{embedder.encoder_dir}: cannot convert the embedder to "
+                         f"{'onnx-int8' if int8 else 'onnx'}: {exc}") from exc
+    if int8:
         embedder.fingerprint = int8_fingerprint(embedder.fingerprint, path)
     embedder.encode = OnnxEncode(embedder, path, threads)
     embedder._model = None  # the session replaces it: frees the PyTorch weights
