@@ -29,6 +29,7 @@ import numpy as np
 
 from xinfang.machine import machine_info as machine
 from xinfang.models.classifier import ClassifierBundle, mean_pool
+from xinfang.models.router import DutyList, Router
 from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training import evaluation as ev
@@ -45,6 +46,7 @@ from xinfang.training.classifier import (
 
 log = logging.getLogger("bench_classify")
 REPORTS = REPO_ROOT / "eval" / "reports"
+DUTY_LIST = REPO_ROOT / "datasets" / "duty_lists" / "province_24.yaml"  # routed department rows
 
 
 
@@ -122,6 +124,14 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
         log.info("%s tfidf fold %d macro-F1 %.4f acc %.4f", task, k, tfidf_f1[-1], tfidf_acc[-1])
     res["tfidf_svm"] = {"macro_f1": summary(tfidf_f1), "accuracy": summary(tfidf_acc),
                         "top3_accuracy_calibrated": summary(tfidf_top3), "seconds": time.perf_counter() - t0}
+    router = Router(DutyList.load(DUTY_LIST), labels) if task == "department" else None
+    if router is not None:  # the same out-of-fold probabilities, routed with the duty list's keywords
+        routed = [ev.classification_metrics([ex.labels[i] for i in te],
+                                            router.routed_probs([ex.texts[i] for i in te], tfidf_probs[k]), labels)
+                  for k, (_tr, te) in enumerate(fl)]
+        res["tfidf_svm_routed"] = {key: summary([m[key] for m in routed])
+                                   for key in ("macro_f1", "accuracy", "top3_accuracy")}
+        res["duty_list"] = str(DUTY_LIST.relative_to(REPO_ROOT))
 
     # --- cache of the frozen lower layers for all rows (shared by every fold and by frozen-e5)
     recipe = RECIPES[recipe_name]
@@ -186,6 +196,11 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
             ens = (probs + te_full_probs) / 2
             m_ens = ev.classification_metrics(te_labels, ens, labels)
             m_tfidf_full = ev.classification_metrics(te_labels, te_full_probs, labels)
+            te_texts = [ex.texts[i] for i in te]
+            m_routed = (ev.classification_metrics(te_labels, router.routed_probs(te_texts, probs), labels)
+                        if router else None)
+            m_ens_routed = (ev.classification_metrics(te_labels, router.routed_probs(te_texts, ens), labels)
+                            if router else None)
             m_tfidf_sub = ev.classification_metrics(te_labels, sub.proba_for([ex.texts[i] for i in te], labels), labels)
             svm_sub = sub.predict([ex.texts[i] for i in te])
             assert [r["label"] for r in preds] == [labels[j] for j in probs.argmax(1)]
@@ -200,6 +215,7 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
                        "val_metrics": {k2: result.metrics[k2] for k2 in ("accuracy", "macro_f1", "ece_before_calibration",
                                                                           "ece_after_calibration")},
                        "test": m, "ensemble_test": m_ens, "tfidf_full_fold_calibrated_test": m_tfidf_full,
+                       "routed_test": m_routed, "ensemble_routed_test": m_ens_routed,
                        "tfidf_same_train_rows_calibrated_test": m_tfidf_sub,
                        "tfidf_same_train_rows_svm_macro_f1": float(f1_score(te_labels, svm_sub, average="macro"))})
             log.info("%s fine-tune fold %d macro-F1 %.4f acc %.4f top3 %.4f (ensemble %.4f); train %.0fs, "
@@ -211,6 +227,9 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
         for key in ("macro_f1", "accuracy", "top3_accuracy", "ece", "coverage", "accepted_accuracy"):
             res["fine_tuned"][key] = summary([f["test"][key] for f in ft])
             res["fine_tuned"]["ensemble_" + key] = summary([f["ensemble_test"].get(key) or 0.0 for f in ft])
+            if router is not None:
+                for kind in ("routed", "ensemble_routed"):
+                    res["fine_tuned"][f"{kind}_{key}"] = summary([f[f"{kind}_test"].get(key) or 0.0 for f in ft])
         res["tfidf_svm_same_folds"] = {"macro_f1": summary(tfidf_f1[:len(ft)]),
                                        "accuracy": summary(tfidf_acc[:len(ft)]),
                                        "top3_accuracy": summary(tfidf_top3[:len(ft)])}
@@ -371,6 +390,11 @@ def render(report: dict) -> str:
                          f"{_ms(ft, 'top3_accuracy')} |")
             lines.append(f"| ensemble: fine-tuned + TF-IDF (mean prob.), same fold(s) | {_ms(ft, 'ensemble_macro_f1')} | "
                          f"{_ms(ft, 'ensemble_accuracy')} | {_ms(ft, 'ensemble_top3_accuracy')} |")
+            if "routed_accuracy" in ft:
+                for kind, title in (("routed", "fine-tuned"), ("ensemble_routed", "ensemble")):
+                    lines.append(f"| {title} + duty list (`{r['duty_list']}`, router), same fold(s) | "
+                                 f"{_ms(ft, kind + '_macro_f1')} | {_ms(ft, kind + '_accuracy')} | "
+                                 f"{_ms(ft, kind + '_top3_accuracy')} |")
             same = [f.get("tfidf_same_train_rows_svm_macro_f1") for f in ft["folds"]]
             cal = [f.get("tfidf_same_train_rows_calibrated_test") or {} for f in ft["folds"]]
             if all(x is not None for x in same):
@@ -383,6 +407,10 @@ def render(report: dict) -> str:
         t = r["tfidf_svm"]
         lines.append(f"| char TF-IDF + LinearSVC, 5 folds | {_ms(t)} | {_ms(t, 'accuracy')} | "
                      f"{_ms(t, 'top3_accuracy_calibrated')} |")
+        if r.get("tfidf_svm_routed"):
+            tr_ = r["tfidf_svm_routed"]
+            lines.append(f"| char TF-IDF + LinearSVC + duty list (router), 5 folds | {_ms(tr_)} | "
+                         f"{_ms(tr_, 'accuracy')} | {_ms(tr_, 'top3_accuracy')} |")
         fe = r["frozen_e5_logreg"]
         lines.append(f"| frozen e5 + LogReg, {fe.get('folds_used', 'all 5')} folds | {_ms(fe)} | {_ms(fe, 'accuracy')} | – |")
         if r.get("run_args"):

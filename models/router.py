@@ -236,6 +236,22 @@ class Router:
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         return self._answer(text, ranked, top_k)
 
+    def routed_probs(self, texts: list[str], dept_probs: np.ndarray) -> np.ndarray:
+        """(n, len(labels)) routed scores over the model's labels, rows summing to 1: the ranking `route` gives
+        (pattern winners first), for scoring routed answers with the usual classification metrics. Departments
+        outside the model's labels are dropped."""
+        col = {lab: j for j, lab in enumerate(self.model_labels)}
+        out = np.zeros((len(texts), len(self.model_labels)))
+        for i, (text, p) in enumerate(zip(texts, dept_probs, strict=True)):
+            ranked = self.route(text, p, top_k=len(self.model_labels) + len(self.duty.entries if self.duty else []))
+            kept = [(d["label"], d["score"]) for d in (ranked or {}).get("top", []) if d["label"] in col]
+            prev = np.inf
+            for lab, score in kept:  # kept monotone, so forced answers keep their place in the ranking
+                prev = min(float(score), prev - 1e-9)
+                out[i, col[lab]] = max(prev, 0.0)
+            out[i] /= out[i].sum() or 1.0
+        return out
+
     @staticmethod
     def _answer(text: str, ranked: list[tuple[str, float]], top_k: int) -> dict:
         label, score = ranked[0]

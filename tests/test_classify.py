@@ -302,6 +302,43 @@ def test_router_precedence(tmp_path: Path) -> None:
     assert Router(None, None).route("text", None, None) is None
 
 
+def test_routed_probs_follow_route_order(tmp_path: Path) -> None:
+    labels = ["交通运输", "住房和城乡建设", "公安", "教育"]
+    r = Router(_duty(tmp_path), labels)
+    texts = ["K8县户口迁入办不了", "小区物业问题", "小区物业问题", "没有关键词"]
+    probs = np.array([[0.9, 0.05, 0.02, 0.03], [0.45, 0.40, 0.1, 0.05], [0.8, 0.15, 0.03, 0.02],
+                      [0.1, 0.2, 0.3, 0.4]])
+    routed = r.routed_probs(texts, probs)
+    assert routed.shape == probs.shape and np.allclose(routed.sum(1), 1.0)
+    for text, p, row in zip(texts, probs, routed, strict=True):
+        order = [t["label"] for t in r.route(text, p, top_k=len(labels))["top"]]
+        assert [labels[j] for j in np.argsort(-row, kind="stable")] == order
+    assert labels[routed[0].argmax()] == "公安" and labels[routed[1].argmax()] == "住房和城乡建设"
+    assert np.allclose(routed[3], probs[3])  # no keyword, no pattern: the model's probabilities
+
+
+def test_shipped_province_duty_list_covers_the_24_labels() -> None:
+    duty = DutyList.load(Path(__file__).resolve().parents[1] / "datasets" / "duty_lists" / "province_24.yaml")
+    assert len(duty.departments) == 24 and "街道乡镇" in duty.departments
+    assert not any(e.patterns for e in duty.entries)  # keywords only: see the file's header
+    assert duty.keyword_hits("我市公积金提取难")["住房和城乡建设"] == 1
+
+
+def test_eval_cli_with_duty_list(tmp_path: Path, dept_bundle: Path, data_file: Path) -> None:
+    p = tmp_path / "duty.yaml"
+    p.write_text("- department: 教育\n  keywords: [学校, 幼儿园]\n", encoding="utf-8")
+    res = _invoke(["eval", "--model", dept_bundle, "--data", data_file, "--duty-list", p, "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout[res.stdout.index("{"):])
+    assert rep["duty_list"] == str(p) and "model + duty list" in rep["metrics"]
+    routed = rep["metrics"]["model + duty list"]
+    assert 0.0 <= routed["accuracy"] <= 1.0 and routed["top3_accuracy"] >= routed["accuracy"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- keywords: [x]\n", encoding="utf-8")
+    res = _invoke(["eval", "--model", dept_bundle, "--data", data_file, "--duty-list", bad])
+    assert res.exit_code != 0 and "department" in res.output
+
+
 def test_pipeline_duty_list_without_department_model(tmp_path: Path, topic_bundle: Path) -> None:
     p = tmp_path / "duty.yaml"
     p.write_text("- department: 公安\n  patterns: ['户口']\n- department: 交通运输\n  topics: [交通运输]\n"

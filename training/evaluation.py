@@ -214,7 +214,7 @@ def _oof_baseline(texts: list[str], labels: list[str], groups: list[int], out_la
 
 
 def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data=None,
-                    batch_size: int = 32) -> dict:
+                    batch_size: int = 32, duty_list=None) -> dict:
     """`xinfang eval`: the bundle and a char TF-IDF + LinearSVC baseline on the same labelled data.
 
     Baseline training: with `train_data` (the bundle's training file), the baseline is fitted on exactly the
@@ -222,6 +222,7 @@ def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data
     review threshold is chosen on the bundle's validation part, and an ensemble (mean of the two calibrated
     probability vectors) is scored too. Without it, the baseline is 5-fold group cross-validated on `data`
     (out-of-fold predictions; its threshold is then chosen on those same predictions, an optimistic figure).
+    With `duty_list` (a 权责清单 YAML), the model's answers routed through it (`Router`) are scored too.
     """
     from xinfang.models.classifier import ClassifierBundle
     from xinfang.records import load_records
@@ -264,6 +265,13 @@ def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data
         y = np.array([bundle.labels.index(v) if v in bundle.labels else -1 for v in ex.labels])
         t_base = choose_threshold(pb, y, target)["threshold"]
         columns["char TF-IDF SVM (CV)"] = classification_metrics(ex.labels, pb, bundle.labels, t_base)
+    if duty_list is not None:
+        from xinfang.models.router import DutyList, Router
+
+        router = Router(DutyList.load(duty_list), bundle.labels)
+        columns["model + duty list"] = classification_metrics(ex.labels, router.routed_probs(ex.texts, probs),
+                                                              bundle.labels)
+        info["duty_list"] = str(duty_list)
     md = [f"# Evaluation of {bundle.name} ({bundle.version}) on {data}", "",
           f"{len(ex.texts)} petitions; baseline: {info['baseline']}; review target precision {target}.", ""]
     if info.get("eval_rows_also_in_training"):

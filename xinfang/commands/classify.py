@@ -151,13 +151,15 @@ def register(app: typer.Typer) -> None:
                                         "baseline is 5-fold group cross-validated on --data."),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
         batch_size: int = typer.Option(32, help="Petitions per forward pass."),
+        duty_list: Path = typer.Option(None, help="Duty list (权责清单) YAML: also score the model's answers "
+                                       "routed through it (department bundles)."),
         threads: int = typer.Option(None, help=THREADS_HELP),
     ) -> None:
         """Accuracy, macro-F1, per-class P/R/F1, top-3, ECE, review coverage: model vs char TF-IDF baseline."""
         from xinfang.training.evaluation import evaluate_bundle
 
         _threads(threads)
-        report = evaluate_bundle(model, data, label_column, train_data, batch_size)
+        report = evaluate_bundle(model, data, label_column, train_data, batch_size, duty_list)
         if as_json:
             typer.echo(json.dumps(report, ensure_ascii=False, indent=2))
         else:
