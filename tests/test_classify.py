@@ -267,6 +267,23 @@ def test_choose_threshold_meets_target_precision() -> None:
     assert not bad["attainable"] and bad["threshold"] > 1.0
 
 
+def test_department_trained_on_top_of_a_topic_bundle(tmp_path: Path, topic_bundle: Path, data_file: Path) -> None:
+    """--base may name a bundle: its fine-tuned encoder (and text prefix) is the starting point."""
+    from xinfang.models.encoder import resolve_encoder
+    from xinfang.training.classifier import default_prefix
+
+    assert resolve_encoder(topic_bundle) == topic_bundle / "encoder"
+    prefix = json.loads((topic_bundle / "config.json").read_text())["text_prefix"]
+    assert default_prefix(topic_bundle) == prefix == default_prefix(topic_bundle / "encoder")
+    out = tmp_path / "dept"
+    res = _invoke(["train", "--task", "department", "--data", data_file, "--base", topic_bundle, "--out", out,
+                   "--recipe", "tiny", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["base_encoder_path"] == str(topic_bundle / "encoder") and cfg["text_prefix"] == prefix
+    assert ClassifierBundle.load(out).predict([{"id": "x", "title": "学校幼儿园收费"}])[0]["label"]
+
+
 # ------------------------------------------------------------------------------------------ router
 def _duty(tmp_path: Path) -> DutyList:
     p = tmp_path / "duty.yaml"

