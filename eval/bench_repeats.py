@@ -386,6 +386,22 @@ def _f(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def _recipe_comparison(ft: dict | None, s: dict) -> str:
+    """A sentence comparing this run's embedder recipe with the committed `deep` run, when both exist."""
+    deep = REPORTS / "repeats_deep.json"
+    if not ft or ft["recipe"].get("trainable_layers") == 4 or not deep.exists():
+        return ""
+    dft = json.loads(deep.read_text()).get("fine_tuned") or {}
+    dsel = dft.get("scorer_selected_nested_cv") or dft.get("scorer_nested_cv")
+    if not dsel:
+        return ""
+    return (f" Recipe comparison: `deep` (top {dft['recipe']['trainable_layers']} layers, "
+            f"eval/reports/repeats_deep.md, {dft['seconds']:.0f} s) gave cross-fitted cosine AUC "
+            f"{dft['cross_fitted_cosine']['roc_auc']:.4f} and scorer AUC {_f(dsel['roc_auc'])} / F1 {_f(dsel['f1'])}, "
+            f"against {ft['cross_fitted_cosine']['roc_auc']:.4f} and {_f(s['roc_auc'])} / {_f(s['f1'])} here "
+            f"({ft['seconds']:.0f} s).")
+
+
 def render(r: dict) -> str:
     m = r["machine"]
     d = r["data"]
@@ -465,7 +481,7 @@ def render(r: dict) -> str:
         f"Targets (best row): AUC ≥ {t['pair_roc_auc']} (got {_f(s['roc_auc'])}: "
         f"{'met' if s['roc_auc'] >= t['pair_roc_auc'] else 'NOT met'}), F1 ≥ {t['pair_f1']} at the operating "
         f"threshold (got {_f(s['f1'])}: {'met' if s['f1'] >= t['pair_f1'] else 'NOT met'}). "
-        f"Fold thresholds: {s['fold_thresholds']}.",
+        f"Fold thresholds: {s['fold_thresholds']}." + _recipe_comparison(ft, s),
         "",
         "## Operating threshold of the real-data scorer",
         "",
