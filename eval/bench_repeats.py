@@ -63,12 +63,17 @@ def nested_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cols: list[int],
         fold_of[te] = f
     if keep is not None:
         keep.update({"scorers": scorers, "fold_of": fold_of})
+    return pooled_metrics(y, probs, pred, fold_thresholds=thresholds)
+
+
+def pooled_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, **extra) -> dict:
+    """AUC etc. of the pooled out-of-fold probabilities, and P/R/F1 of the per-fold threshold decisions `pred`."""
     m = binary_metrics(y, probs, 0.5)
     tp = int((pred & (y == 1)).sum())
     prec = tp / max(int(pred.sum()), 1)
     rec = tp / int(y.sum())
     m.update({"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-              "threshold": None, "fold_thresholds": thresholds})
+              "threshold": None, **extra})
     return m
 
 
@@ -85,13 +90,7 @@ def nested_cv_select(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: in
         pred[te] = probs[te] >= s.threshold
         chosen.append(table["chosen"])
         thresholds.append(round(s.threshold, 3))
-    m = binary_metrics(y, probs, 0.5)
-    tp = int((pred & (y == 1)).sum())
-    prec = tp / max(int(pred.sum()), 1)
-    rec = tp / int(y.sum())
-    m.update({"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-              "threshold": None, "fold_thresholds": thresholds, "fold_feature_sets": chosen})
-    return m
+    return pooled_metrics(y, probs, pred, fold_thresholds=thresholds, fold_feature_sets=chosen)
 
 
 def gbm_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int) -> dict:
