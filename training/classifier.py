@@ -524,7 +524,7 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
 
     t_start = time.perf_counter()
     if recipe == "auto":
-        recipe = "department" if task == "department" else "default"
+        recipe = resolve_recipe(task, recipe)
     if isinstance(recipe, str):
         if recipe not in RECIPES:
             raise DataError(f"unknown recipe '{recipe}'; choose one of: {', '.join(RECIPES)}")
@@ -618,9 +618,9 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
 
 
 def resolve_recipe(task: str, name: str) -> str:
-    """'auto' -> the task's default recipe name (topic: default, department: department)."""
+    """'auto' -> the task's default recipe name (topic: default, department: department-long)."""
     if name == "auto":
-        return "department" if task == "department" else "default"
+        return "department-long" if task == "department" else "default"
     if name not in RECIPES:
         raise DataError(f"unknown recipe '{name}'; choose one of: auto, {', '.join(RECIPES)}")
     return name
