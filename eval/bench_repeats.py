@@ -195,8 +195,8 @@ def as_of_later_message(vectors: np.ndarray, ids: list[str], queries, by_id: dic
 
     times = np.array([(t.timestamp() if (t := parse_time(by_id[i].get("time"))) else np.nan) for i in ids])
     row = {pid: i for i, pid in enumerate(ids)}
-    out: dict[str, list] = {"hybrid re-rank (shipped), as of the later message": [],
-                            "hybrid re-rank (shipped), as of the later message, filtered": []}
+    plain = "hybrid re-rank (shipped), as of the later message"
+    out: dict[str, list] = {plain: [], plain + ", filtered": []}
     for a, b, _ in queries:
         ta, tb = times[row[a]], times[row[b]]
         if np.isnan(ta) or np.isnan(tb) or tb > ta:
@@ -205,13 +205,11 @@ def as_of_later_message(vectors: np.ndarray, ids: list[str], queries, by_id: dic
         scores[times > ta] = -np.inf
         scores[np.isnan(times)] = -np.inf
         scores[row[a]] = -np.inf
-        for name, drop in ((False, set()), (True, members[comp_of[a]] - {a, b})):
+        for key, drop in ((plain, set()), (plain + ", filtered", members[comp_of[a]] - {a, b})):
             sc = scores.copy()
-            if drop:
-                sc[[row[d] for d in drop]] = -np.inf
+            sc[[row[d] for d in drop]] = -np.inf
             top = [j for j in np.argsort(-sc, kind="stable")[:fetch] if np.isfinite(sc[j])]
             hits = [(ids[j], float(sc[j])) for j in top]
-            key = "hybrid re-rank (shipped), as of the later message" + (", filtered" if name else "")
             out[key].append(rank([p for p, _ in rerank(by_id[a], hits, by_id, k)], b))
     return out
 

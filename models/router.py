@@ -243,7 +243,7 @@ class Router:
         col = {lab: j for j, lab in enumerate(self.model_labels)}
         out = np.zeros((len(texts), len(self.model_labels)))
         for i, (text, p) in enumerate(zip(texts, dept_probs, strict=True)):
-            ranked = self.route(text, p, top_k=len(self.model_labels) + len(self.duty.entries if self.duty else []))
+            ranked = self.route(text, p, top_k=len(col) + len(self.duty.departments if self.duty else []))
             kept = [(d["label"], d["score"]) for d in (ranked or {}).get("top", []) if d["label"] in col]
             prev = np.inf
             for lab, score in kept:  # kept monotone, so forced answers keep their place in the ranking
