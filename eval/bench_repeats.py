@@ -271,7 +271,7 @@ def main() -> None:
     pairs = [json.loads(line) for line in (SHARED_DATA_DIR / "repeat_pairs_dev.jsonl").read_text().splitlines()]
     triples = labelled_pairs(pairs, by_id)
     y = np.array([t[2] for t in triples])
-    report: dict = {"machine": machine(), "data": {
+    report: dict = {"machine": machine(), "args": vars(args), "data": {
         "messages": len(records), "pairs": len(pairs), "labelled_pairs": len(triples), "positives": int(y.sum()),
         "unsure_left_out": sum(p["label"] == 0.5 for p in pairs)}, "targets": {
         "pair_roc_auc": 0.985, "pair_f1": 0.95, "recall@5": 0.95}}
@@ -425,6 +425,18 @@ def _recipe_comparison(ft: dict | None, s: dict) -> str:
             f"({ft['seconds']:.0f} s).")
 
 
+def _flags(args: dict) -> str:
+    """The non-default command-line flags of a run, for the report's Run line."""
+    out = ""
+    if args.get("embedder_recipe", "default") != "default":
+        out += f" --embedder-recipe {args['embedder_recipe']}"
+    if args.get("reuse_fine_tune"):
+        out += " --reuse-fine-tune"
+    if args.get("fine_tune") is False:
+        out += " --no-fine-tune"
+    return out
+
+
 def render(r: dict) -> str:
     m = r["machine"]
     d = r["data"]
@@ -432,7 +444,10 @@ def render(r: dict) -> str:
         "# Repeat-petition detection: dev-pair and retrieval figures",
         "",
         f"Run {m['date']} on {m['nproc']} CPU cores ({m['cpu']}), commit {m['commit']}; "
-        f"`nice -n 5 .venv/bin/python eval/bench_repeats.py` ({r['seconds']} s, embeddings cached).",
+        f"`nice -n 5 .venv/bin/python eval/bench_repeats.py{_flags(r.get('args', {}))}` ({r['seconds']} s, "
+        "embeddings cached" + ("; the fine-tuned embedder's cross-fitted arrays and model reused from an earlier "
+                               "full run of the same recipe on the same data, which trains them in about 28 min"
+                               if r.get("args", {}).get("reuse_fine_tune") else "") + ").",
         "",
         f"Data: `repeat_pairs_dev.jsonl`, {d['labelled_pairs']} pairs labelled 0/1 ({d['positives']} repeats; "
         f"{d['unsure_left_out']} unsure pairs left out) over the {d['messages']} attachment-3 messages. "
@@ -547,7 +562,7 @@ def render(r: dict) -> str:
     ]
     for name, rr in r["retrieval"].items():
         for variant, v in rr.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and "recall@1" in v:
                 lines.append(f"| {name} | {variant} | {v.get('n', rr['queries'])} | {_f(v['recall@1'])} | {_f(v['recall@5'])} | "
                              f"{_f(v['recall@10'])} |")
     rk = next(iter(r["retrieval"].values()))
