@@ -161,16 +161,18 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
     out: dict = {"queries": len(queries), "search_seconds": round(secs, 3)}
     variants = {"raw": [rank([p for p, _ in h], b) for (_a, b, _), h in zip(queries, raw, strict=True)],
                 "filtered": [rank([p for p, _ in h], b) for (_a, b, _), h in zip(queries, filt, strict=True)]}
+    hybrid: dict[str, list] = {}
     if by_id is not None:  # the shipped ranking: embedding top `fetch`, re-ranked with lexical similarity
         for name, hits in (("hybrid re-rank (shipped)", raw), ("hybrid re-rank (shipped), filtered", filt)):
-            variants[name] = [rank([p for p, _ in rerank(by_id[a], h, by_id, max(ks))], b)
-                              for (a, b, _), h in zip(queries, hits, strict=True)]
+            hybrid[name] = [rerank(by_id[a], h, by_id, fetch) for (a, _b, _), h in zip(queries, hits, strict=True)]
+            variants[name] = [rank([p for p, _ in order[:max(ks)]], b)
+                              for (_a, b, _), order in zip(queries, hybrid[name], strict=True)]
     if by_id is not None and not sparse:
         variants.update(as_of_later_message(vectors, ids, queries, by_id, fetch, max(ks), members, comp_of, rank))
     if keep is not None and by_id is not None:
         from xinfang.models.repeat_features import pair_features
 
-        out["filtered_misses"] = miss_analysis(queries, filt, by_id, keep, fetch)
+        out["filtered_misses"] = miss_analysis(queries, hybrid["hybrid re-rank (shipped), filtered"], by_id, keep)
         reranked = []
         for (a, b, i), h in zip(queries, raw, strict=True):
             s = keep["scorers"][keep["fold_of"][i]]
@@ -186,16 +188,15 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
     return out
 
 
-def miss_analysis(queries, filt: list, by_id: dict, keep: dict, fetch: int, k: int = 5) -> dict:
-    """The queries the shipped ranking (filtered) misses at k: how many of their top k candidates the scorer of
+def miss_analysis(queries, orders: list, by_id: dict, keep: dict, k: int = 5) -> dict:
+    """The queries the shipped ranking (filtered; `orders` = its re-ranked top `fetch` per query) misses at k: how many of their top k candidates the scorer of
     the fold that never saw the query's pair judges the same matter (`is_repeat` at its threshold, out-of-fold
     precision about 0.95), and how far down the partner sits. Unlabelled repeats of hot matters show up as
     misses whose top k are all judged repeats."""
     from xinfang.models.repeat_features import pair_features
 
     judged, partner_ranks = [], []
-    for (a, b, i), hits in zip(queries, filt, strict=True):
-        order = rerank(by_id[a], hits, by_id, fetch)
+    for (a, b, i), order in zip(queries, orders, strict=True):
         ranked = [p for p, _ in order]
         if b in ranked[:k]:
             continue
