@@ -66,15 +66,16 @@ def frozen_embeddings(cache: FrozenCache, texts: list[str], base: str) -> np.nda
 
     from xinfang.models.encoder import resolve_encoder
 
-    model = AutoModel.from_pretrained(resolve_encoder(base), local_files_only=True).eval()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModel.from_pretrained(resolve_encoder(base), local_files_only=True).eval().to(dev)
     top = _layers(model)[cache.n_frozen:]
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: cache.store[texts[i]].shape[0])
     with torch.inference_mode():
         for s in range(0, len(order), 64):
             idx = order[s:s + 64]
-            h, m = cache.batch([texts[i] for i in idx], torch.device("cpu"))
-            out[idx] = mean_pool(run_layers(model, top, h, m), m).numpy()
+            h, m = cache.batch([texts[i] for i in idx], dev)
+            out[idx] = mean_pool(run_layers(model, top, h, m), m).float().cpu().numpy()
     return out
 
 
@@ -430,7 +431,9 @@ def render(report: dict) -> str:
             lines += ["", f"Run: `{' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in r['run_args'].items() if v not in (None, False))}`; "
                       f"load average (1/5/15 min) at start/end {r.get('load_average')}"
                       + (f"; run {r['run_machine']['date']}, commit {r['run_machine']['commit']}"
-                         if r.get("run_machine") else "") + "."]
+                         if r.get("run_machine") else "")
+                      + (f", on {r['run_machine']['accelerator']}" if (r.get("run_machine") or {}).get("accelerator")
+                         else "") + "."]
         tg = TARGETS[task]
         lines += ["", "Targets: " + ", ".join(f"{k} ≥ {v}" for k, v in tg.items()) + "; measured (fine-tuned): "
                   + ", ".join(f"{k} {_ms(ft, k)}" for k in tg) + ".", ""]

@@ -411,19 +411,27 @@ def _f(v) -> str:
 
 
 def _recipe_comparison(ft: dict | None, s: dict) -> str:
-    """A sentence comparing this run's embedder recipe with the committed `deep` run, when both exist."""
-    deep = REPORTS / "repeats_deep.json"
-    if not ft or ft["recipe"].get("trainable_layers") == 4 or not deep.exists():
+    """A sentence comparing this run's embedder recipe with the committed `deep` and `full` runs, when present."""
+    if not ft:
         return ""
-    dft = json.loads(deep.read_text()).get("fine_tuned") or {}
-    dsel = dft.get("scorer_selected_nested_cv") or dft.get("scorer_nested_cv")
-    if not dsel:
+    others = []
+    for name, where in (("deep", "repeats_deep"), ("full", "repeats_full_gpu")):
+        path = REPORTS / f"{where}.json"
+        if ft["recipe"].get("recipe") == name or not path.exists():
+            continue
+        oft = json.loads(path.read_text()).get("fine_tuned") or {}
+        sel = oft.get("scorer_selected_nested_cv") or oft.get("scorer_nested_cv")
+        if not sel or oft["recipe"].get("trainable_layers") == ft["recipe"].get("trainable_layers"):
+            continue
+        where_run = ", fine-tuned on an NVIDIA H200" if name == "full" else ""
+        others.append(f"`{name}` (top {oft['recipe']['trainable_layers']} layers, eval/reports/{where}.md"
+                      f"{where_run}, {oft['seconds']:.0f} s) gave cross-fitted cosine AUC "
+                      f"{oft['cross_fitted_cosine']['roc_auc']:.4f} and scorer AUC {_f(sel['roc_auc'])} / F1 "
+                      f"{_f(sel['f1'])}")
+    if not others:
         return ""
-    return (f" Recipe comparison: `deep` (top {dft['recipe']['trainable_layers']} layers, "
-            f"eval/reports/repeats_deep.md, {dft['seconds']:.0f} s) gave cross-fitted cosine AUC "
-            f"{dft['cross_fitted_cosine']['roc_auc']:.4f} and scorer AUC {_f(dsel['roc_auc'])} / F1 {_f(dsel['f1'])}, "
-            f"against {ft['cross_fitted_cosine']['roc_auc']:.4f} and {_f(s['roc_auc'])} / {_f(s['f1'])} here "
-            f"({ft['seconds']:.0f} s).")
+    return (" Recipe comparison: " + "; ".join(others) + f", against {ft['cross_fitted_cosine']['roc_auc']:.4f} and "
+            f"{_f(s['roc_auc'])} / {_f(s['f1'])} here ({ft['seconds']:.0f} s).")
 
 
 def _flags(args: dict) -> str:

@@ -573,3 +573,59 @@ def test_select_features_prefers_the_informative_set() -> None:
     # the scorer is usable on a full feature dict, whatever set it kept
     feats = {f: float(X[0, i]) for i, f in enumerate(FEATURES)}
     assert scorer.features_vector(feats).shape == (len(scorer.feature_names),)
+
+
+def test_embedder_recipe_deeper_than_the_encoder_trains_every_layer(tiny_encoder_dir):
+    """`full` asks for 12 layers; on the 2-layer test encoder it trains both (and the embeddings stay frozen)."""
+    from dataclasses import replace
+
+    import torch
+
+    from xinfang.training.repeat_embedder import RECIPES, fine_tune_embedder
+
+    texts = {"a": "小区夜间施工噪音", "b": "小区夜间施工噪音扰民", "c": "学校违规收费", "d": "学校乱收费"}
+    pairs = [("a", "b", 1), ("a", "c", 0), ("c", "d", 1), ("b", "d", 0)]
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(tiny_encoder_dir)
+    recipe = replace(RECIPES["full"], epochs=2, lr=5e-3, batch_pairs=4, max_length=32)
+    model, _tok = fine_tune_embedder(pairs, texts, tiny_encoder_dir, recipe)
+    tuned = {k: v.cpu() for k, v in model.state_dict().items()}
+    for name, value in base.state_dict().items():
+        changed = not torch.equal(value, tuned[name])
+        if name.startswith("embeddings."):
+            assert not changed, name
+        elif name.startswith("encoder.layer.0.attention.self.query.weight") or name.startswith(
+                "encoder.layer.1.output.dense.weight"):
+            assert changed, name
+
+
+def test_attention_mask_across_transformers_signatures():
+    """The layer mask helper passes only the keywords this transformers version's method takes."""
+    import torch
+
+    from xinfang.training.classifier import _attention_mask
+
+    mask = torch.tensor([[1, 1, 0]])
+    hidden = torch.zeros(1, 3, 4)
+
+    class New:  # transformers 5.17: past_key_values
+        def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output,
+                                    encoder_hidden_states, past_key_values):
+            return ("self", attention_mask.sum()), None
+
+    class Newer:  # transformers 5.24: cache
+        def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output,
+                                    encoder_hidden_states, cache):
+            return ("self", attention_mask.sum()), None
+
+    class Unknown:  # a required keyword we cannot supply: fall back to the classic extended mask
+        def _create_attention_masks(self, attention_mask, something_new):
+            raise AssertionError("must not be called")
+
+        def get_extended_attention_mask(self, attention_mask, shape):
+            return ("extended", tuple(shape))
+
+    assert _attention_mask(New(), mask, hidden) == ("self", 2)
+    assert _attention_mask(Newer(), mask, hidden) == ("self", 2)
+    assert _attention_mask(Unknown(), mask, hidden) == ("extended", (1, 3))

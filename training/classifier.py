@@ -75,6 +75,10 @@ RECIPES: dict[str, Recipe] = {
                               head_lr=3e-3, val_fraction=0.15, target_precision=0.9),
     # topic at 256 tokens: about twice the default's cost
     "topic-long": Recipe(name="topic-long", max_length=256, trainable_layers=4),
+    # for a GPU: every encoder layer trained (the embeddings stay frozen); far too slow for the 2-core CPU
+    "full": Recipe(name="full", trainable_layers=12, epochs=3, lr=5e-5),
+    "department-full": Recipe(name="department-full", max_length=256, trainable_layers=12, epochs=6, lr=5e-5,
+                              head_lr=3e-3, val_fraction=0.15, target_precision=0.9),
     # a quarter of the default's cost, for a crowded CPU (topic fold 0: 0.876 fine-tuned, 0.910 ensemble vs the
     # default's 0.904 / 0.917; eval/reports/classification.md)
     "fast": Recipe(name="fast", max_length=64, trainable_layers=2),
@@ -232,11 +236,19 @@ def _layers(model):
 
 def _attention_mask(model, mask, hidden):
     """The layer-level attention mask in whatever form this transformers version's layers expect."""
+    import inspect
+
     create = getattr(model, "_create_attention_masks", None)
-    if create is not None:
-        m, _ = create(attention_mask=mask, encoder_attention_mask=None, embedding_output=hidden,
-                      encoder_hidden_states=None, cache=None)
-        return m
+    if create is not None:  # its keywords differ between transformers versions: pass the ones it takes
+        known = {"attention_mask": mask, "encoder_attention_mask": None, "embedding_output": hidden,
+                 "encoder_hidden_states": None, "cache": None, "past_key_values": None, "cache_position": None,
+                 "position_ids": None}
+        params = inspect.signature(create).parameters
+        required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if all(n in known for n in required):
+            out = create(**{n: v for n, v in known.items() if n in params})
+            return out[0] if isinstance(out, tuple) else out
     return model.get_extended_attention_mask(mask, mask.shape)
 
 

@@ -52,6 +52,8 @@ class EmbedderRecipe:
 RECIPES = {
     "default": EmbedderRecipe(),
     "deep": EmbedderRecipe(trainable_layers=4),
+    # for a GPU: every encoder layer trained (the embeddings stay frozen)
+    "full": EmbedderRecipe(trainable_layers=12, lr=2e-5),
     "tiny": EmbedderRecipe(trainable_layers=1, epochs=2, lr=1e-3, batch_pairs=8, max_length=64),
 }
 
@@ -71,7 +73,7 @@ def _setup(base, recipe: EmbedderRecipe, texts: list[str]):
     from transformers import AutoModel, AutoTokenizer
 
     from xinfang.models.encoder import resolve_encoder
-    from xinfang.training.classifier import FrozenCache, _layers
+    from xinfang.training.classifier import FrozenCache, _device, _layers
 
     path = resolve_encoder(base)
     try:
@@ -80,12 +82,24 @@ def _setup(base, recipe: EmbedderRecipe, texts: list[str]):
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load encoder from {path}: {exc}") from exc
     n_layers = len(_layers(model))
-    if not 1 <= recipe.trainable_layers <= n_layers:
-        raise ModelError(f"trainable_layers must be 1..{n_layers}, got {recipe.trainable_layers}")
+    if recipe.trainable_layers < 1:
+        raise ModelError(f"trainable_layers must be at least 1, got {recipe.trainable_layers}")
     torch.manual_seed(recipe.seed)
-    cache = FrozenCache(path, n_layers - recipe.trainable_layers, recipe.max_length, recipe.prefix)
+    model.to(_device())
+    cache = FrozenCache(path, n_layers - _n_trainable(model, recipe), recipe.max_length, recipe.prefix)
     cache.fill(model, tokenizer, texts, progress=False)
     return model, tokenizer, cache
+
+
+def _n_trainable(model, recipe: EmbedderRecipe) -> int:
+    """The recipe's trainable top layers, capped at the encoder's depth (`full` on a 4-layer model: all 4)."""
+    from xinfang.training.classifier import _layers
+
+    return min(recipe.trainable_layers, len(_layers(model)))
+
+
+def _model_device(model):
+    return next(model.parameters()).device
 
 
 def _embed(model, top, cache, texts: list[str]) -> np.ndarray:
@@ -98,9 +112,9 @@ def _embed(model, top, cache, texts: list[str]) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for s in range(0, len(texts), 32):
-            hidden, mask = cache.batch(texts[s:s + 32], "cpu")
+            hidden, mask = cache.batch(texts[s:s + 32], _model_device(model))
             pooled = mean_pool(run_layers(model, top, hidden, mask), mask)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
 
 
@@ -113,7 +127,7 @@ def _train(model, cache, triples: list[tuple[str, str, int]], texts_by_id: dict[
     from xinfang.training.classifier import _layers, run_layers
 
     n_layers = len(_layers(model))
-    top = _layers(model)[n_layers - recipe.trainable_layers:]
+    top = _layers(model)[n_layers - _n_trainable(model, recipe):]
     for p in model.parameters():
         p.requires_grad_(False)
     for p in top.parameters():
@@ -128,12 +142,12 @@ def _train(model, cache, triples: list[tuple[str, str, int]], texts_by_id: dict[
         top.train()
         for s in range(0, len(order), recipe.batch_pairs):
             batch = [triples[i] for i in order[s:s + recipe.batch_pairs]]
-            labels = torch.tensor([t[2] for t in batch], dtype=torch.float32)
+            labels = torch.tensor([t[2] for t in batch], dtype=torch.float32, device=_model_device(model))
             if labels.min() == labels.max():
                 bar.update(1)
                 continue  # no (repeat, non-repeat) combination to rank
             texts = [texts_by_id[t[0]] for t in batch] + [texts_by_id[t[1]] for t in batch]
-            hidden, mask = cache.batch(texts, "cpu")
+            hidden, mask = cache.batch(texts, _model_device(model))
             emb = torch.nn.functional.normalize(mean_pool(run_layers(model, top, hidden, mask), mask), dim=-1)
             cos = (emb[:len(batch)] * emb[len(batch):]).sum(-1)
             loss = cosent_loss(cos, labels, recipe.scale)
@@ -187,7 +201,7 @@ def cross_fitted_cosines(triples: list[tuple[str, str, int]], texts_by_id: dict[
         raise DataError("cross-fitting needs pairs from at least 2 unconnected groups")
     pair_texts = {texts_by_id[p] for t in triples for p in t[:2]}
     model, _tok, cache = _setup(base, recipe, sorted(pair_texts | set(corpus or [])))
-    top = _layers(model)[len(_layers(model)) - recipe.trainable_layers:]
+    top = _layers(model)[len(_layers(model)) - _n_trainable(model, recipe):]
     initial = copy.deepcopy(top.state_dict())
     out = np.zeros(len(triples), dtype=np.float64)
     y = np.array([t[2] for t in triples])
