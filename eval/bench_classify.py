@@ -36,6 +36,7 @@ from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training import evaluation as ev
 from xinfang.training.classifier import (
     FrozenCache,
+    _device,
     _layers,
     default_prefix,
     group_ids,
@@ -66,7 +67,7 @@ def frozen_embeddings(cache: FrozenCache, texts: list[str], base: str) -> np.nda
 
     from xinfang.models.encoder import resolve_encoder
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _device()
     model = AutoModel.from_pretrained(resolve_encoder(base), local_files_only=True).eval().to(dev)
     top = _layers(model)[cache.n_frozen:]
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)

@@ -86,16 +86,17 @@ def _setup(base, recipe: EmbedderRecipe, texts: list[str]):
         raise ModelError(f"trainable_layers must be at least 1, got {recipe.trainable_layers}")
     torch.manual_seed(recipe.seed)
     model.to(_device())
-    cache = FrozenCache(path, n_layers - _n_trainable(model, recipe), recipe.max_length, recipe.prefix)
+    cache = FrozenCache(path, n_layers - len(_top_layers(model, recipe)), recipe.max_length, recipe.prefix)
     cache.fill(model, tokenizer, texts, progress=False)
     return model, tokenizer, cache
 
 
-def _n_trainable(model, recipe: EmbedderRecipe) -> int:
-    """The recipe's trainable top layers, capped at the encoder's depth (`full` on a 4-layer model: all 4)."""
+def _top_layers(model, recipe: EmbedderRecipe):
+    """The layers the recipe trains: its top `trainable_layers`, capped at the encoder's depth."""
     from xinfang.training.classifier import _layers
 
-    return min(recipe.trainable_layers, len(_layers(model)))
+    layers = _layers(model)
+    return layers[len(layers) - min(recipe.trainable_layers, len(layers)):]
 
 
 def _model_device(model):
@@ -124,10 +125,9 @@ def _train(model, cache, triples: list[tuple[str, str, int]], texts_by_id: dict[
     from tqdm import tqdm
 
     from xinfang.models.classifier import mean_pool
-    from xinfang.training.classifier import _layers, run_layers
+    from xinfang.training.classifier import run_layers
 
-    n_layers = len(_layers(model))
-    top = _layers(model)[n_layers - _n_trainable(model, recipe):]
+    top = _top_layers(model, recipe)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in top.parameters():
@@ -192,8 +192,6 @@ def cross_fitted_cosines(triples: list[tuple[str, str, int]], texts_by_id: dict[
     retrieval benchmark can query with models that never saw the query's pairs."""
     from sklearn.model_selection import GroupKFold
 
-    from xinfang.training.classifier import _layers
-
     check_pairs(triples, texts_by_id)
     groups = np.asarray(groups)
     folds = min(folds, len(set(groups.tolist())))
@@ -201,7 +199,7 @@ def cross_fitted_cosines(triples: list[tuple[str, str, int]], texts_by_id: dict[
         raise DataError("cross-fitting needs pairs from at least 2 unconnected groups")
     pair_texts = {texts_by_id[p] for t in triples for p in t[:2]}
     model, _tok, cache = _setup(base, recipe, sorted(pair_texts | set(corpus or [])))
-    top = _layers(model)[len(_layers(model)) - _n_trainable(model, recipe):]
+    top = _top_layers(model, recipe)
     initial = copy.deepcopy(top.state_dict())
     out = np.zeros(len(triples), dtype=np.float64)
     y = np.array([t[2] for t in triples])
