@@ -580,13 +580,12 @@ def test_embedder_recipe_deeper_than_the_encoder_trains_every_layer(tiny_encoder
     from dataclasses import replace
 
     import torch
+    from transformers import AutoModel
 
     from xinfang.training.repeat_embedder import RECIPES, fine_tune_embedder
 
     texts = {"a": "小区夜间施工噪音", "b": "小区夜间施工噪音扰民", "c": "学校违规收费", "d": "学校乱收费"}
     pairs = [("a", "b", 1), ("a", "c", 0), ("c", "d", 1), ("b", "d", 0)]
-    from transformers import AutoModel
-
     base = AutoModel.from_pretrained(tiny_encoder_dir)
     recipe = replace(RECIPES["full"], epochs=2, lr=5e-3, batch_pairs=4, max_length=32)
     model, _tok = fine_tune_embedder(pairs, texts, tiny_encoder_dir, recipe)

@@ -29,6 +29,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -234,22 +235,36 @@ def _layers(model):
                          "model with encoder.layer") from exc
 
 
-def _attention_mask(model, mask, hidden):
-    """The layer-level attention mask in whatever form this transformers version's layers expect."""
+_MASK_KEYWORDS = ("attention_mask", "encoder_attention_mask", "embedding_output", "encoder_hidden_states", "cache",
+                  "past_key_values", "cache_position", "position_ids")
+
+
+@cache
+def _mask_keywords(model_type: type) -> tuple[str, ...] | None:
+    """The keywords `model_type._create_attention_masks` takes (they differ between transformers versions), or
+    None when it has none or needs one we cannot supply (then the classic extended mask is used)."""
     import inspect
 
-    create = getattr(model, "_create_attention_masks", None)
-    if create is not None:  # its keywords differ between transformers versions: pass the ones it takes
-        known = {"attention_mask": mask, "encoder_attention_mask": None, "embedding_output": hidden,
-                 "encoder_hidden_states": None, "cache": None, "past_key_values": None, "cache_position": None,
-                 "position_ids": None}
-        params = inspect.signature(create).parameters
-        required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
-                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        if all(n in known for n in required):
-            out = create(**{n: v for n, v in known.items() if n in params})
-            return out[0] if isinstance(out, tuple) else out
-    return model.get_extended_attention_mask(mask, mask.shape)
+    create = getattr(model_type, "_create_attention_masks", None)
+    if create is None:
+        return None
+    params = dict(inspect.signature(create).parameters)
+    params.pop("self", None)
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not all(n in _MASK_KEYWORDS for n in required):
+        return None
+    return tuple(n for n in _MASK_KEYWORDS if n in params)
+
+
+def _attention_mask(model, mask, hidden):
+    """The layer-level attention mask in whatever form this transformers version's layers expect."""
+    keywords = _mask_keywords(type(model))
+    if keywords is None:
+        return model.get_extended_attention_mask(mask, mask.shape)
+    values = {"attention_mask": mask, "embedding_output": hidden}
+    out = model._create_attention_masks(**{n: values.get(n) for n in keywords})
+    return out[0] if isinstance(out, tuple) else out
 
 
 def run_layers(model, layers, hidden, mask):
