@@ -505,7 +505,8 @@ def test_realdata_pairs_features(shared_data_dir):
     by_id = {r["id"]: r for r in load_records(shared_data_dir / "attachment3_likes.jsonl")}
     pairs = [json.loads(line) for line in (shared_data_dir / "repeat_pairs_dev.jsonl").read_text().splitlines()]
     triples = labelled_pairs(pairs, by_id)
-    assert len(triples) == sum(p["label"] in (0, 1) for p in pairs) > 250
+    # 224 pairs since 2026-12-01 (217 decided); the 83 that touched held-out matters were taken out.
+    assert len(triples) == sum(p["label"] in (0, 1) for p in pairs) > 200
     same = 0
     for (a, b, _), p in zip(triples, [p for p in pairs if p["label"] in (0, 1)], strict=True):
         feats, _ = pair_features(by_id[a], by_id[b], 0.5)
