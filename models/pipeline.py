@@ -18,7 +18,8 @@ from pathlib import Path
 
 from xinfang.errors import DataError, ModelError
 from xinfang.models.classifier import ClassifierBundle, petition_input
-from xinfang.models.router import DutyList, Router
+from xinfang.models.duty_list import DutyList
+from xinfang.models.router import Router
 
 __all__ = ["ClassificationPipeline"]
 

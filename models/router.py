@@ -26,104 +26,15 @@ the 乡镇/街道 (东湖街道, 桃源镇) named in the petition; the answer us
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from xinfang.errors import DataError
+from xinfang.models.duty_list import DutyList
 
-__all__ = ["DutyEntry", "DutyList", "Router", "extract_jurisdiction", "jurisdiction_levels"]
+__all__ = ["Router", "extract_jurisdiction", "jurisdiction_levels"]
 
 KEYWORD_BOOST = 0.5
 MAX_KEYWORD_HITS = 2
-
-
-@dataclass
-class DutyEntry:
-    department: str
-    keywords: list[str] = field(default_factory=list)
-    patterns: list[re.Pattern] = field(default_factory=list)
-    topics: list[str] = field(default_factory=list)
-
-    def keyword_hits(self, text: str) -> int:
-        return sum(1 for k in self.keywords if k and k in text)
-
-    def pattern_hit(self, text: str) -> bool:
-        return any(p.search(text) for p in self.patterns)
-
-
-@dataclass
-class DutyList:
-    entries: list[DutyEntry]
-    path: Path | None = None
-
-    @classmethod
-    def load(cls, path: str | Path) -> DutyList:
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read duty list ({exc.strerror or exc})") from exc
-        except yaml.YAMLError as exc:
-            raise DataError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if isinstance(data, dict):  # allow {departments: [...]} too
-            data = data.get("departments", data.get("entries"))
-        if not isinstance(data, list) or not data:
-            raise DataError(f"{path}: a duty list must be a non-empty YAML list of {{department, keywords, "
-                            "patterns, topics}} entries")
-        entries = []
-        for i, item in enumerate(data, 1):
-            if not isinstance(item, dict) or not str(item.get("department") or "").strip():
-                raise DataError(f"{path}: entry {i}: needs a non-empty 'department'")
-            pats = []
-            for p in _str_list(path, i, item, "patterns"):
-                try:
-                    pats.append(re.compile(p))
-                except re.error as exc:
-                    raise DataError(f"{path}: entry {i} ({item['department']}): bad pattern {p!r}: {exc}") from exc
-            entries.append(DutyEntry(str(item["department"]).strip(), _str_list(path, i, item, "keywords"), pats,
-                                     _str_list(path, i, item, "topics")))
-        return cls(entries, path)
-
-    @property
-    def departments(self) -> list[str]:
-        return list(dict.fromkeys(e.department for e in self.entries))
-
-    def pattern_departments(self, text: str) -> list[str]:
-        return list(dict.fromkeys(e.department for e in self.entries if e.pattern_hit(text)))
-
-    def keyword_hits(self, text: str) -> dict[str, int]:
-        hits: dict[str, int] = {}
-        for e in self.entries:
-            n = e.keyword_hits(text)
-            if n:
-                hits[e.department] = hits.get(e.department, 0) + n
-        return hits
-
-    def topic_prior(self, topic_probs: dict[str, float]) -> dict[str, float]:
-        owners: dict[str, list[str]] = {}
-        for e in self.entries:
-            for t in e.topics:
-                owners.setdefault(t, [])
-                if e.department not in owners[t]:
-                    owners[t].append(e.department)
-        prior: dict[str, float] = {}
-        for t, p in topic_probs.items():
-            for d in owners.get(t, []):
-                prior[d] = prior.get(d, 0.0) + p / len(owners[t])
-        return prior
-
-
-def _str_list(path: Path, i: int, item: dict, key: str) -> list[str]:
-    v = item.get(key) or []
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not all(isinstance(x, str | int | float) for x in v):
-        raise DataError(f"{path}: entry {i} ({item.get('department')}): '{key}' must be a list of strings")
-    return [str(x) for x in v if str(x).strip()]
 
 
 # ------------------------------------------------------------------------------------------ jurisdiction

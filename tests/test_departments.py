@@ -1,0 +1,88 @@
+"""Handling history (replies -> handling unit -> department) and the duty list's knowledge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xinfang.cli import app
+from xinfang.models.duty_list import DutyList
+from xinfang.settings import PROVINCE_DUTY_LIST
+from xinfang.training.reply_units import extract_unit, history_labels
+
+DUTY = DutyList.load(PROVINCE_DUTY_LIST)
+
+
+@pytest.mark.parametrize("reply, department, confidence, role", [
+    ("您好！关于户口迁移，请携带材料到派出所办理。如有疑问可咨询。A7县公安局 2013年9月11日", "公安", "high", "signature"),
+    ("您好！来信收悉。我局执法人员到现场核查，已责令商户整改。感谢您对A5区城管局工作的支持。", "城市管理和综合执法",
+     "high", "self"),
+    ("网友您好！经A5区教育局核实，该校未违规收费。感谢您的监督！", "教育", "medium", "handled"),
+    ("您好！您反映的问题已转市人社局调查处理。", "人力资源和社会保障", "medium", "forwarded"),
+])
+def test_unit_roles(reply: str, department: str, confidence: str, role: str) -> None:
+    ans = extract_unit(reply, DUTY)
+    assert (ans.department, ans.confidence, ans.role) == (department, confidence, role)
+    assert ans.evidence and ans.unit and ans.unit in ans.evidence
+
+
+def test_unit_includes_its_place() -> None:
+    ans = extract_unit("您好！经A5区教育局核实，情况属实。", DUTY)
+    assert ans.unit == "A5区教育局"
+
+
+@pytest.mark.parametrize("reply, reason", [
+    ("感谢您的留言，我们会认真研究。", "names no known unit"),  # a reply in no known pattern
+    ("您好！您反映的问题已转区信访办。", "generic body only"),
+    ("您好！经市住建局和市教育局联合调查核实，已整改。", "two units named"),
+    ("", "no reply text"),
+    (None, "no reply text"),
+])
+def test_undecided_replies_say_why(reply: str | None, reason: str) -> None:
+    ans = extract_unit(reply, DUTY)
+    assert ans.department is None and ans.confidence is None and reason in ans.reason
+
+
+def test_a_unit_the_duty_list_cannot_map_is_not_guessed() -> None:
+    ans = extract_unit("您好！经县粮油储备公司核实，情况如下。", DUTY)
+    assert ans.department is None and "names no known unit" in ans.reason
+
+
+def test_street_office_counts_only_without_a_functional_department() -> None:
+    both = extract_unit("您好！东湖街道高度重视，经区城管局核实，已拆除违建。", DUTY)
+    assert both.department == "城市管理和综合执法"
+    alone = extract_unit("您好！东湖街道高度重视，组织人员进行了调查。", DUTY)
+    assert alone.department == "街道乡镇" and alone.confidence == "low"
+    assert extract_unit("您好！东湖街道高度重视，组织人员进行了调查。", DUTY, local_department=False).department is None
+
+
+def test_history_labels_keep_confident_rows_only() -> None:
+    rows = [{"id": "1", "title": "户口", "text": "户口迁移", "reply": "请到派出所办理。A7县公安局 2013年9月11日"},
+            {"id": "2", "title": "噪音", "text": "夜间施工", "reply": "感谢您的留言。"}]
+    out, counts = history_labels(rows, DUTY)
+    assert [r["id"] for r in out] == ["1"] and out[0]["department"] == "公安" and "reply" not in out[0]
+    assert counts == {"rows": 2, "high": 1, "medium": 0, "low": 0, "undecided": 1, "used": 1}
+
+
+def test_from_replies_cli(tmp_path: Path) -> None:
+    src = tmp_path / "closed.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"id": "a", "title": "路灯", "text": "路灯不亮", "reply": "经区城管局核实，已修复。"},
+        {"id": "b", "title": "问题", "text": "咨询", "reply": "已转相关部门。"}]), encoding="utf-8")
+    out = tmp_path / "labels.jsonl"
+    r = CliRunner().invoke(app, ["departments", "from-replies", "--input", str(src), "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [x["id"] for x in rows] == ["a", "b"]
+    assert rows[0]["department"] == "城市管理和综合执法" and rows[1]["department"] is None
+    r = CliRunner().invoke(app, ["departments", "from-replies", "--input", str(src), "--output", str(out),
+                                 "--reply-column", "答复"])
+    assert r.exit_code != 0 and "no '答复' column" in str(r.exception)
+
+
+def test_shipped_duty_list_carries_remits_and_units() -> None:
+    assert all(e.remit and e.units for e in DUTY.entries)
+    assert "信访办" in DUTY.generic_units
