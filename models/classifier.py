@@ -100,7 +100,7 @@ class ClassifierBundle:
     """A loaded, verified classifier bundle. Inference is thread-safe (read-only model, locked tokenizer)."""
 
     def __init__(self, path: Path, config: dict, labels: list[str], tokenizer, encoder, head_w, head_b,
-                 version: str, metrics: dict | None = None, tfidf=None, duty_list=None) -> None:
+                 version: str, metrics: dict | None = None, tfidf=None, duty_list=None, routing=None) -> None:
         self.path = Path(path)
         self.config = config
         self.labels = list(labels)
@@ -112,6 +112,7 @@ class ClassifierBundle:
         self.metrics = metrics or {}
         self.tfidf = tfidf  # TfidfHead of the ensemble, or None (encoder only)
         self.duty_list = duty_list  # DutyList the bundle was trained with (department), or None
+        self.routing = routing  # RoutingModel over model + duty-list evidence (department), or None
         self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call concurrently
 
     # ----- identity -----
@@ -182,8 +183,15 @@ class ClassifierBundle:
             from xinfang.models.duty_list import DutyList
 
             duty = DutyList.load(path / DUTY_LIST_FILE)
+        routing = None
+        if config.get("routing"):
+            from xinfang.models.routing import ROUTING_FILE, RoutingModel
+
+            routing = RoutingModel.load(path / ROUTING_FILE)
+            if routing.labels != labels:
+                raise ModelError(f"{path}: {ROUTING_FILE} labels differ from labels.json")
         return cls(path, config, labels, tokenizer, encoder, head["weight"], head["bias"], manifest["version"], metrics,
-                   tfidf, duty)
+                   tfidf, duty, routing)
 
     # ----- inference -----
     def _tokenize(self, texts: list[str]):
