@@ -30,11 +30,13 @@ _COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy",
 
 
 def security_headers(headers: list[tuple[bytes, bytes]], page_csp: str = PAGE_CSP) -> list[tuple[bytes, bytes]]:
-    """The response headers plus nosniff, Referrer-Policy, X-Frame-Options and a CSP (the page CSP for HTML);
+    """The response headers plus nosniff, Referrer-Policy, X-Frame-Options and a Content-Security-Policy;
     headers the app already set are kept."""
     present = {k.lower() for k, _ in headers}
     ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-    csp = page_csp if ctype.startswith(b"text/html") else API_CSP
+    # API answers (JSON, metrics text) get the strictest policy; pages, their assets and bodiless answers such as a
+    # 304 revalidating a cached page keep the page's (a browser merges a 304's headers into the cached page)
+    csp = API_CSP if ctype.startswith((b"application/json", b"text/plain")) else page_csp
     extra = [(k, v) for k, v in [*_COMMON_HEADERS, (b"content-security-policy", csp.encode())] if k not in present]
     return list(headers) + extra
 _RID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
