@@ -99,14 +99,6 @@ def _counts(store: Store) -> dict[str, int]:
         return {name: int(s.scalar(select(func.count()).select_from(model)) or 0) for name, model in TABLES.items()}
 
 
-def _sqlite_counts(path: Path) -> dict[str, int]:
-    store = Store(f"sqlite:///{path}", create=False)
-    try:
-        return _counts(store)
-    finally:
-        store.close()
-
-
 @contextlib.contextmanager
 def _staged(dest: Path) -> Iterator[Path]:
     """A temporary sibling of `dest`, renamed to `dest` when the block succeeds (removed otherwise)."""
@@ -140,10 +132,10 @@ def _backup_sqlite(url: str, out: Path) -> dict[str, int]:
         src.execute("PRAGMA busy_timeout=30000")
         src.backup(dst)  # all pages in one step: one consistent read while writers go on (WAL)
         dst.execute("PRAGMA journal_mode=DELETE")  # a single self-contained file
+        return {name: int(dst.execute(f"SELECT count(*) FROM {name}").fetchone()[0]) for name in TABLES}
     finally:
         dst.close()
         src.close()
-    return _sqlite_counts(out)
 
 
 def _backup_pg(url: str, out: Path) -> None:
@@ -263,7 +255,7 @@ def verify_snapshot(src: Path) -> dict:
     if meta.get("format") != FORMAT:
         raise BackupError(f"{src / META}: unsupported snapshot format {meta.get('format')!r} (expected {FORMAT})")
     if meta["store"]["dialect"] == "sqlite":
-        con = sqlite3.connect(f"file:{src / SQLITE_FILE}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{src / SQLITE_FILE}?mode=ro&immutable=1", uri=True)  # writes nothing there
         try:
             result = con.execute("PRAGMA integrity_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
