@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 
 from xinfang.errors import XinfangError
 from xinfang.hashing import sha256_file
-from xinfang.serving.config import ServiceConfig
+from xinfang.serving.config import ServiceConfig, pg_bin_dir
 from xinfang.serving.store import ApiKey, AuditEntry, Feedback, Petition, Store
 
 FORMAT = "xinfang-snapshot/1"
@@ -56,8 +56,8 @@ class BackupError(XinfangError):
 def pg_tool(name: str) -> str:
     """Path of a PostgreSQL client program: $XINFANG_PG_BIN/<name>, else on PATH, else the newest
     /usr/lib/postgresql/<version>/bin (Debian's layout)."""
-    env = os.environ.get("XINFANG_PG_BIN")
-    candidates = [str(Path(env) / name)] if env else []
+    bin_dir = pg_bin_dir()
+    candidates = [str(bin_dir / name)] if bin_dir else []
     if shutil.which(name):
         candidates.append(shutil.which(name))
     candidates += sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"),

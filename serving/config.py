@@ -27,6 +27,7 @@
 | XINFANG_AUTH_FAIL_LIMIT | 30 | unknown/revoked keys from one client address ... |
 | XINFANG_AUTH_FAIL_SECONDS | 60 | ... within this many seconds: 429 with Retry-After for that address until the oldest ages out |
 | XINFANG_DOCS | on | `off`: no Swagger UI at /docs (it is served from the swagger-ui-bundle package, never a CDN) |
+| XINFANG_PG_BIN | (PATH, then the newest /usr/lib/postgresql/*/bin) | where `xinfang backup`/`restore` find pg_dump and pg_restore |
 
 Limits that shape the request schemas (max batch, text and title length) are read once at import, so the
 OpenAPI document states the limits in force.
@@ -97,6 +98,12 @@ class Limits:
 
 
 LIMITS = Limits.from_env()
+
+
+def pg_bin_dir() -> Path | None:
+    """XINFANG_PG_BIN: the directory of pg_dump/pg_restore, when set."""
+    raw = (os.environ.get("XINFANG_PG_BIN") or "").strip()
+    return Path(raw).expanduser() if raw else None
 
 
 def parse_search_params(value: str) -> dict[str, int]:
