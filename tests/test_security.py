@@ -21,6 +21,12 @@ from service_fixtures import auth, copy_bundle, create_keys, demo_petitions, mak
 
 from xinfang.errors import ModelError
 
+try:
+    from playwright.sync_api import expect, sync_playwright
+    from test_ui import CHROMIUM, CHROMIUM_ARGS, needs_browser
+except ImportError:  # pragma: no cover - the test extra installs playwright
+    needs_browser = pytest.mark.skip(reason="browser tests need playwright")
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, service_models, tiny_encoder_dir):
@@ -314,6 +320,39 @@ def test_html_responses_carry_security_headers(env) -> None:
     api = client.get("/healthz")
     assert api.headers["x-content-type-options"] == "nosniff" and "frame-ancestors" in api.headers[
         "content-security-policy"]
+
+
+@needs_browser
+def test_page_in_chromium_refuses_framing_and_runs_under_its_csp(env) -> None:
+    """Real Chromium: the caseworker page works under its CSP (no violation reported while a petition and its
+    candidates are shown), and a foreign page cannot frame it."""
+    client, keys = env
+    hi = auth(keys["intake"])
+    text = "B5区某小区物业违规收取停车费，业主多次反映无果，请求调查处理。"
+    for pid, extra in (("frame-a", ""), ("frame-b", "再次反映。")):
+        client.post("/v1/petitions", json={"id": pid, "text": text + extra, "petitioner": "U7"}, headers=hi)
+    violations: list[str] = []
+    with _served(client.app) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(url + "/ui/")
+            page.fill("#key-input", keys["caseworker"])
+            page.click("#login-btn")
+            expect(page.locator("#view-queue")).to_be_visible()
+            page.goto(url + "/ui/#/p/frame-b")
+            expect(page.locator("#cand-list > li").first).to_be_visible()
+            page.reload()  # revalidated from the cache (304): the page keeps its policy
+            expect(page.locator("#cand-list > li").first).to_be_visible()
+            assert not violations, violations
+            framer = browser.new_page()
+            framer.set_content(f'<iframe id="f" src="{url}/ui/" width="600" height="400"></iframe>')
+            framer.wait_for_timeout(1500)
+            inner = framer.frames[1] if len(framer.frames) > 1 else None
+            assert inner is None or inner.locator("#key-input").count() == 0
+        finally:
+            browser.close()
 
 
 def test_swagger_ui_is_served_from_the_package_never_a_cdn(env) -> None:
