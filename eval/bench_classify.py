@@ -30,7 +30,8 @@ import numpy as np
 
 from xinfang.machine import machine_info as machine
 from xinfang.models.classifier import ClassifierBundle, mean_pool
-from xinfang.models.router import DutyList, Router
+from xinfang.models.duty_list import DutyList
+from xinfang.models.router import Router
 from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training import evaluation as ev

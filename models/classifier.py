@@ -37,6 +37,7 @@ __all__ = ["ClassifierBundle", "write_manifest", "verify_manifest", "read_manife
 BUNDLE_FORMAT = "xinfang-classifier/1"
 MANIFEST = "manifest.json"
 ENCODER_DIR = "encoder"
+DUTY_LIST_FILE = "duty_list.yaml"  # department bundles: the duty list they were trained with (routing evidence)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 REQUIRED = ("head.safetensors", "labels.json", "config.json", f"{ENCODER_DIR}/config.json")
 
@@ -132,7 +133,7 @@ class ClassifierBundle:
     """A loaded, verified classifier bundle. Inference is thread-safe (read-only model, locked tokenizer)."""
 
     def __init__(self, path: Path, config: dict, labels: list[str], tokenizer, encoder, head_w, head_b,
-                 version: str, metrics: dict | None = None, tfidf=None) -> None:
+                 version: str, metrics: dict | None = None, tfidf=None, duty_list=None, routing=None) -> None:
         self.path = Path(path)
         self.config = config
         self.labels = list(labels)
@@ -143,6 +144,8 @@ class ClassifierBundle:
         self.version = version
         self.metrics = metrics or {}
         self.tfidf = tfidf  # TfidfHead of the ensemble, or None (encoder only)
+        self.duty_list = duty_list  # DutyList the bundle was trained with (department), or None
+        self.routing = routing  # RoutingModel over model + duty-list evidence (department), or None
         self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call concurrently
 
     # ----- identity -----
@@ -209,8 +212,20 @@ class ClassifierBundle:
                 if verify and name not in manifest["files"]:
                     raise ModelError(f"{path}: config.json has an ensemble but the manifest does not list {name}")
             tfidf = TfidfHead.load(path, len(labels))
+        duty = None
+        if config.get("duty_list"):
+            from xinfang.models.duty_list import DutyList
+
+            duty = DutyList.load(path / DUTY_LIST_FILE)
+        routing = None
+        if config.get("routing"):
+            from xinfang.models.routing import ROUTING_FILE, RoutingModel
+
+            routing = RoutingModel.load(path / ROUTING_FILE)
+            if routing.labels != labels:
+                raise ModelError(f"{path}: {ROUTING_FILE} labels differ from labels.json")
         return cls(path, config, labels, tokenizer, encoder, head["weight"], head["bias"], manifest["version"], metrics,
-                   tfidf)
+                   tfidf, duty, routing)
 
     # ----- inference -----
     def _tokenize(self, texts: list[str]):

