@@ -174,14 +174,16 @@ def _models_body(svc: Service, admin: bool = True) -> dict:
     return body if admin else redact_paths(body)
 
 
+def _without_paths(value):
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+    return [_without_paths(v) for v in value] if isinstance(value, list) else value
+
+
 def redact_paths(body: dict) -> dict:
     """The /v1/models answer without server file paths (for intake and caseworker keys)."""
-    out = {**body, "model_dirs": [],
-           "models": {t: {k: v for k, v in meta.items() if k != "path"} if isinstance(meta, dict) else meta
-                      for t, meta in body["models"].items()},
-           "embedder": {k: v for k, v in body["embedder"].items() if k != "encoder"}}
-    if out["repeat_scorer"]:
-        out["repeat_scorer"] = {k: v for k, v in out["repeat_scorer"].items() if k != "path"}
+    out = _without_paths({**body, "model_dirs": []})
+    out["embedder"].pop("encoder", None)
     return out
 
 
