@@ -38,6 +38,7 @@ HEAT_TERMS = {"volume": 0.35, "petitioners": 0.25, "support": 0.15, "recency": 0
 REF_PETITIONS = 50
 REF_VOTES = 500
 HALF_LIFE_DAYS = 30.0
+MAX_COMPARE = 200
 ISSUE_COLUMNS = ["热度排名", "问题ID", "热度指数", "时间范围", "地点/人群", "问题描述"]
 DETAIL_COLUMNS = ["问题ID", "留言编号", "留言用户", "留言主题", "留言时间", "留言详情", "点赞数", "反对数"]
 _PEOPLE = ("业主", "居民", "村民", "学生家长", "家长", "学生", "教师", "老师", "职工", "员工", "商户", "司机", "患者",
@@ -173,9 +174,12 @@ def describe(members: list[dict]) -> str:
     if not titles:
         return ""
     grams = {t: _bigrams(t) for t in titles}
+    # against at most MAX_COMPARE titles (evenly spaced in sorted order), so a large matter stays linear
+    step = max(1, -(-len(titles) // MAX_COMPARE))
+    refs = titles[::step]
 
     def centrality(t: str) -> float:
-        return sum(len(grams[t] & grams[o]) / max(len(grams[t] | grams[o]), 1) for o in titles if o != t)
+        return sum(len(grams[t] & grams[o]) / max(len(grams[t] | grams[o]), 1) for o in refs if o != t)
 
     return min(titles, key=lambda t: (-centrality(t), len(t), t))
 

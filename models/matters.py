@@ -230,21 +230,34 @@ class JoinDecision:
 
 
 def join_decision(candidates: list[dict], matter_of: dict[str, str], threshold: float,
-                  blocked: Iterable[str] = ()) -> JoinDecision:
-    """The intake form of the single-linkage rule: join the matter of the most probable candidate at or above
-    `threshold` whose matter is not `blocked` (a cannot-link), else open a new matter."""
+                  blocked: Iterable[str] = (), linkage: str = "single") -> JoinDecision:
+    """The intake form of the batch rule. `single`: join the matter of the most probable candidate at or above
+    `threshold`; `average`: join the matter whose candidates' mean probability (the links observed between the
+    new petition and that matter) is highest and at or above `threshold`. Matters in `blocked` (a cannot-link)
+    are skipped; without a matter to join, a new one is opened."""
+    if linkage not in LINKAGES:
+        raise DataError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
     blocked = set(blocked)
-    skipped: list[str] = []
-    for c in sorted(candidates, key=lambda c: (-c["probability"], str(c["id"]))):
-        if c["probability"] < threshold:
-            break
+    by_matter: dict[str, list[dict]] = {}
+    for c in candidates:
         m = matter_of.get(str(c["id"]))
-        if m is None:
-            continue
+        if m is not None:
+            by_matter.setdefault(m, []).append(c)
+    options = []
+    for m, cs in by_matter.items():
+        best = min(cs, key=lambda c: (-c["probability"], str(c["id"])))
+        score = best["probability"] if linkage == "single" else sum(c["probability"] for c in cs) / len(cs)
+        options.append((-score, str(best["id"]), m, best, len(cs)))
+    skipped: list[str] = []
+    for neg, _, m, best, n in sorted(options):
+        if -neg < threshold:
+            break
         if m in blocked:
             skipped.append(m)
             continue
-        return JoinDecision(m, str(c["id"]), float(c["probability"]),
-                            f"重复概率 {c['probability']:.2f} ≥ {threshold:.2f}（与 {c['id']}）", skipped)
+        what = f"重复概率 {best['probability']:.2f}" if linkage == "single" or n == 1 else \
+            f"与该事项 {n} 件候选的平均重复概率 {-neg:.2f}"
+        return JoinDecision(m, str(best["id"]), round(-neg, 4),
+                            f"{what} ≥ {threshold:.2f}（最相近 {best['id']}）", skipped)
     why = "无重复概率达到阈值的候选" if not skipped else "候选所在事项与本件有不予合并记录"
     return JoinDecision(None, reason=f"新事项：{why}（阈值 {threshold:.2f}）", skipped=skipped)

@@ -38,7 +38,8 @@ def threshold(svc) -> float:
 def decide(svc, repeats: list[dict]) -> JoinDecision:
     """Which matter a new petition joins (models/matters.py `join_decision` over its repeat candidates)."""
     ms = matters(svc)
-    return join_decision(repeats, ms.matter_of([c["id"] for c in repeats]), threshold(svc))
+    return join_decision(repeats, ms.matter_of([c["id"] for c in repeats]), threshold(svc),
+                         linkage=DEFAULT_RULE.linkage)
 
 
 def answer_part(pid: str, d: JoinDecision) -> dict:

@@ -83,6 +83,14 @@ def test_join_decision_takes_the_best_allowed_candidate():
     assert d.matter is None and "不予合并" in d.reason
     d = join_decision(cands, matter_of, 0.99)
     assert d.matter is None and d.via is None and "阈值 0.99" in d.reason
+    # average: the matter whose candidates agree on average, not the one with a single strong link
+    cands = [{"id": "p1", "probability": 0.97}, {"id": "p4", "probability": 0.5}, {"id": "p2", "probability": 0.9},
+             {"id": "p5", "probability": 0.88}]
+    matter_of = {"p1": "M-1", "p4": "M-1", "p2": "M-2", "p5": "M-2"}
+    assert join_decision(cands, matter_of, 0.8).matter == "M-1"
+    d = join_decision(cands, matter_of, 0.8, linkage="average")
+    assert (d.matter, d.via, d.probability) == ("M-2", "p2", 0.89) and "平均" in d.reason
+    assert join_decision(cands, matter_of, 0.95, linkage="average").matter is None
 
 
 def test_bcubed_and_matter_scores():
