@@ -88,7 +88,12 @@ def parse_time(value: object) -> datetime | None:
         return None
     if isinstance(value, datetime):
         return value
-    s = str(value).strip().replace("/", "-").replace("年", "-").replace("月", "-").replace("日", "")
+    return _parse_time_str(str(value))
+
+
+@lru_cache(maxsize=65536)
+def _parse_time_str(value: str) -> datetime | None:
+    s = value.strip().replace("/", "-").replace("年", "-").replace("月", "-").replace("日", "")
     s = re.sub(r"\s+", " ", s)
     s = re.sub(r"(?<=\d{2}:\d{2}:\d{2})\.\d+$", "", s)
     for fmt in _TIME_FORMATS:
@@ -160,12 +165,13 @@ def _shared_names(names_a: frozenset, names_b: frozenset) -> list[tuple[str, str
     return [kn for kn in shared if not any(kn[1] != o[1] and kn[1] in o[1] for o in shared)]
 
 
-def _grams(text: str, n: int) -> set[str]:
+@lru_cache(maxsize=2048)  # a query's grams are reused over its candidates; sets are ~30 kB, so kept few
+def _grams(text: str, n: int) -> frozenset[str]:
     s = _NON_TEXT.sub("", text)
-    return {s[i:i + n] for i in range(len(s) - n + 1)} if len(s) >= n else ({s} if s else set())
+    return frozenset({s[i:i + n] for i in range(len(s) - n + 1)} if len(s) >= n else ({s} if s else set()))
 
 
-def _jaccard(x: set[str], y: set[str]) -> float:
+def _jaccard(x: frozenset[str], y: frozenset[str]) -> float:
     return len(x & y) / len(x | y) if x and y else 0.0
 
 
@@ -174,11 +180,16 @@ def _petitioner(p: dict) -> str | None:
     return str(v).strip() or None if v not in (None, "") else None
 
 
+@lru_cache(maxsize=8192)
+def _normalized(text: str | None) -> str:
+    return normalize_text(text)
+
+
 def pair_features(a: dict, b: dict, similarity: float) -> tuple[dict[str, float], Facts]:
     """Features (FEATURES order) and the facts behind them for petitions `a`, `b` with embedding cosine
     `similarity`."""
-    ta, tb = normalize_text(a.get("title")), normalize_text(b.get("title"))
-    xa, xb = normalize_text(a.get("text")), normalize_text(b.get("text"))
+    ta, tb = _normalized(a.get("title")), _normalized(b.get("title"))
+    xa, xb = _normalized(a.get("text")), _normalized(b.get("text"))
     full_a, full_b = f"{ta}\n{xa}", f"{tb}\n{xb}"
     bg_a, bg_b = _grams(full_a, 2), _grams(full_b, 2)
     tg_a, tg_b = _grams(full_a, 3), _grams(full_b, 3)

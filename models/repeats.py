@@ -6,6 +6,7 @@ Public API (used by the service, keep stable):
     finder.candidates(petition: dict, k: int, lookup: Callable[[list[str]], dict[str, dict]]) -> list[dict]
         # [{"id", "similarity", "probability", "is_repeat", "reasons"}], probability desc, never the petition
     finder.candidates_many(petitions, k, lookup) -> list[list[dict]]
+    finder.candidates_for_vectors(petitions, vectors, k, lookup) -> list[list[dict]]   # embeddings known
     finder.score_pair(a: dict, b: dict) -> {"probability", "is_repeat", "reasons", "similarity"}
     build_index(records, embedder, factory="Flat") -> VectorIndex
     index_records(index, records, embedder, replace=False) -> int
@@ -38,10 +39,22 @@ STORED_FIELDS = ("id", "title", "text", "petitioner", "time")
 Lookup = Callable[[list[str]], dict[str, dict]]
 
 
-def embed_cached(embedder, texts: list[str], cache_dir: str | Path | None) -> np.ndarray:
-    """`embedder.encode(texts)`, cached as .npy keyed by the encoder fingerprint and the exact texts."""
-    if cache_dir is None:
+def _encode(embedder, texts: list[str], progress: Callable[[int], None] | None) -> np.ndarray:
+    if progress is None:
         return embedder.encode(texts)
+    parts = []
+    for start in range(0, len(texts), 256):
+        parts.append(embedder.encode(texts[start:start + 256]))
+        progress(len(parts[-1]))
+    return np.concatenate(parts) if parts else embedder.encode([])
+
+
+def embed_cached(embedder, texts: list[str], cache_dir: str | Path | None,
+                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """`embedder.encode(texts)`, cached as .npy keyed by the encoder fingerprint and the exact texts;
+    `progress(n)` is called as texts are embedded."""
+    if cache_dir is None:
+        return _encode(embedder, texts, progress)
     h = hashlib.sha256(embedder.fingerprint.encode())
     for t in texts:
         h.update(b"\x00" + t.encode("utf-8"))
@@ -49,8 +62,10 @@ def embed_cached(embedder, texts: list[str], cache_dir: str | Path | None) -> np
     if path.exists():
         arr = np.load(path)
         if arr.shape == (len(texts), embedder.dim):
+            if progress:
+                progress(len(texts))
             return arr
-    arr = embedder.encode(texts)
+    arr = _encode(embedder, texts, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, arr)
@@ -202,7 +217,13 @@ class RepeatFinder:
         if k <= 0:
             raise DataError(f"k must be positive, got {k}")
         texts = [petition_embedding_text(p) for p in petitions]
-        vecs = self.embedder.encode(texts)
+        return self.candidates_for_vectors(petitions, self.embedder.encode(texts), k, lookup)
+
+    def candidates_for_vectors(self, petitions: list[dict], vecs: np.ndarray, k: int,
+                               lookup: Lookup) -> list[list[dict]]:
+        """`candidates_many` for petitions whose embeddings are already known (stored or cached vectors)."""
+        if k <= 0:
+            raise DataError(f"k must be positive, got {k}")
         own = [{str(p["id"])} if p.get("id") not in (None, "") else set() for p in petitions]
         hits = self.index.search(vecs, fetch_size(k), own)
         found = lookup(sorted({pid for row in hits for pid, _ in row}))

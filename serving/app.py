@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 import xinfang
 from xinfang.serving.config import ServiceConfig
 from xinfang.serving.errors import install_handlers
+from xinfang.serving.matters_routes import router as matters_router
 from xinfang.serving.observability import PAGE_CSP, ServiceMiddleware, configure_json_logging
 from xinfang.serving.routes import ops_router, v1
 from xinfang.serving.service import Service
@@ -29,6 +30,13 @@ Every route under `/v1` and `/metrics` needs `Authorization: Bearer <key>` (crea
 """
 
 
+def matters_ensure(svc: Service) -> None:
+    """Every stored petition in a matter (petitions stored before matters existed, or after a crash)."""
+    from xinfang.serving.matters_ops import matters
+
+    matters(svc).ensure_all()
+
+
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     config = config or ServiceConfig.from_env()
     if os.environ.get("XINFANG_LOG_JSON"):  # set by `xinfang serve` (also for its worker processes)
@@ -38,6 +46,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(svc.start)
+        await run_in_threadpool(matters_ensure, svc)
         try:
             yield
         finally:
@@ -48,6 +57,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.state.service = svc
     install_handlers(app)
     app.include_router(v1)
+    app.include_router(matters_router)
     app.include_router(ops_router)
     ui_dir = Path(__file__).with_name("ui")
     if (ui_dir / "index.html").exists():  # the caseworker page (static files, no key needed to load them)

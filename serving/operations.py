@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from xinfang.errors import XinfangError
 from xinfang.models.normalize import petition_text
 from xinfang.models.repeat_ranking import fetch_size, score_candidates
+from xinfang.serving import matters_ops
 from xinfang.serving.errors import ApiError
 from xinfang.serving.index_keeper import index_text
 from xinfang.serving.schemas import PetitionCreate, PetitionInput, RepeatSearchRequest
@@ -145,7 +146,9 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
     repeats = hits[0]
     labels = labels_of(result)
     versions = models.versions()
-    answer = {"id": pid, "labels": labels, "repeats": repeats, "models": versions, "created_at": now.isoformat()}
+    decision = await run_in_threadpool(matters_ops.decide, svc, repeats)
+    answer = {"id": pid, "labels": labels, "repeats": repeats, "models": versions, "created_at": now.isoformat(),
+              "matter": matters_ops.answer_part(pid, decision)}
     row = {
         "id": pid, "title": req.title, "text": req.text, "petitioner": req.petitioner,
         "received_at": req.received_at, "channel": req.channel,
@@ -158,6 +161,7 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
     created, stored = await run_in_threadpool(svc.store.insert_petition, row)
     if not created:  # a concurrent request with the same id won the race
         return _replay(stored, rhash)
+    await matters_ops.assign(svc, pid, decision)
     await run_in_threadpool(svc.keeper.add, pid, vector)
     svc.metrics.petitions_created.inc()
     return 201, answer
@@ -166,6 +170,7 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
 async def delete_petition(svc: Service, pid: str, who: str) -> None:
     if not await run_in_threadpool(svc.store.delete_petition, pid, who):
         raise ApiError(404, "not_found", f"no petition {pid!r}", field="id")
+    await matters_ops.after_delete(svc, pid)
     await run_in_threadpool(svc.keeper.remove, pid)
 
 
@@ -174,10 +179,12 @@ async def add_feedback(svc: Service, pid: str, kind: str, target_id: str | None,
     if target_id is not None and target_id == pid:
         raise ApiError(422, "invalid_request", "target_id: a petition cannot be a repeat of itself",
                        field="body.target_id")
+    await matters_ops.before_feedback(svc, pid, kind, target_id)
     try:
         row = await run_in_threadpool(svc.store.add_feedback, pid, kind, who, target_id, label)
     except UnknownTarget as exc:
         raise ApiError(422, "invalid_request", str(exc), field="body.target_id") from exc
     if row is None:
         raise ApiError(404, "not_found", f"no petition {pid!r}", field="id")
+    await matters_ops.after_feedback(svc, pid, kind, target_id, who)
     return row

@@ -15,6 +15,7 @@ from xinfang.serving import operations as ops
 from xinfang.serving.auth import ANY_ROLE, Principal, require
 from xinfang.serving.config import LIMITS
 from xinfang.serving.errors import ApiError
+from xinfang.serving.matters_ops import matters_of_petitions
 from xinfang.serving.schemas import (
     ID_PATTERN,
     ClassifyRequest,
@@ -110,6 +111,7 @@ def get_petition(pid: PidPath, request: Request, _: Principal = Depends(require(
     row = service(request).store.get_petition(pid)
     if row is None:
         raise ApiError(404, "not_found", f"no petition {pid!r}", field="id")
+    row["matter"] = matters_of_petitions(service(request), [pid]).get(pid)
     return row
 
 

@@ -180,12 +180,21 @@ class RepeatCandidate(BaseModel):
     reasons: list[str] = Field(description="Why the pair looks alike (同一信访人, 同一地点, 相似度 ...)")
 
 
+class MatterJoin(BaseModel):
+    id: str = Field(description="The matter (信访事项) the petition belongs to")
+    joined: bool = Field(description="True: joined an existing matter; False: opened a new one")
+    via: str | None = Field(None, description="The stored petition it was linked to")
+    probability: float | None = Field(None, description="That link's repeat probability")
+    reason: str
+
+
 class PetitionCreated(BaseModel):
     id: str
     labels: Labels
     repeats: list[RepeatCandidate]
     models: dict[str, ModelVersion]
     created_at: datetime
+    matter: MatterJoin | None = None
 
 
 class PetitionSummary(BaseModel):
@@ -202,6 +211,7 @@ class PetitionOut(PetitionSummary):
     text: str
     petitioner: str | None
     models: dict[str, ModelVersion]
+    matter: str | None = Field(None, description="The matter (信访事项) it belongs to: GET /v1/matters/{id}")
 
 
 class PetitionPage(BaseModel):

@@ -60,3 +60,21 @@ def service_models(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFact
 
     bundles = train_tiny_bundles(tiny_encoder_dir, tmp_path_factory.mktemp("service-bundles"))
     return bundles, scorer_path(tiny_encoder_dir, tmp_path_factory.mktemp("service-scorer"))
+
+
+@pytest.fixture(scope="session")
+def repeats_model(tiny_encoder_dir, tmp_path_factory):
+    """A `repeats train`-shaped directory: the tiny encoder and a scorer fitted on the demo pairs with it."""
+    import shutil
+
+    from xinfang.models.embedder import Embedder
+    from xinfang.records import load_records, read_jsonl
+    from xinfang.settings import DEMO_DATA_DIR
+    from xinfang.training.repeats import fit_repeat_scorer
+
+    out = tmp_path_factory.mktemp("repeats-model")
+    shutil.copytree(tiny_encoder_dir, out / "embedder")
+    by_id = {r["id"]: r for r in load_records(DEMO_DATA_DIR / "petitions.jsonl")}
+    scorer = fit_repeat_scorer(read_jsonl(DEMO_DATA_DIR / "repeat_pairs.jsonl"), by_id, Embedder(out / "embedder"))
+    scorer.save(out / "repeat-scorer.json")
+    return out

@@ -379,13 +379,43 @@ def test_shared_passages_in_page(page: Page, server: Server) -> None:
     assert none == []
 
 
+@needs_browser
+def test_hot_issues_page_and_matter_box(page: Page, server: Server) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    api = server.get("/v1/hot-issues?limit=20")
+    assert api.status_code == 200, api.text
+    items = api.json()["items"]
+    assert items
+    _sign_in(page, server)
+    page.click("#nav-hot")
+    expect(page.locator("#view-hot")).to_be_visible()
+    cards = page.locator("#hot-list > li")
+    expect(cards.first).to_be_visible()
+    assert cards.count() == len(items)
+    first = cards.first
+    expect(first.locator(".heat")).to_have_text(f"热度 {items[0]['heat']:.1f}")
+    expect(first.locator(".desc")).to_have_text(items[0]["description"])
+    assert first.locator("svg.timeline circle").count() == sum(1 for m in items[0]["members"] if m["time"])
+    assert first.locator(".heat-terms li").count() == 5
+    page.screenshot(path=str(ARTIFACTS / "hot-issues.png"), full_page=True)
+    # a member opens the petition, which shows its matter
+    member = items[0]["members"][0]["id"]
+    first.locator(".hot-members a").first.click()
+    expect(page.locator("#p-matter")).to_contain_text("所属事项 " + items[0]["matter"])
+    expect(page.locator("#p-matter")).to_contain_text(f"{items[0]['size']} 件")
+    assert member in page.url
+    # an empty window says so
+    page.goto(server.url + "/ui/#/hot?since=2031-01-01")
+    expect(page.locator("#hot-status")).to_contain_text("没有信访事项")
+
+
 def test_ui_is_packaged_and_offline() -> None:
     """Every file is shipped with xinfang.serving and loads nothing from outside the server."""
     ui = REPO_ROOT / "serving" / "ui"
     names = {p.name for p in ui.iterdir()}
     assert {"index.html", "app.js", "app.css", "match.js"} <= names
     for p in ui.iterdir():
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8").replace("http://www.w3.org/2000/svg", "")  # a namespace, not a fetch
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, p.name
     assert "Noto Sans CJK SC" in (ui / "app.css").read_text(encoding="utf-8")
     assert shutil.which("xinfang") or Path(XINFANG).exists()

@@ -1,7 +1,7 @@
 /* 信访件复核 — caseworker review page. Plain JS, no build step, no external resources.
  * Talks to the xinfang API (/v1/...) with the caseworker's key as a Bearer token (kept in sessionStorage).
  * Routes (location.hash): #/login, #/queue?topic=&department=&needs_review=1&has_repeats=1&page=0,
- * #/p/<id>, #/p/<id>/c/<candidate id>.
+ * #/p/<id>, #/p/<id>/c/<candidate id>, #/hot?since=&until=&jurisdiction= (hot issues).
  */
 (function () {
   "use strict";
@@ -202,7 +202,7 @@
   function hideBanner() { $("banner").hidden = true; }
 
   function showView(name) {
-    ["login", "queue", "petition"].forEach(function (v) { $("view-" + v).hidden = v !== name; });
+    ["login", "queue", "petition", "hot"].forEach(function (v) { $("view-" + v).hidden = v !== name; });
     document.body.dataset.view = name;
     var signedIn = !!getKey();
     $("logout-btn").hidden = !signedIn;
@@ -416,6 +416,7 @@
         return;
       }
       renderPetition();
+      loadMatter(pid);
     }
     var idx = cid ? state.cands.findIndex(function (c) { return c.id === cid; }) : -1;
     if (cid && idx < 0) {
@@ -425,6 +426,90 @@
       renderCands();
     }
     selectCand(idx);
+  }
+
+  /* ------------------------------------------------------------------ matters and hot issues */
+  function day(t) { return t ? String(t).slice(0, 10) : "—"; }
+
+  async function loadMatter(pid) {
+    var box = $("p-matter");
+    box.hidden = true; clear(box);
+    var m;
+    try { m = await api("/v1/petitions/" + encodeURIComponent(pid) + "/matter"); } catch (e) { return; }
+    if (state.pid !== pid) return;
+    box.appendChild(el("strong", { text: "所属事项 " + m.id }));
+    box.appendChild(document.createTextNode("：" + m.size + " 件，" + m.petitioners + " 位信访人，" +
+      day(m.first) + " 至 " + day(m.last) + (m.status === "resolved" ? "（已化解）" : "")));
+    var others = m.members.filter(function (x) { return x.id !== pid; }).slice(0, 8);
+    if (others.length) {
+      var ul = el("ul", { class: "matter-members" });
+      others.forEach(function (x) {
+        ul.appendChild(el("li", {}, [el("a", { href: "#/p/" + encodeURIComponent(pid) + "/c/" + encodeURIComponent(x.id),
+          text: firstWords(x.title) }), " " + day(x.received_at)]));
+      });
+      box.appendChild(ul);
+    }
+    box.hidden = false;
+  }
+
+  /* One SVG row: a dot per member petition on the window's time axis. */
+  function timeline(members, lo, hi) {
+    var NS = "http://www.w3.org/2000/svg", W = 320, H = 24;
+    var svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H); svg.setAttribute("class", "timeline");
+    svg.setAttribute("role", "img"); svg.setAttribute("aria-label", "留言时间分布");
+    var axis = document.createElementNS(NS, "line");
+    axis.setAttribute("x1", 4); axis.setAttribute("x2", W - 4); axis.setAttribute("y1", H / 2); axis.setAttribute("y2", H / 2);
+    svg.appendChild(axis);
+    var span = Math.max(hi - lo, 1);
+    members.forEach(function (x) {
+      var t = Date.parse(String(x.time || "").replace(" ", "T"));
+      if (!isFinite(t)) return;
+      var c = document.createElementNS(NS, "circle");
+      c.setAttribute("cx", 4 + (W - 8) * (t - lo) / span); c.setAttribute("cy", H / 2); c.setAttribute("r", 3);
+      var title = document.createElementNS(NS, "title"); title.textContent = x.time; c.appendChild(title);
+      svg.appendChild(c);
+    });
+    return svg;
+  }
+
+  async function loadHot(f) {
+    showView("hot");
+    $("h-since").value = f.since || ""; $("h-until").value = f.until || ""; $("h-juris").value = f.jurisdiction || "";
+    var p = new URLSearchParams({ limit: "20" });
+    if (f.since) p.set("since", f.since + "T00:00:00");
+    if (f.until) p.set("until", f.until + "T23:59:59");
+    if (f.jurisdiction) p.set("jurisdiction", f.jurisdiction);
+    $("hot-status").textContent = "加载中…";
+    var list = clear($("hot-list"));
+    var body;
+    try { body = await api("/v1/hot-issues?" + p.toString()); } catch (err) {
+      $("hot-status").textContent = "";
+      handleError(err, function () { loadHot(f); });
+      return;
+    }
+    $("hot-status").textContent = body.items.length ? "" : "该时间范围内没有信访事项。";
+    var times = [];
+    body.items.forEach(function (i) { i.members.forEach(function (x) { var t = Date.parse(String(x.time || "").replace(" ", "T")); if (isFinite(t)) times.push(t); }); });
+    var lo = Math.min.apply(null, times.length ? times : [0]), hi = Math.max.apply(null, times.length ? times : [1]);
+    body.items.forEach(function (i) {
+      var terms = el("ul", { class: "heat-terms" });
+      Object.keys(i.terms).forEach(function (k) {
+        var t = i.terms[k];
+        terms.appendChild(el("li", { title: "权重 " + t.weight }, [el("b", { text: t.points.toFixed(1) }), " " + t.reason]));
+      });
+      var members = el("ol", { class: "hot-members" });
+      i.members.slice(0, 10).forEach(function (x) {
+        members.appendChild(el("li", {}, [el("a", { href: "#/p/" + encodeURIComponent(x.id), text: firstWords(x.title) }),
+          " " + day(x.time)]));
+      });
+      list.appendChild(el("li", { class: "card hot-issue", "data-matter": i.matter }, [
+        el("div", { class: "hot-head" }, [el("span", { class: "rank", text: "#" + i.rank }),
+          el("span", { class: "heat", text: "热度 " + i.heat.toFixed(1) }),
+          el("span", { class: "desc", text: i.description || "（无标题）" })]),
+        el("div", { class: "meta muted", text: i.place + " · " + i.size + " 件 · " + day(i.first) + " 至 " + day(i.last) }),
+        timeline(i.members, lo, hi), terms, members]));
+    });
   }
 
   async function loadFeedback(pid) {
@@ -730,6 +815,7 @@
       loadPetition(decodeURIComponent(m[1]), m[2] ? decodeURIComponent(m[2]) : null);
       return;
     }
+    if (h.indexOf("#/hot") === 0) { loadHot(parseQuery(h.split("?")[1])); return; }
     if (h.indexOf("#/login") === 0) { location.replace("#/queue"); return; }
     showView("queue");
     state.pid = null; state.petition = null;
@@ -814,6 +900,14 @@
       $(id).addEventListener("change", function () { state.queue.sel = 0; location.hash = queueHash(readFilters()); });
     });
     $("f-clear").addEventListener("click", function () { state.queue.sel = 0; location.hash = "#/queue"; });
+    $("hot-filters").addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var p = new URLSearchParams();
+      [["since", "h-since"], ["until", "h-until"], ["jurisdiction", "h-juris"]].forEach(function (kv) {
+        if ($(kv[1]).value) p.set(kv[0], $(kv[1]).value.trim());
+      });
+      location.hash = "#/hot" + (p.toString() ? "?" + p.toString() : "");
+    });
     $("pg-prev").addEventListener("click", function () {
       state.queue.sel = 0;
       var f = Object.assign({}, state.queue.filters); f.page = Math.max(0, (f.page || 0) - 1); location.hash = queueHash(f);

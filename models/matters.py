@@ -1,0 +1,265 @@
+"""Matters (信访事项): group petitions that raise one concrete problem into one matter.
+
+A matter links petitions through the repeat search (models/repeats.py `RepeatFinder`: embedding search
+re-ranked lexically, then the repeat scorer's calibrated probability), so a petition is linked to each of its
+top-k candidates with that probability. Links at or above the threshold are merged by a linkage rule:
+
+- `single`: connected components (Kruskal order, strongest link first);
+- `average`: agglomerative, strongest first, two groups merge while the mean probability of the links observed
+  between them is at or above the threshold (missing links are unknown, not evidence against).
+
+Cannot-links (pairs a caseworker rejected as repeats) are never put into one matter: a merge that would join
+them is skipped. Everything is deterministic and independent of the input order: links are processed by
+(probability desc, ids), and a matter is named after its earliest member (time, then id).
+
+Public API:
+
+    MatterRule(linkage="single", threshold=None, k=10)   # threshold None: the scorer's operating threshold
+    DEFAULT_RULE                                          # average linkage, threshold 0.7, k 10 (measured)
+    find_links(finder, petitions, vectors, lookup, k, progress=None) -> list[Link]
+    group(ids, links, threshold, linkage="single", cannot_links=()) -> list[list[str]]
+    name_matters(groups, petitions_by_id) -> dict[id, matter_id]
+    build_matters(finder, petitions, vectors, lookup, rule=DEFAULT_RULE, cannot_links=(), progress=None)
+        -> dict[id, matter_id]
+    join_decision(candidates, matter_of, threshold, blocked=()) -> JoinDecision   # intake: join or open
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xinfang.errors import DataError
+from xinfang.models.repeat_features import parse_time
+
+LINKAGES = ("single", "average")
+MATTER_PREFIX = "M-"
+
+
+@dataclass(frozen=True)
+class MatterRule:
+    """How petitions are linked into matters; `threshold` None means the repeat scorer's own threshold."""
+
+    linkage: str = "single"
+    threshold: float | None = None
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.linkage not in LINKAGES:
+            raise DataError(f"unknown linkage {self.linkage!r}; choose one of {', '.join(LINKAGES)}")
+        if self.k < 1:
+            raise DataError(f"k must be positive, got {self.k}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise DataError(f"threshold must be a probability in [0, 1], got {self.threshold}")
+
+    def resolve(self, scorer) -> float:
+        """The probability threshold this rule uses with `scorer`."""
+        return float(scorer.threshold if self.threshold is None else self.threshold)
+
+
+# Chosen on the 13 dev matters with matter-cross-fitted scorers (eval/reports/matters.md): best B-cubed F1 among
+# the rules merging at most 2 % of the hard negatives.
+DEFAULT_RULE = MatterRule(linkage="average", threshold=0.7, k=10)
+
+
+@dataclass(frozen=True)
+class Link:
+    """Two petitions the repeat search put together, with the scorer's probability and reasons."""
+
+    a: str
+    b: str
+    probability: float
+    similarity: float
+    reasons: tuple[str, ...] = ()
+
+
+def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Callable[[list[str]], dict],
+               k: int = DEFAULT_RULE.k, batch: int = 256,
+               progress: Callable[[int], None] | None = None) -> list[Link]:
+    """Each petition's top-k repeat candidates among the indexed petitions, as undirected links (the higher
+    probability kept when both directions are found); sorted by (probability desc, a, b)."""
+    if len(petitions) != len(vectors):
+        raise DataError(f"{len(petitions)} petitions but {len(vectors)} vectors")
+    best: dict[tuple[str, str], Link] = {}
+    for start in range(0, len(petitions), batch):
+        chunk = petitions[start:start + batch]
+        rows = finder.candidates_for_vectors(chunk, vectors[start:start + batch], k, lookup)
+        for petition, cands in zip(chunk, rows, strict=True):
+            pid = str(petition["id"])
+            for c in cands:
+                a, b = sorted((pid, str(c["id"])))
+                old = best.get((a, b))
+                if old is None or c["probability"] > old.probability:
+                    best[(a, b)] = Link(a, b, float(c["probability"]), float(c["similarity"]),
+                                        tuple(c.get("reasons", ())))
+        if progress:
+            progress(len(chunk))
+    return sorted(best.values(), key=lambda lk: (-lk.probability, lk.a, lk.b))
+
+
+class _Groups:
+    """Disjoint sets over petition indices with the cannot-links each set carries."""
+
+    def __init__(self, n: int, cannot: dict[int, set[int]]) -> None:
+        self.parent = list(range(n))
+        self.members: dict[int, list[int]] = {i: [i] for i in range(n)}
+        self.cannot = {i: set(cannot.get(i, ())) for i in range(n)}
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def blocked(self, ra: int, rb: int) -> bool:
+        small, big = sorted((ra, rb), key=lambda r: len(self.members[r]))
+        return any(m in self.cannot[big] for m in self.members[small])
+
+    def union(self, ra: int, rb: int) -> int:
+        """Merge two roots (the smaller root index stays, for determinism); returns the root kept."""
+        keep, gone = min(ra, rb), max(ra, rb)
+        self.parent[gone] = keep
+        self.members[keep].extend(self.members.pop(gone))
+        self.cannot[keep] |= self.cannot.pop(gone)
+        return keep
+
+
+def group(ids: Iterable[str], links: Iterable[Link], threshold: float, linkage: str = "single",
+          cannot_links: Iterable[tuple[str, str]] = ()) -> list[list[str]]:
+    """Partition `ids` into matters: single linkage joins through links at or above `threshold`; average linkage
+    merges groups while the mean of all links observed between them is at or above it. Every id is in exactly
+    one group; groups and their members are sorted by id; links naming unknown ids are ignored."""
+    if linkage not in LINKAGES:
+        raise DataError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
+    names = sorted(set(map(str, ids)))
+    pos = {pid: i for i, pid in enumerate(names)}
+    cannot: dict[int, set[int]] = {}
+    for a, b in cannot_links:
+        if str(a) in pos and str(b) in pos and a != b:
+            cannot.setdefault(pos[str(a)], set()).add(pos[str(b)])
+            cannot.setdefault(pos[str(b)], set()).add(pos[str(a)])
+    edges: dict[tuple[int, int], float] = {}
+    for lk in links:
+        if lk.a not in pos or lk.b not in pos or lk.a == lk.b or (linkage == "single" and lk.probability < threshold):
+            continue
+        key = tuple(sorted((pos[lk.a], pos[lk.b])))
+        edges[key] = max(edges.get(key, 0.0), lk.probability)
+    g = _Groups(len(names), cannot)
+    if linkage == "single":
+        for (i, j), _p in sorted(edges.items(), key=lambda kv: (-kv[1], kv[0])):
+            ri, rj = g.find(i), g.find(j)
+            if ri != rj and not g.blocked(ri, rj):
+                g.union(ri, rj)
+    else:
+        _average(g, edges, threshold)
+    out = [sorted(names[m] for m in members) for members in g.members.values()]
+    return sorted(out)
+
+
+def _average(g: _Groups, edges: dict[tuple[int, int], float], threshold: float) -> None:
+    """Average linkage over observed links: merge the pair of groups with the highest mean link first."""
+    stats: dict[int, dict[int, list[float]]] = {}
+    for (i, j), p in edges.items():
+        stats.setdefault(i, {})[j] = [p, 1.0]
+        stats.setdefault(j, {})[i] = [p, 1.0]
+    version = dict.fromkeys(range(len(g.parent)), 0)
+    heap = [(-p, i, j, 0, 0) for (i, j), p in edges.items()]
+    heapq.heapify(heap)
+    while heap:
+        neg, i, j, vi, vj = heapq.heappop(heap)
+        if -neg < threshold:
+            break
+        if i not in g.members or j not in g.members or version[i] != vi or version[j] != vj:
+            continue
+        if g.blocked(i, j):
+            continue
+        keep = g.union(i, j)
+        gone = j if keep == i else i
+        merged = stats.pop(keep, {})
+        merged.pop(gone, None)
+        for other, (s, c) in stats.pop(gone, {}).items():
+            if other == keep:
+                continue
+            acc = merged.setdefault(other, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += c
+            stats[other].pop(gone, None)
+        stats[keep] = merged
+        version[keep] += 1
+        for other, (s, c) in merged.items():
+            stats[other][keep] = [s, c]
+            a, b = sorted((keep, other))
+            heapq.heappush(heap, (-(s / c), a, b, version[a], version[b]))
+
+
+def _time_key(p: dict) -> tuple:
+    t = parse_time(p.get("time") or p.get("received_at"))
+    return (t is None, t.isoformat() if t else "")
+
+
+def name_matters(groups: Iterable[list[str]], petitions_by_id: dict[str, dict]) -> dict[str, str]:
+    """id -> matter id; a matter is named after its earliest member (by time, then id): `M-<id>`."""
+    out: dict[str, str] = {}
+    for members in groups:
+        first = min(members, key=lambda pid: (_time_key(petitions_by_id.get(pid, {})), pid))
+        for pid in members:
+            out[pid] = MATTER_PREFIX + first
+    return out
+
+
+def build_matters(finder, petitions: list[dict], vectors: np.ndarray, lookup: Callable[[list[str]], dict],
+                  rule: MatterRule = DEFAULT_RULE, cannot_links: Iterable[tuple[str, str]] = (),
+                  progress: Callable[[int], None] | None = None) -> dict[str, str]:
+    """Matter id per petition id (the petitions must be indexed in `finder.index`)."""
+    links = find_links(finder, petitions, vectors, lookup, k=rule.k, progress=progress)
+    groups = group([str(p["id"]) for p in petitions], links, rule.resolve(finder.scorer), rule.linkage,
+                   cannot_links)
+    return name_matters(groups, {str(p["id"]): p for p in petitions})
+
+
+@dataclass
+class JoinDecision:
+    """Where a new petition goes: an existing matter (`matter`, through `via` with `probability`) or a new one."""
+
+    matter: str | None
+    via: str | None = None
+    probability: float | None = None
+    reason: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+def join_decision(candidates: list[dict], matter_of: dict[str, str], threshold: float,
+                  blocked: Iterable[str] = (), linkage: str = "single") -> JoinDecision:
+    """The intake form of the batch rule. `single`: join the matter of the most probable candidate at or above
+    `threshold`; `average`: join the matter whose candidates' mean probability (the links observed between the
+    new petition and that matter) is highest and at or above `threshold`. Matters in `blocked` (a cannot-link)
+    are skipped; without a matter to join, a new one is opened."""
+    if linkage not in LINKAGES:
+        raise DataError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
+    blocked = set(blocked)
+    by_matter: dict[str, list[dict]] = {}
+    for c in candidates:
+        m = matter_of.get(str(c["id"]))
+        if m is not None:
+            by_matter.setdefault(m, []).append(c)
+    options = []
+    for m, cs in by_matter.items():
+        best = min(cs, key=lambda c: (-c["probability"], str(c["id"])))
+        score = best["probability"] if linkage == "single" else sum(c["probability"] for c in cs) / len(cs)
+        options.append((-score, str(best["id"]), m, best, len(cs)))
+    skipped: list[str] = []
+    for neg, _, m, best, n in sorted(options):
+        if -neg < threshold:
+            break
+        if m in blocked:
+            skipped.append(m)
+            continue
+        what = f"重复概率 {best['probability']:.2f}" if linkage == "single" or n == 1 else \
+            f"与该事项 {n} 件候选的平均重复概率 {-neg:.2f}"
+        return JoinDecision(m, str(best["id"]), round(-neg, 4),
+                            f"{what} ≥ {threshold:.2f}（最相近 {best['id']}）", skipped)
+    why = "无重复概率达到阈值的候选" if not skipped else "候选所在事项与本件有不予合并记录"
+    return JoinDecision(None, reason=f"新事项：{why}（阈值 {threshold:.2f}）", skipped=skipped)

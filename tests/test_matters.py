@@ -1,0 +1,161 @@
+"""Matters: linkage rules, cannot-links, naming, the intake join rule, the scoring of a clustering."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from xinfang.errors import DataError
+from xinfang.models.matters import Link, MatterRule, group, join_decision, name_matters
+from xinfang.training.matter_eval import bcubed, hard_negative_merges, matter_pairs, matter_pr, pair_decisions
+
+
+def _links(*triples) -> list[Link]:
+    return [Link(a, b, p, p) for a, b, p in triples]
+
+
+CHAIN = _links(("a", "b", 0.95), ("b", "c", 0.9), ("c", "d", 0.6), ("d", "e", 0.9), ("x", "y", 0.2))
+
+
+def test_single_linkage_is_connected_components_above_threshold():
+    groups = group("abcdexy", CHAIN, 0.5)
+    assert groups == [["a", "b", "c", "d", "e"], ["x"], ["y"]]
+    assert group("abcdexy", CHAIN, 0.7) == [["a", "b", "c"], ["d", "e"], ["x"], ["y"]]
+    # every id is in exactly one group, links to unknown ids are ignored
+    assert group("ab", _links(("a", "zz", 0.99)), 0.5) == [["a"], ["b"]]
+
+
+def test_average_linkage_refuses_a_weakly_supported_merge():
+    # {a,b,c} and {d,e} are joined by one link above the threshold and two weak ones: mean 0.53 < 0.7
+    links = _links(("a", "b", 0.95), ("b", "c", 0.95), ("a", "c", 0.9), ("d", "e", 0.9),
+                   ("c", "d", 0.75), ("a", "d", 0.45), ("b", "e", 0.4))
+    assert group("abcde", links, 0.7, "single") == [["a", "b", "c", "d", "e"]]
+    assert group("abcde", links, 0.7, "average") == [["a", "b", "c"], ["d", "e"]]
+    assert group("abcde", links, 0.5, "average") == [["a", "b", "c", "d", "e"]]
+    assert group("abcde", links, 0.99, "average") == [["a"], ["b"], ["c"], ["d"], ["e"]]
+
+
+@pytest.mark.parametrize("linkage", ["single", "average"])
+def test_cannot_links_are_respected_transitively(linkage):
+    groups = group("abcde", CHAIN, 0.5, linkage, cannot_links=[("a", "e")])
+    assert not any({"a", "e"} <= set(g) for g in groups)
+    assert ["a", "b", "c"] in groups or ["a", "b", "c", "d"] in groups
+    with pytest.raises(DataError, match="linkage"):
+        group("ab", CHAIN, 0.5, "complete")
+
+
+@pytest.mark.parametrize("linkage", ["single", "average"])
+def test_grouping_and_names_do_not_depend_on_input_order(linkage):
+    rng = random.Random(0)
+    ids = [f"p{i:02d}" for i in range(40)]
+    links = [Link(*sorted(rng.sample(ids, 2)), round(rng.random(), 3), 0.5) for _ in range(120)]
+    times = {pid: {"id": pid, "time": f"2024-01-{1 + i % 28:02d} 10:00:00"} for i, pid in enumerate(ids)}
+    ref = name_matters(group(ids, links, 0.6, linkage, [("p01", "p02")]), times)
+    for _ in range(5):
+        rng.shuffle(ids)
+        rng.shuffle(links)
+        assert name_matters(group(ids, links, 0.6, linkage, [("p02", "p01")]), times) == ref
+
+
+def test_matter_named_after_its_earliest_member():
+    by_id = {"a": {"time": "2024-02-01 08:00:00"}, "b": {"time": "2024/1/5 9:00:00"}, "c": {}}
+    assert name_matters([["a", "b", "c"]], by_id) == {"a": "M-b", "b": "M-b", "c": "M-b"}
+    assert name_matters([["c", "d"]], {}) == {"c": "M-c", "d": "M-c"}
+
+
+def test_rule_validation():
+    assert MatterRule(threshold=None).resolve(type("S", (), {"threshold": 0.7})()) == 0.7
+    assert MatterRule(threshold=0.9).resolve(type("S", (), {"threshold": 0.7})()) == 0.9
+    for bad in ({"linkage": "ward"}, {"k": 0}, {"threshold": 1.5}):
+        with pytest.raises(DataError):
+            MatterRule(**bad)
+
+
+def test_join_decision_takes_the_best_allowed_candidate():
+    cands = [{"id": "p1", "probability": 0.97}, {"id": "p2", "probability": 0.91}, {"id": "p3", "probability": 0.4}]
+    matter_of = {"p1": "M-1", "p2": "M-2", "p3": "M-3"}
+    d = join_decision(cands, matter_of, 0.8)
+    assert (d.matter, d.via, d.probability) == ("M-1", "p1", 0.97) and "p1" in d.reason
+    d = join_decision(cands, matter_of, 0.8, blocked={"M-1"})
+    assert (d.matter, d.via, d.skipped) == ("M-2", "p2", ["M-1"])
+    d = join_decision(cands, matter_of, 0.8, blocked={"M-1", "M-2"})
+    assert d.matter is None and "不予合并" in d.reason
+    d = join_decision(cands, matter_of, 0.99)
+    assert d.matter is None and d.via is None and "阈值 0.99" in d.reason
+    # average: the matter whose candidates agree on average, not the one with a single strong link
+    cands = [{"id": "p1", "probability": 0.97}, {"id": "p4", "probability": 0.5}, {"id": "p2", "probability": 0.9},
+             {"id": "p5", "probability": 0.88}]
+    matter_of = {"p1": "M-1", "p4": "M-1", "p2": "M-2", "p5": "M-2"}
+    assert join_decision(cands, matter_of, 0.8).matter == "M-1"
+    d = join_decision(cands, matter_of, 0.8, linkage="average")
+    assert (d.matter, d.via, d.probability) == ("M-2", "p2", 0.89) and "平均" in d.reason
+    assert join_decision(cands, matter_of, 0.95, linkage="average").matter is None
+
+
+def test_bcubed_and_matter_scores():
+    gold = {"a": "G1", "b": "G1", "c": "G1", "d": "G2"}
+    perfect = {"a": 1, "b": 1, "c": 1, "d": 2, "u": 3}
+    assert bcubed(perfect, gold)["f1"] == 1.0
+    # an unlabelled message in a's cluster costs precision; splitting c off costs recall
+    pred = {"a": 1, "b": 1, "u": 1, "c": 2, "d": 3}
+    m = bcubed(pred, gold)
+    assert m["precision"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1) / 4)
+    assert m["recall"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3 + 1) / 4)
+    assert matter_pr(pred, ["a", "b", "c"]) == {"precision": 2 / 3, "recall": 2 / 3, "cluster_size": 3,
+                                                 "overlap": 2}
+    matters = [{"matter": "G1", "members": ["a", "b", "c"], "hard_negatives": ["u"]}]
+    assert hard_negative_merges(pred, matters)["merged"] == 2
+    pairs = matter_pairs(matters)
+    assert (("a", "b", 1) in pairs and ("a", "u", 0) in pairs and len(pairs) == 6)
+    same = [pred[a] == pred[b] for a, b, _ in pairs]
+    pd = pair_decisions(same, [y for *_, y in pairs])
+    assert pd["positives"] == 3 and pd["precision"] == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def _run(args, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from xinfang.cli import app
+
+    monkeypatch.setenv("XINFANG_DATA_DIR", str(tmp_path / "data"))
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_matters_build_is_deterministic_and_order_free(tmp_path, monkeypatch, repeats_model):
+    import json
+
+    from xinfang.records import load_records, write_jsonl
+    from xinfang.settings import DEMO_DATA_DIR
+
+    rows = load_records(DEMO_DATA_DIR / "petitions.jsonl")
+    for r in rows:
+        r.pop("_row")
+    out = tmp_path / "m.jsonl"
+    r = _run(["matters", "build", "--input", str(DEMO_DATA_DIR / "petitions.jsonl"), "--output", str(out),
+              "--repeats-model", str(repeats_model)], tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in out.read_text("utf-8").splitlines()]
+    assert [x["id"] for x in lines] == [x["id"] for x in rows] and all(set(x) == {"id", "matter"} for x in lines)
+    matter_of = {x["id"]: x["matter"] for x in lines}
+    assert all(matter_of[m[2:]] == m for m in matter_of.values())  # named after a member
+    assert 5 < len(set(matter_of.values())) < len(rows)  # some petitions grouped, not all in one
+    shuffled = rows[::-1]
+    write_jsonl(tmp_path / "rev.jsonl", shuffled)
+    out2 = tmp_path / "m2.jsonl"
+    r = _run(["matters", "build", "--input", str(tmp_path / "rev.jsonl"), "--output", str(out2),
+              "--repeats-model", str(repeats_model)], tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    lines2 = [json.loads(x) for x in out2.read_text("utf-8").splitlines()]
+    assert [x["id"] for x in lines2] == [x["id"] for x in shuffled]
+    assert {x["id"]: x["matter"] for x in lines2} == matter_of
+
+
+def test_cli_matters_build_bad_model_dir(tmp_path, monkeypatch):
+    from xinfang.settings import DEMO_DATA_DIR
+
+    r = _run(["matters", "build", "--input", str(DEMO_DATA_DIR / "petitions.jsonl"), "--output",
+              str(tmp_path / "m.jsonl"), "--repeats-model", str(tmp_path)], tmp_path, monkeypatch)
+    assert r.exit_code != 0 and "embedder not found" in str(r.exception)
+    assert not (tmp_path / "m.jsonl").exists()
