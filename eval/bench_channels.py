@@ -42,7 +42,8 @@ from xinfang.training.history import HISTORY_WEIGHTS
 log = logging.getLogger("bench_channels")
 REPORTS = REPO_ROOT / "eval" / "reports"
 FOUR = ["信访", "依法履职", "诉讼仲裁复议", "纪检监察"]
-BOOSTS = (0.0, 0.5, 1.0, 2.0)
+BOOSTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+PROBS_DIR = Path(tempfile.gettempdir()) / "xinfang-bench-channels"  # per-row probabilities stay out of the repo
 
 
 def extractor_report(dev: list[dict], replies: dict[str, dict]) -> dict:
@@ -135,18 +136,28 @@ def folds(labels: list[str], groups: list[int], n: int, seed: int = 0) -> list[t
     return list(StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed).split(idx, labels, groups))
 
 
-def model_variant(name: str, train_rows: list[dict], te_texts: list[str], te_gold: list[str], table: ChannelTable,
-                  base: str, recipe: str, cache: FrozenCache, tmp: Path) -> dict:
-    """Train a channel bundle on `train_rows`, score it alone and with the keywords fused at each boost."""
+def model_variant(name: str, train_rows: list[dict], history: list[dict] | None, te_texts: list[str],
+                  table: ChannelTable, base: str, recipe: str, cache: FrozenCache, tmp: Path) -> dict:
+    """Train a channel bundle on `train_rows` (+ weak `history`), score it alone and with the keywords fused at
+    each boost. The test texts' frozen-layer states come from the shared cache (the bundle's lower layers are the
+    base encoder's), the rest is the bundle's own path (top layers, head, temperature, TF-IDF ensemble)."""
+    from xinfang.training.classifier import _layers, top_logits
+
     t0 = time.perf_counter()
     res = train_classifier(train_rows, task="channel", out_dir=tmp / name, label_column="channel", base=base,
-                           recipe=recipe, seed=13, source=name, cache=cache, progress=False)
+                           recipe=recipe, seed=13, source=name, cache=cache, progress=False, history=history,
+                           history_info={"file": "attachment4_replies.jsonl"} if history is not None else None)
     train_s = time.perf_counter() - t0
     bundle = ClassifierBundle.load(tmp / name)
     t1 = time.perf_counter()
+    cache.fill(bundle.encoder, bundle.tokenizer, te_texts, progress=False)
+    top = _layers(bundle.encoder)[cache.n_frozen:]
+    bundle.logits = lambda texts, batch_size=32, progress=False: top_logits(
+        bundle.encoder, top, bundle.head_w, bundle.head_b, cache, texts, "cpu")
     probs = bundle.proba_texts(te_texts)
+    np.save(PROBS_DIR / f"{name}.npy", probs)
     pred_s = time.perf_counter() - t1
-    out = {"train_seconds": train_s, "predict_seconds": pred_s, "n_train": res.n_train, "n_val": res.n_val,
+    out = {"train_seconds": train_s, "predict_seconds_from_cache": pred_s, "n_train": res.n_train, "n_val": res.n_val,
            "labels": bundle.labels, "threshold": bundle.threshold, "by_boost": {}}
     for boost in BOOSTS:
         tb = ChannelTable(table.entries, boost, table.path)
@@ -199,6 +210,7 @@ def main() -> None:
     groups = group_ids(ex.titles, ex.texts)
     fl = folds(ex.labels, groups, args.folds)
     weak, weak_counts = weak_rows(replies_list, dev) if args.history else ([], None)
+    PROBS_DIR.mkdir(exist_ok=True)
     report["history"] = weak_counts
     cols = {k: [] for k in ("gold", "always", "keywords", "tfidf")}
     variants: dict[str, dict] = {}
@@ -216,17 +228,18 @@ def main() -> None:
             cols["tfidf"] += tfidf_svc(tr_texts, tr_gold, te_texts)
             if k >= n_run:
                 continue
-            todo = [] if args.no_hand_only else [("model", tr_rows)]
-            if args.history:
-                todo.append(("model+history", tr_rows + weak))
-            for name, rows in todo:
-                log.info("fold %d: %s (%d rows)", k, name, len(rows))
-                out = model_variant(f"{name}-{k}", rows, te_texts, te_gold, table, args.base, args.recipe,
-                                           cache, tmp)
+            todo = [("model+history", weak)] if args.history else []
+            if not args.no_hand_only:
+                todo.append(("model", None))
+            np.save(PROBS_DIR / f"fold{k}-test-index.npy", te)
+            for name, hist in todo:
+                log.info("fold %d: %s (%d hand rows, %d weak)", k, name, len(tr_rows), len(hist or []))
+                out = model_variant(f"{name}-{k}", tr_rows, hist, te_texts, table, args.base, args.recipe,
+                                    cache, tmp)
                 v = variants.setdefault(name, {"gold": [], "folds": [], "by_boost": {}})
                 v["gold"] += te_gold
-                v["folds"].append({kk: out[kk] for kk in ("train_seconds", "predict_seconds", "n_train", "n_val",
-                                                          "labels", "threshold")})
+                v["folds"].append({kk: out[kk] for kk in ("train_seconds", "predict_seconds_from_cache", "n_train",
+                                                          "n_val", "labels", "threshold")})
                 for b, r in out["by_boost"].items():
                     bb = v["by_boost"].setdefault(b, {"pred": [], "auto": []})
                     bb["pred"] += r["pred"]

@@ -35,6 +35,7 @@ __all__ = ["ClassifierBundle", "write_manifest", "verify_manifest", "mean_pool",
 BUNDLE_FORMAT = "xinfang-classifier/1"
 MANIFEST = "manifest.json"
 ENCODER_DIR = "encoder"
+DUTY_LIST_FILE = "duty_list.yaml"  # department bundles: the duty list they were trained with (routing evidence)
 REQUIRED = ("head.safetensors", "labels.json", "config.json", f"{ENCODER_DIR}/config.json")
 
 
@@ -99,7 +100,7 @@ class ClassifierBundle:
     """A loaded, verified classifier bundle. Inference is thread-safe (read-only model, locked tokenizer)."""
 
     def __init__(self, path: Path, config: dict, labels: list[str], tokenizer, encoder, head_w, head_b,
-                 version: str, metrics: dict | None = None, tfidf=None) -> None:
+                 version: str, metrics: dict | None = None, tfidf=None, duty_list=None) -> None:
         self.path = Path(path)
         self.config = config
         self.labels = list(labels)
@@ -110,6 +111,7 @@ class ClassifierBundle:
         self.version = version
         self.metrics = metrics or {}
         self.tfidf = tfidf  # TfidfHead of the ensemble, or None (encoder only)
+        self.duty_list = duty_list  # DutyList the bundle was trained with (department), or None
         self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call concurrently
 
     # ----- identity -----
@@ -175,8 +177,13 @@ class ClassifierBundle:
                 if verify and name not in manifest["files"]:
                     raise ModelError(f"{path}: config.json has an ensemble but the manifest does not list {name}")
             tfidf = TfidfHead.load(path, len(labels))
+        duty = None
+        if config.get("duty_list"):
+            from xinfang.models.duty_list import DutyList
+
+            duty = DutyList.load(path / DUTY_LIST_FILE)
         return cls(path, config, labels, tokenizer, encoder, head["weight"], head["bias"], manifest["version"], metrics,
-                   tfidf)
+                   tfidf, duty)
 
     # ----- inference -----
     def _tokenize(self, texts: list[str]):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from xinfang.errors import DataError
 
-__all__ = ["GENERIC", "DutyEntry", "DutyList"]
+__all__ = ["GENERIC", "DutyEntry", "DutyList", "shipped_duty_list"]
 
 GENERIC = "通用"  # the entry listing generic bodies (units that name no functional department)
 KEYS = {"department", "remit", "keywords", "patterns", "topics", "units"}
@@ -48,6 +48,10 @@ class DutyList:
     entries: list[DutyEntry]
     path: Path | None = None
     generic_units: list[str] = field(default_factory=list)
+    text: str = ""  # the YAML it was parsed from (a bundle keeps it as written, comments included)
+
+    def source_text(self) -> str:
+        return self.text
 
     @classmethod
     def load(cls, path: str | Path) -> DutyList:
@@ -109,7 +113,7 @@ class DutyList:
                                      " ".join(remit.split())))
         if not entries:
             raise DataError(f"{where}: no department entries (only '{GENERIC}')")
-        return cls(entries, path, generic)
+        return cls(entries, path, generic, text)
 
     @property
     def departments(self) -> list[str]:
@@ -150,3 +154,18 @@ def _str_list(where: str, line: int, dept: str, item: dict, key: str) -> list[st
     if not isinstance(v, list) or not all(isinstance(x, str | int | float) for x in v):
         raise DataError(f"{where}: line {line} ({dept}): key '{key}' must be a list of strings")
     return [str(x).strip() for x in v if str(x).strip()]
+
+
+def shipped_duty_list(labels: set[str]) -> DutyList | None:
+    """The shipped duty list whose departments cover every label (fewest extra departments first), or None."""
+    from xinfang.settings import DEMO_DATA_DIR, REPO_ROOT
+
+    paths = sorted((REPO_ROOT / "datasets" / "duty_lists").glob("*.yaml")) + [DEMO_DATA_DIR / "duty_list.yaml"]
+    best = None
+    for p in paths:
+        if not p.exists():
+            continue
+        duty = DutyList.load(p)
+        if labels <= set(duty.departments) and (best is None or len(duty.entries) < len(best.entries)):
+            best = duty
+    return best

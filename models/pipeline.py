@@ -38,8 +38,10 @@ class ClassificationPipeline:
         if unknown:
             raise ModelError(f"unsupported task(s) {sorted(unknown)}; expected {', '.join(TASKS)}")
         self.bundles = bundles
-        self.duty = duty_list
         dept = bundles.get("department")
+        if duty_list is None and dept is not None:
+            duty_list = dept.duty_list  # the duty list the department model was trained with
+        self.duty = duty_list
         self.router = Router(duty_list, dept.labels if dept else None) if (dept or duty_list) else None
         self.channel = None
         if "channel" in bundles:

@@ -39,7 +39,8 @@ MAX_KEYWORD_HITS = 2
 
 # ------------------------------------------------------------------------------------------ jurisdiction
 _MASKED = re.compile(r"(?<![A-Za-z0-9])([A-Z][0-9]{0,2})(市|区|县)")
-_SUFFIX = re.compile(r"街道|市|区|县|镇|乡")
+# A unit suffix followed by these is a word, not a place: 市场, 市民, 区域, 县城 stay, 乡村 …
+_SUFFIX = re.compile(r"街道|市(?![场民值面容级井郊])|区(?![域别块间分])|县|镇|乡(?![村下亲土愁])")
 _UNIT_CHARS = set("市区县镇乡省")
 # Leading characters that are not part of a place name (verbs, prepositions, admin suffixes, etc.)
 _LEAD_STOP = set("在住于是的到从了和与及我你他她省市区县镇乡道个向对给把被让位处内外里号路街村组将由请该本全原新老")
@@ -70,7 +71,8 @@ def _clean_name(name: str, suffix: str) -> str | None:
         name = name[1:]
     if len(name) > 4:
         name = name[-4:]
-    if len(name) < 2 or (name + suffix) in _NOT_PLACE or name[-1] in "小社园景城片校郊山辖超菜夜门":
+    if len(name) < 2 or (name + suffix) in _NOT_PLACE or name[-1] in "小社园景城片校郊山辖超菜夜门" or \
+            (suffix == "区" and name[-1] in "民属舍活宅商业厂矿发"):  # 居民区, 家属区, 宿舍区, 开发区 …
         return None
     return name + suffix
 

@@ -50,8 +50,10 @@ class TfidfHead:
     # ----- fitting -----
     @classmethod
     def fit(cls, texts: list[str], y: list[int], n_classes: int, *, ngram_range: tuple[int, int] = (1, 3),
-            min_df: int = 2, max_features: int | None = 200_000, C: float = 0.5, seed: int = 13) -> TfidfHead:
-        """Fit the vectorizer and a LinearSVC on `texts` / class indices `y` (rows for all `n_classes`)."""
+            min_df: int = 2, max_features: int | None = 200_000, C: float = 0.5, seed: int = 13,
+            sample_weight: list[float] | None = None) -> TfidfHead:
+        """Fit the vectorizer and a LinearSVC on `texts` / class indices `y` (rows for all `n_classes`),
+        optionally weighting each example."""
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.svm import LinearSVC
 
@@ -61,7 +63,7 @@ class TfidfHead:
         vec = TfidfVectorizer(analyzer="char", ngram_range=ngram_range, lowercase=True, sublinear_tf=True,
                               min_df=min_df, max_features=max_features, norm="l2", use_idf=True, smooth_idf=True)
         x = vec.fit_transform(texts)
-        svm = LinearSVC(C=C, random_state=seed).fit(x, np.asarray(y))
+        svm = LinearSVC(C=C, random_state=seed).fit(x, np.asarray(y), sample_weight=sample_weight)
         coef = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
         intercept = np.full(n_classes, ABSENT_INTERCEPT, dtype=np.float32)
         classes = [int(c) for c in svm.classes_]

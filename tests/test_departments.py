@@ -86,3 +86,64 @@ def test_from_replies_cli(tmp_path: Path) -> None:
 def test_shipped_duty_list_carries_remits_and_units() -> None:
     assert all(e.remit and e.units for e in DUTY.entries)
     assert "信访办" in DUTY.generic_units
+
+
+# ------------------------------------------------------------------------------------------ training with history
+DEMO = Path(__file__).resolve().parents[1] / "datasets" / "demo"
+
+
+def test_train_with_history_uses_confident_replies(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    out = tmp_path / "dept"
+    r = CliRunner().invoke(app, ["train", "--task", "department", "--data", str(DEMO / "petitions.jsonl"),
+                                 "--history", str(DEMO / "replies.jsonl"), "--base", str(tiny_encoder_dir),
+                                 "--recipe", "tiny", "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    closed = [json.loads(line) for line in (DEMO / "replies.jsonl").read_text(encoding="utf-8").splitlines()]
+    h = cfg["history"]
+    assert h["file"] == "replies.jsonl" and h["rows"] == len(closed)
+    assert h["used"] == h["high"] + h["medium"] > 0 and h["undecided"] >= 2
+    assert 0 < h["weight_sum"] < h["used"]  # medium-confidence labels weigh less than hand labels
+    # the bundle keeps the duty list it was trained with (the demo list: it covers the demo labels)
+    assert cfg["duty_list"]["source"] == "duty_list.yaml" and (out / "duty_list.yaml").is_file()
+    from xinfang.models.classifier import ClassifierBundle
+
+    bundle = ClassifierBundle.load(out)
+    assert bundle.duty_list is not None and len(bundle.duty_list.entries) == 12
+
+
+def test_history_labels_for_departments_the_hand_labels_lack(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    from xinfang.records import load_records
+    from xinfang.training.classifier import train_classifier
+    from xinfang.training.history import history_records
+
+    hand = [r for r in load_records(DEMO / "petitions.jsonl") if r["department"] != "医疗保障"]
+    weak, info = history_records("department", DEMO / "replies.jsonl", DutyList.load(DEMO / "duty_list.yaml"))
+    assert all(0 < w["label_weight"] <= 1 for w in weak)
+    res = train_classifier(hand, task="department", out_dir=tmp_path / "m", base=tiny_encoder_dir, recipe="tiny",
+                           progress=False, history=weak, history_info=info)
+    cfg = json.loads((res.out_dir / "config.json").read_text(encoding="utf-8"))
+    assert cfg["history"]["dropped_unknown_labels"] == {"医疗保障": 3}
+    assert "医疗保障" not in json.loads((res.out_dir / "labels.json").read_text(encoding="utf-8"))
+
+
+def test_history_rows_repeating_a_hand_labelled_petition_are_dropped(tmp_path: Path) -> None:
+    from xinfang.training.classifier import prepare_examples, weak_examples
+
+    hand = prepare_examples([{"id": "1", "title": "路灯不亮", "text": "科创大道路灯坏了", "department": "城管"},
+                             {"id": "2", "title": "欠薪", "text": "工地欠薪", "department": "人社"}], "department",
+                            min_class_count=1)
+    weak = [{"id": "w1", "title": "路灯不亮！", "text": "另一段话", "department": "城管", "label_weight": 0.7},
+            {"id": "w2", "title": "公交改线", "text": "公交车改线", "department": "城管", "label_weight": 0.7}]
+    texts, y, w, report = weak_examples(weak, "department", ["人社", "城管"], hand)
+    assert len(texts) == 1 and y == [1] and w == [0.7] and report["dropped_same_as_hand_labelled"] == 1
+
+
+def test_history_needs_a_reply_column_and_a_supported_task(tmp_path: Path) -> None:
+    from xinfang.errors import DataError
+    from xinfang.training.history import history_records
+
+    with pytest.raises(DataError, match="needs a 'reply' column"):
+        history_records("department", DEMO / "petitions.jsonl", DUTY)
+    with pytest.raises(DataError, match="not supported for task 'topic'"):
+        history_records("topic", DEMO / "replies.jsonl", DUTY)

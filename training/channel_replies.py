@@ -97,7 +97,7 @@ def history_labels(records: list[dict], reply_column: str = "reply", label_colum
     """Weakly labelled petitions from closed cases: each record whose reply decides a channel in `tiers` comes
     back with `label_column`, `label_confidence` and `label_evidence`; plus counts per outcome."""
     out: list[dict] = []
-    counts: Counter[str] = Counter()
+    counts: Counter[str] = Counter({"high": 0, "medium": 0, "low": 0, "undecided": 0})
     for r in records:
         ans = extract_channel(r.get(reply_column))
         counts[ans.confidence or "undecided"] += 1

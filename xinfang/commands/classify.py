@@ -28,6 +28,26 @@ def _threads(n: int | None) -> None:
 THREADS_HELP = "torch CPU threads (default: torch's choice; use 1 on a crowded machine)"
 
 
+def _knowledge(task: str, records: list[dict], label: str, duty_path: Path | None, history: Path | None):
+    """(duty list, weak history records, history counts) for `xinfang train`."""
+    from xinfang.models.duty_list import DutyList, shipped_duty_list
+
+    duty = None
+    if duty_path is not None:
+        duty = DutyList.load(duty_path)
+    elif task == "department":
+        duty = shipped_duty_list({str(r.get(label)).strip() for r in records if r.get(label) is not None})
+    if history is None:
+        return duty, None, None
+    from xinfang.training.history import history_records
+
+    weak, info = history_records(task, history, duty)
+    typer.echo(f"history {history.name}: {info['used']} of {info['rows']} closed cases labelled from their replies "
+               f"(high {info['high']}, medium {info['medium']}; low {info['low']} and undecided "
+               f"{info['undecided']} not used)", err=True)
+    return duty, weak, info
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
@@ -62,6 +82,12 @@ def register(app: typer.Typer) -> None:
         no_tfidf: bool = typer.Option(False, "--no-tfidf", help="Encoder only: no char TF-IDF head and no "
                                       "ensemble (by default both are fitted and the ensemble weight is chosen on "
                                       "validation)."),
+        history: Path = typer.Option(None, help="Closed cases with their official replies (.jsonl/.csv/.xlsx, "
+                                     "a 'reply' column): weak labels read from the replies are added to the "
+                                     "training part, weighted (see training/history.py)."),
+        duty_list: Path = typer.Option(None, help="Duty list (权责清单) YAML kept in the bundle and used at "
+                                       "predict time (department; default: the shipped list whose departments "
+                                       "cover the labels, when one covers them all)."),
         threads: int = typer.Option(None, help=THREADS_HELP),
     ) -> None:
         """Fine-tune a classifier and write a verified model bundle."""
@@ -81,6 +107,7 @@ def register(app: typer.Typer) -> None:
             from xinfang.models.channel import check_channel_labels
 
             check_channel_labels(records, label, str(data))
+        duty, weak, weak_info = _knowledge(task, records, label, duty_list, history)
         parent = None
         if from_version:  # retraining loop: incremental training from a registered version
             from xinfang.commands.registry import train_from_version
@@ -89,7 +116,8 @@ def register(app: typer.Typer) -> None:
                                                 seed=seed, label_column=label, source=str(data))
         else:
             result = train_classifier(records, task=task, out_dir=out, label_column=label, base=base, recipe=rec,
-                                      seed=seed, source=str(data))
+                                      seed=seed, source=str(data), history=weak, history_info=weak_info,
+                                      duty_list=duty)
         m = result.metrics
         typer.echo(f"trained {task} model {result.version} in {result.seconds:.0f}s "
                    f"(train {result.n_train}, validation {result.n_val}): validation accuracy {m['accuracy']:.4f}, "
