@@ -131,12 +131,18 @@ def test_train_and_predict_cli(tmp_path: Path, tiny_encoder_dir: Path, service_m
                               "--base", str(tiny_encoder_dir), "--recipe", "tiny", "--out", str(tmp_path / "b")])
     assert res.exit_code != 0 and "row 1: empty label" in str(res.exception) + res.output
     out = tmp_path / "channel"
+    closed = _write_jsonl(tmp_path / "closed.jsonl", [
+        {"id": "x1", "title": "装修公司拒不退还定金", "text": "签了合同交了定金却一直不开工", "reply": "建议您通过法律途径解决。"},
+        {"id": "x2", "title": "举报村干部", "text": "村干部挪用扶贫资金", "reply": "已转县纪委调查处理。"},
+        {"id": "x3", "title": "咨询政策", "text": "落户需要什么材料", "reply": "根据政策规定，答复如下。"}])
     res = runner.invoke(app, ["train", "--task", "channel", "--data", str(DEMO_DATA_DIR / "petitions.jsonl"),
                               "--label-column", "channel", "--base", str(tiny_encoder_dir), "--recipe", "tiny",
-                              "--epochs", "2", "--out", str(out)])
+                              "--epochs", "2", "--history", str(closed), "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "2 of 3 closed cases" in res.output
     cfg = json.loads((out / "config.json").read_text("utf-8"))
     assert cfg["task"] == "channel" and cfg["label_column"] == "channel"
+    assert cfg["history"]["used"] == 2 and cfg["history"]["class_counts"] == {"纪检监察": 1, "诉讼仲裁复议": 1}
     topic, dept, _ = service_models[0]
     inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "t1", "title": "楼顶违章建筑请查处", "text": None},
                                                 {"id": "t2", "title": "咨询落户", "text": "请问新生儿落户流程"}])
