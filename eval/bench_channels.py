@@ -191,7 +191,11 @@ def main() -> None:
     ap.add_argument("--recipe", default="channel")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="channels")
+    ap.add_argument("--rescore", action="store_true", help="recompute the keyword fusion and the baselines of the "
+                    "last run from its saved out-of-fold probabilities (no training), with the current table")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore(args.name)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import torch
 
@@ -253,6 +257,37 @@ def main() -> None:
             write(report, args.name, final=False)
     report["baselines"] = {n: scores(cols["gold"], cols[n]) for n in ("always", "keywords", "tfidf")}
     write(report, args.name, final=True)
+
+
+def rescore(name: str) -> None:
+    """Fusion and baselines again from the saved per-fold probabilities (PROBS_DIR) of the run in `name`.json."""
+    path = REPORTS / f"{name}.json"
+    if not path.exists():
+        path = REPORTS / f"{name}.partial.json"
+    report = json.loads(path.read_text("utf-8"))
+    dev = load_records(SHARED_DATA_DIR / "channels_dev.jsonl")
+    ex = prepare_examples(dev, "channel", "channels_dev", min_class_count=1)
+    table = ChannelTable.load(CHANNEL_TABLE)
+    n_done = report.get("folds_done", 0)
+    fold_idx = [np.load(PROBS_DIR / f"fold{k}-test-index.npy") for k in range(n_done)]
+    te_all = np.concatenate(fold_idx)
+    gold = [ex.labels[i] for i in te_all]
+    report["baselines"]["keywords"] = scores(gold, [keyword_rule(table, ex.texts[i]) for i in te_all])
+    for vname, v in report.get("models", {}).items():
+        by_boost: dict[str, dict] = {}
+        for k, te in enumerate(fold_idx):
+            f = v["folds"][k]
+            probs = np.load(PROBS_DIR / f"{vname}-{k}.npy")
+            for boost in BOOSTS:
+                dec = ChannelDecider(ChannelTable(table.entries, boost, table.path), f["labels"], f["threshold"])
+                answers = [dec.decide(p, ex.texts[i]) for p, i in zip(probs, te, strict=True)]
+                bb = by_boost.setdefault(str(boost), {"pred": [], "auto": []})
+                bb["pred"] += [a["label"] for a in answers]
+                bb["auto"] += [not a["needs_review"] for a in answers]
+        v["by_boost"] = {b: scores(gold, bb["pred"], bb["auto"]) for b, bb in by_boost.items()}
+    report["rescored"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                          "table_keyword_boost": table.keyword_boost}
+    write(report, name, final=True)
 
 
 def write(report: dict, name: str, final: bool) -> None:
