@@ -43,6 +43,7 @@ log = logging.getLogger("bench_channels")
 REPORTS = REPO_ROOT / "eval" / "reports"
 FOUR = ["信访", "依法履职", "诉讼仲裁复议", "纪检监察"]
 BOOSTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+WEIGHTS = (0.0, 0.3, 0.5)  # keyword_weight: the keyword rule's vote mixed in
 PROBS_DIR = Path(tempfile.gettempdir()) / "xinfang-bench-channels"  # per-row probabilities stay out of the repo
 
 
@@ -95,11 +96,7 @@ def scores(gold: list[str], pred: list[str], auto: list[bool] | None = None) -> 
 
 
 def keyword_rule(table: ChannelTable, text: str) -> str:
-    hits = {c: len(e.keyword_hits(text)) for c, e in table.entries.items() if c != PETITION}
-    best = max(hits.values(), default=0)
-    if best == 0:
-        return PETITION
-    return next(c for c in CHANNELS if hits.get(c) == best)
+    return table.rule(text)
 
 
 def tfidf_svc(tr_texts: list[str], tr_y: list[str], te_texts: list[str]) -> list[str]:
@@ -278,15 +275,16 @@ def rescore(name: str) -> None:
         for k, te in enumerate(fold_idx):
             f = v["folds"][k]
             probs = np.load(PROBS_DIR / f"{vname}-{k}.npy")
-            for boost in BOOSTS:
-                dec = ChannelDecider(ChannelTable(table.entries, boost, table.path), f["labels"], f["threshold"])
+            for boost, weight in [(b, w) for w in WEIGHTS for b in BOOSTS]:
+                dec = ChannelDecider(ChannelTable(table.entries, boost, table.path, weight), f["labels"],
+                                     f["threshold"])
                 answers = [dec.decide(p, ex.texts[i]) for p, i in zip(probs, te, strict=True)]
-                bb = by_boost.setdefault(str(boost), {"pred": [], "auto": []})
+                bb = by_boost.setdefault(f"{boost}/{weight}", {"pred": [], "auto": []})
                 bb["pred"] += [a["label"] for a in answers]
                 bb["auto"] += [not a["needs_review"] for a in answers]
         v["by_boost"] = {b: scores(gold, bb["pred"], bb["auto"]) for b, bb in by_boost.items()}
     report["rescored"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                          "table_keyword_boost": table.keyword_boost}
+                          "table_keyword_boost": table.keyword_boost, "table_keyword_weight": table.keyword_weight}
     write(report, name, final=True)
 
 
@@ -323,13 +321,21 @@ def render(r: dict) -> str:
              + ", ".join(f"{k} {v}" for k, v in r["data"]["class_counts"].items())
              + f"), weak labels from attachment4_replies.jsonl. Recipe `{r['recipe']}`, base `{r['base']}`, "
              f"folds fine-tuned: {r.get('folds_done', 0)}.", "",
-             "Reproduce: `nice -n 10 .venv/bin/python eval/bench_channels.py --history --threads 1`.", "",
+             "Reproduce: `nice -n 10 .venv/bin/python eval/bench_channels.py --history --no-hand-only --threads 1`, "
+             "then `.venv/bin/python eval/bench_channels.py --rescore` (fusion and keyword baseline recomputed from "
+             "the run's saved out-of-fold probabilities with the current channel table"
+             + (f"; done {r['rescored']['date']}" if r.get("rescored") else "") + ").", "",
+             "Targets (issue 19, held-out part): accuracy ≥ 0.88, macro-F1 (4) ≥ 0.70, precision of non-信访 answers "
+             "on the auto-decided part ≥ 0.90. Caveats: the table's keyword_boost / keyword_weight were chosen on "
+             "these same folds, and three 纪检监察 keywords (书记, 村干部, 不作为) were removed after looking at the "
+             "dev set's hits, so the keyword rows are optimistic; the held-out part scored by the owners is the "
+             "real test.", "",
              "## Weak labels from replies (training/channel_replies.py) on the dev messages' own replies", "",
              "| tier | messages | coverage | precision vs hand labels |", "|---|---|---|---|"]
     e = r["extractor"]
     for t, v in e["tiers"].items():
         lines.append(f"| {t} | {v['n']} | {_f(v['coverage'])} | {_f(v['precision'])} |")
-    lines.append(f"| used (high + medium) | {e['used']['n']} | {_f(e['used']['coverage'])} | "
+    lines.append(f"| used for training (high) | {e['used']['n']} | {_f(e['used']['coverage'])} | "
                  f"{_f(e['used']['precision'])} |")
     lines.append(f"| undecided | {e['undecided']} | | |")
     lines += ["", "| channel | weak labels (used tiers) | their precision | hand labels | recall |", "|---|---|---|---|---|"]
@@ -351,16 +357,22 @@ def render(r: dict) -> str:
         lines.append(_row(names[n], s))
     for name, v in r.get("models", {}).items():
         for b, s in v["by_boost"].items():
-            label = f"{name}, keywords ×(1 + {b}·hits)" if float(b) else f"{name} (encoder + TF-IDF bundle)"
+            boost, _, weight = b.partition("/")
+            label = (f"{name}, keywords ×(1 + {boost}·hits)" if float(boost) else f"{name}") + (
+                f", rule vote {weight}" if weight and float(weight) else "") + (
+                " (encoder + TF-IDF bundle)" if not float(boost) and not (weight and float(weight)) else "")
             lines.append(_row(label + (f" [{v['n']} rows]" if v["n"] != r["data"]["dev"] else ""), s))
     for name, v in r.get("models", {}).items():
         secs = [f["train_seconds"] for f in v["folds"]]
         lines += ["", f"`{name}`: train {np.mean(secs):.0f} s per fold (mean), review thresholds "
                   + ", ".join(f"{f['threshold']:.2f}" for f in v["folds"]) + "; labels "
                   + ", ".join(v["folds"][0]["labels"]) + "."]
-        best = v["by_boost"].get(str(r.get("shipped_boost", 0.5))) or next(iter(v["by_boost"].values()))
+        shipped = r.get("rescored", {})
+        key = f"{shipped.get('table_keyword_boost', 0.5)}/{shipped.get('table_keyword_weight', 0.0)}"
+        best = v["by_boost"].get(key) or next(iter(v["by_boost"].values()))
         cm = best["confusion"]
-        lines += ["", f"Confusion ({name}, shipped boost; rows gold, columns predicted):", "",
+        lines += ["", f"Confusion ({name}, shipped table: keyword_boost / keyword_weight {key}; rows gold, "
+                  "columns predicted):", "",
                   "| | " + " | ".join(cm["labels"]) + " |", "|" + "---|" * (len(cm["labels"]) + 1)]
         for lab, row in zip(cm["labels"], cm["matrix"], strict=True):
             lines.append(f"| {lab} | " + " | ".join(map(str, row)) + " |")

@@ -19,8 +19,11 @@ Channels are the five of `CHANNELS`; a key outside them is an error naming it, a
 entry for a label the channel model can answer.
 
 Decision (`ChannelDecider.decide`): the model's calibrated probabilities are multiplied, for each non-信访
-channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in the message) and renormalised;
-the top channel is the answer, and its score decides review with the bundle's threshold. A non-信访 answer
+channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in the message) and renormalised,
+then mixed with the keyword rule's vote: `(1 - keyword_weight) * p + keyword_weight * onehot(rule)`, where the
+rule names the non-信访 channel with the most hits (else 信访). The model alone never names the rare channels
+(a few dev examples each); the vote lets a clear keyword case reach them, at a score that usually sends it to
+review. The top channel is the answer, and its score decides review with the bundle's threshold. A non-信访 answer
 always names its procedure and body and says why (`reason`: the model's score and the keywords seen).
 """
 
@@ -41,6 +44,7 @@ PETITION = "信访"
 ENTRY_KEYS = {"procedure", "body", "body_from", "keywords", "routes"}
 BODY_FROM = ("department",)
 DEFAULT_BOOST = 0.5
+DEFAULT_WEIGHT = 0.0
 
 
 @dataclass
@@ -88,6 +92,7 @@ class ChannelTable:
     entries: dict[str, ChannelEntry]
     keyword_boost: float = DEFAULT_BOOST
     path: Path | None = None
+    keyword_weight: float = DEFAULT_WEIGHT
 
     @classmethod
     def load(cls, path: str | Path) -> ChannelTable:
@@ -110,12 +115,15 @@ class ChannelTable:
         if not isinstance(root, dict) or not isinstance(root.get("channels"), dict) or not root["channels"]:
             raise DataError(f"{where}: a channel table is a mapping with a non-empty `channels:` mapping "
                             f"(channel -> procedure, body, keywords, routes)")
-        extra = set(root) - {"channels", "keyword_boost"}
+        extra = set(root) - {"channels", "keyword_boost", "keyword_weight"}
         if extra:
             raise DataError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}")
         boost = root.get("keyword_boost", DEFAULT_BOOST)
         if isinstance(boost, bool) or not isinstance(boost, int | float) or boost < 0:
             raise DataError(f"{where}: keyword_boost must be a number >= 0, got {boost!r}")
+        weight = root.get("keyword_weight", DEFAULT_WEIGHT)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < 1:
+            raise DataError(f"{where}: keyword_weight must be a number in [0, 1), got {weight!r}")
         entries = {}
         for name, item in root["channels"].items():
             key = f"{where}: channels.{name}"
@@ -147,7 +155,7 @@ class ChannelTable:
                                          _str(item.get("body"), f"{key}.body"), body_from, list(keywords), routes)
         if PETITION not in entries:
             raise DataError(f"{where}: channels.{PETITION} is required")
-        return cls(entries, float(boost), path)
+        return cls(entries, float(boost), path, float(weight))
 
     def check_labels(self, labels: list[str], where: str) -> None:
         """ModelError naming the first model label the table has no entry for."""
@@ -155,6 +163,12 @@ class ChannelTable:
             if lab not in self.entries:
                 raise ModelError(f"{where}: the channel model answers '{lab}' but the channel table "
                                  f"{self.path or ''} has no entry channels.{lab}")
+
+    def rule(self, text: str) -> str:
+        """The keyword rule: the non-信访 channel with the most keyword hits (ties: CHANNELS order), else 信访."""
+        hits = {c: len(e.keyword_hits(text)) for c, e in self.entries.items() if c != PETITION}
+        best = max(hits.values(), default=0)
+        return PETITION if best == 0 else next(c for c in CHANNELS if hits.get(c) == best)
 
     def resolve(self, channel: str, text: str, department: dict | None = None) -> tuple[str, str]:
         """(procedure, body) of `channel` for this petition text and department answer."""
@@ -179,7 +193,13 @@ class ChannelDecider:
         hits = {lab: self.table.entries[lab].keyword_hits(text) for lab in self.labels if lab != PETITION}
         factor = np.array([1.0 + self.table.keyword_boost * min(len(hits.get(lab, [])), 2) for lab in self.labels])
         p = np.asarray(probs, dtype=np.float64) * factor
-        return p / p.sum(), {k: v for k, v in hits.items() if v}
+        p = p / p.sum()
+        w = self.table.keyword_weight
+        vote = self.table.rule(text)
+        if w > 0 and vote in self.labels:
+            p = (1 - w) * p
+            p[self.labels.index(vote)] += w
+        return p, {k: v for k, v in hits.items() if v}
 
     def decide(self, probs: np.ndarray, text: str, department: dict | None = None, top_k: int = 3) -> dict:
         """{label, score, top, reason, procedure, body, needs_review} for one petition."""

@@ -77,6 +77,7 @@ def test_shipped_table_and_errors_naming_the_key(tmp_path: Path) -> None:
                "channels.信访.routes[0].pattern",
            "channels:\n  信访: {procedure: a, body: b, colour: red}\n": "colour",
            "keyword_boost: -1\nchannels:\n  信访: {procedure: a, body: b}\n": "keyword_boost",
+           "keyword_weight: 1\nchannels:\n  信访: {procedure: a, body: b}\n": "keyword_weight",
            "- 信访\n": "channels"}
     for text, key in bad.items():
         with pytest.raises(DataError, match=key.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
@@ -87,7 +88,8 @@ def test_shipped_table_and_errors_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_decision_fuses_keywords_and_names_procedure_and_body() -> None:
-    table = ChannelTable.load(CHANNEL_TABLE)
+    shipped = ChannelTable.load(CHANNEL_TABLE)
+    table = ChannelTable(shipped.entries, 0.5, shipped.path, 0.0)  # keyword re-weighting alone
     labels = ["依法履职", "信访", "纪检监察", "诉讼仲裁复议"]
     dec = ChannelDecider(table, labels, threshold=0.55)
     probs = np.array([0.40, 0.45, 0.05, 0.10])
@@ -106,6 +108,12 @@ def test_decision_fuses_keywords_and_names_procedure_and_body() -> None:
     assert court["body"] == "人民法院"
     graft = dec.decide(np.array([0.1, 0.2, 0.6, 0.1]), "村支书贪污扶贫款。")
     assert graft["body"] == "纪检监察机关" and not graft["needs_review"]
+    # the keyword rule's vote lets a clear keyword case reach a rare channel the model does not see
+    voted = ChannelDecider(ChannelTable(shipped.entries, 0.0, shipped.path, 0.6), labels, threshold=0.55)
+    ans = voted.decide(np.array([0.05, 0.9, 0.02, 0.03]), "举报村支书贪污受贿。")
+    assert ans["label"] == "纪检监察" and "贪污" in ans["reason"]
+    assert voted.decide(np.array([0.05, 0.9, 0.02, 0.03]), "路灯不亮。")["label"] == "信访"
+    assert shipped.rule("举报村支书贪污受贿。") == "纪检监察" and shipped.rule("路灯不亮") == "信访"
 
 
 def test_channel_labels_checked_naming_the_row() -> None:
