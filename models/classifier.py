@@ -22,23 +22,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from xinfang.errors import DataError, ModelError
 from xinfang.hashing import sha256_file
 
-__all__ = ["ClassifierBundle", "write_manifest", "verify_manifest", "mean_pool", "petition_input"]
+__all__ = ["ClassifierBundle", "write_manifest", "verify_manifest", "read_manifest", "manifest_version", "mean_pool",
+           "petition_input"]
 
 BUNDLE_FORMAT = "xinfang-classifier/1"
 MANIFEST = "manifest.json"
 ENCODER_DIR = "encoder"
 DUTY_LIST_FILE = "duty_list.yaml"  # department bundles: the duty list they were trained with (routing evidence)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 REQUIRED = ("head.safetensors", "labels.json", "config.json", f"{ENCODER_DIR}/config.json")
 
 
+
+
+def manifest_version(files: dict[str, str]) -> str:
+    """The bundle version: the first 16 hex digits of the sha256 of the manifest's {file: sha256} map."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def write_manifest(bundle_dir: Path) -> str:
@@ -46,7 +54,7 @@ def write_manifest(bundle_dir: Path) -> str:
     bundle_dir = Path(bundle_dir)
     files = {p.relative_to(bundle_dir).as_posix(): sha256_file(p)
              for p in sorted(bundle_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    version = manifest_version(files)
     (bundle_dir / MANIFEST).write_text(json.dumps({"format": BUNDLE_FORMAT, "version": version, "files": files},
                                                   indent=2, ensure_ascii=False), encoding="utf-8")
     return version
@@ -58,11 +66,8 @@ def verify_manifest(bundle_dir: Path) -> dict:
     path = bundle_dir / MANIFEST
     if not path.exists():
         raise ModelError(f"{bundle_dir}: not a model bundle (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: unreadable manifest ({exc})") from exc
+    manifest = read_manifest(bundle_dir)
+    files = manifest["files"]
     for name in REQUIRED:
         if name not in files:
             raise ModelError(f"{bundle_dir}: manifest does not list required file {name}")
@@ -73,6 +78,34 @@ def verify_manifest(bundle_dir: Path) -> dict:
         if sha256_file(f) != digest:
             raise ModelError(f"{bundle_dir}: file {name} does not match its sha256 in the manifest "
                              "(modified or corrupted)")
+    return manifest
+
+
+def read_manifest(bundle_dir: Path) -> dict:
+    """manifest.json of a bundle, checked for shape: every entry a relative path that stays inside the bundle
+    with a sha256 digest, and `version` the one computed from the entries (ModelError naming what is wrong).
+    The file digests themselves are checked by verify_manifest."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: unreadable manifest ({exc})") from exc
+    root = bundle_dir.resolve()
+    for name, digest in files.items():
+        rel = PurePosixPath(name)
+        if (not name or rel.is_absolute() or "\\" in name or any(part in ("", ".", "..") for part in name.split("/"))
+                or not (root / rel).resolve().is_relative_to(root)):
+            raise ModelError(f"{path}: manifest entry {name!r} is not a relative path inside the bundle")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ModelError(f"{path}: manifest entry {name!r} has no sha256 digest")
+    version = manifest_version(files)
+    if manifest.get("version") != version:
+        raise ModelError(f"{path}: manifest version {str(manifest.get('version'))[:40]!r} is not the one its files "
+                         f"give ({version})")
     return manifest
 
 
@@ -100,7 +133,7 @@ class ClassifierBundle:
     """A loaded, verified classifier bundle. Inference is thread-safe (read-only model, locked tokenizer)."""
 
     def __init__(self, path: Path, config: dict, labels: list[str], tokenizer, encoder, head_w, head_b,
-                 version: str, metrics: dict | None = None, tfidf=None, duty_list=None) -> None:
+                 version: str, metrics: dict | None = None, tfidf=None, duty_list=None, routing=None) -> None:
         self.path = Path(path)
         self.config = config
         self.labels = list(labels)
@@ -112,6 +145,7 @@ class ClassifierBundle:
         self.metrics = metrics or {}
         self.tfidf = tfidf  # TfidfHead of the ensemble, or None (encoder only)
         self.duty_list = duty_list  # DutyList the bundle was trained with (department), or None
+        self.routing = routing  # RoutingModel over model + duty-list evidence (department), or None
         self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call concurrently
 
     # ----- identity -----
@@ -151,7 +185,7 @@ class ClassifierBundle:
         path = Path(path)
         if not path.is_dir():
             raise ModelError(f"{path}: model bundle directory not found")
-        manifest = verify_manifest(path) if verify else json.loads((path / MANIFEST).read_text("utf-8"))
+        manifest = verify_manifest(path) if verify else read_manifest(path)
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
             labels = json.loads((path / "labels.json").read_text(encoding="utf-8"))
@@ -163,7 +197,8 @@ class ClassifierBundle:
         try:
             head = load_file(str(path / "head.safetensors"))
             tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR, local_files_only=True)
-            encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True)
+            # safetensors only: a bundle whose encoder weights are a pickle is refused, never unpickled
+            encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True, use_safetensors=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: cannot load encoder/head ({exc})") from exc
         encoder.eval()
@@ -182,8 +217,15 @@ class ClassifierBundle:
             from xinfang.models.duty_list import DutyList
 
             duty = DutyList.load(path / DUTY_LIST_FILE)
+        routing = None
+        if config.get("routing"):
+            from xinfang.models.routing import ROUTING_FILE, RoutingModel
+
+            routing = RoutingModel.load(path / ROUTING_FILE)
+            if routing.labels != labels:
+                raise ModelError(f"{path}: {ROUTING_FILE} labels differ from labels.json")
         return cls(path, config, labels, tokenizer, encoder, head["weight"], head["bias"], manifest["version"], metrics,
-                   tfidf, duty)
+                   tfidf, duty, routing)
 
     # ----- inference -----
     def _tokenize(self, texts: list[str]):

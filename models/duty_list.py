@@ -15,7 +15,9 @@ department (training/reply_units.py). A special entry `department: 通用` may l
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +51,7 @@ class DutyList:
     path: Path | None = None
     generic_units: list[str] = field(default_factory=list)
     text: str = ""  # the YAML it was parsed from (a bundle keeps it as written, comments included)
+    _index: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def source_text(self) -> str:
         return self.text
@@ -129,6 +132,31 @@ class DutyList:
             raise DataError(f"{self.path or 'duty list'}: department(s) {unknown} are not labels of the department "
                             f"model ({len(labels)} labels: {', '.join(labels)})")
 
+    def remit_similarity(self, text: str) -> dict[str, float]:
+        """Cosine of the petition's char bigrams with each department's remit + keywords (tf-idf, the idf taken
+        over the duty list's own entries, so bigrams that every remit shares weigh little)."""
+        vecs, idf, unseen = self._remit_index()
+        grams = _bigrams(text)
+        if not grams:
+            return {}
+        p = {g: (1 + math.log(c)) * idf.get(g, unseen) for g, c in grams.items()}
+        norm = math.sqrt(sum(v * v for v in p.values()))
+        return {d: sum(p[g] * w for g, w in v.items() if g in p) / norm for d, v in vecs.items() if v}
+
+    def _remit_index(self):
+        if self._index is None:
+            docs = {e.department: _bigrams(e.remit + " " + " ".join(e.keywords)) for e in self.entries}
+            df: Counter = Counter(g for grams in docs.values() for g in grams)
+            n = len(docs)
+            idf = {g: math.log(1 + n / c) for g, c in df.items()}
+            vecs = {}
+            for d, grams in docs.items():
+                v = {g: (1 + math.log(c)) * idf[g] for g, c in grams.items()}
+                norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
+                vecs[d] = {g: x / norm for g, x in v.items()}
+            self._index = (vecs, idf, math.log(1 + n))
+        return self._index
+
     def pattern_departments(self, text: str) -> list[str]:
         return [e.department for e in self.entries if e.pattern_hit(text)]
 
@@ -145,6 +173,17 @@ class DutyList:
             for d in owners.get(t, []):
                 prior[d] = prior.get(d, 0.0) + p / len(owners[t])
         return prior
+
+
+_HAN = re.compile(r"[\u4e00-\u9fff]+|[A-Za-z0-9]+")
+
+
+def _bigrams(text: str) -> Counter:
+    """Char bigrams within runs of Chinese characters (and of letters/digits); punctuation breaks runs."""
+    out: Counter = Counter()
+    for run in _HAN.findall(text or ""):
+        out.update(run[i:i + 2] for i in range(len(run) - 1))
+    return out
 
 
 def _str_list(where: str, line: int, dept: str, item: dict, key: str) -> list[str]:

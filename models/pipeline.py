@@ -42,7 +42,8 @@ class ClassificationPipeline:
         if duty_list is None and dept is not None:
             duty_list = dept.duty_list  # the duty list the department model was trained with
         self.duty = duty_list
-        self.router = Router(duty_list, dept.labels if dept else None) if (dept or duty_list) else None
+        self.router = Router(duty_list, dept.labels if dept else None, dept.routing if dept else None) \
+            if (dept or duty_list) else None
         self.channel = None
         if "channel" in bundles:
             from xinfang.settings import CHANNEL_TABLE
@@ -102,7 +103,9 @@ class ClassificationPipeline:
                 answer = self.router.route(text, dp, tp, top_k)
                 if answer is not None:
                     row["department"] = answer
-                    if dept is not None and not self._pattern_decided(text):
+                    if dept is not None and dept.routing is not None:  # one decision, its own threshold
+                        review |= answer["score"] < dept.routing.threshold
+                    elif dept is not None and not self._pattern_decided(text):
                         review |= dept.needs_review(answer["score"])
                     elif dept is None and not self._pattern_decided(text) and answer["score"] < 0.5:
                         review = True  # a topic-prior guess that splits its mass is not sure enough

@@ -6,7 +6,13 @@ Duty list: a YAML list of entries
       patterns: ["(公交|客运).{0,6}(停运|改线)"]   # Python regexes
       topics: [交通运输]                  # topic labels whose petitions this department usually handles
 
-Precedence (first rule that applies decides; documented in the README as well):
+With a department bundle that carries a fitted routing model (`routing.json`, models/routing.py), the answer is
+one calibrated decision over the model's probabilities and the duty list's keyword, pattern and remit evidence:
+scores are probabilities summing to 1, nothing overrides them, and the answer says which evidence decided it
+(`"evidence": {"decided_by": "keywords", "margin": {...}, "keywords": [...]}`). A duty-list edit changes the
+answers without retraining.
+
+Otherwise (a bundle without one, or no department model) the rules below apply, first that applies decides:
 1. **Pattern** — if a duty-list regex matches the normalised petition text, that entry's department wins
    outright (score 1.0), overriding the model. If several entries match, the first in file order wins;
    the others follow it in `top`.
@@ -29,7 +35,9 @@ import re
 
 import numpy as np
 
+from xinfang.errors import ModelError
 from xinfang.models.duty_list import DutyList
+from xinfang.models.routing import RoutingModel, evidence
 
 __all__ = ["Router", "extract_jurisdiction", "jurisdiction_levels"]
 
@@ -112,13 +120,19 @@ def extract_jurisdiction(text: str | None) -> str | None:
 class Router:
     """Combine a duty list and/or department-model probabilities into the department answer."""
 
-    def __init__(self, duty_list: DutyList | None = None, labels: list[str] | None = None) -> None:
+    def __init__(self, duty_list: DutyList | None = None, labels: list[str] | None = None,
+                 routing: RoutingModel | None = None) -> None:
         self.duty = duty_list
         self.model_labels = list(labels or [])
+        if routing is not None and routing.labels != self.model_labels:
+            raise ModelError("routing model labels differ from the department model's")
+        self.routing = routing
 
     def route(self, text: str, dept_probs: np.ndarray | None = None, topic_probs: dict[str, float] | None = None,
               top_k: int = 3) -> dict | None:
         """One department answer: {"label", "score", "top", "jurisdiction", "display"} (None if no source)."""
+        if self.routing is not None and dept_probs is not None:
+            return self._decide(text, dept_probs, top_k)
         scores: dict[str, float] = {}
         if dept_probs is not None:
             scores = {lab: float(p) for lab, p in zip(self.model_labels, dept_probs, strict=True)}
@@ -153,6 +167,8 @@ class Router:
         """(n, len(labels)) routed scores over the model's labels, rows summing to 1: the ranking `route` gives
         (pattern winners first), for scoring routed answers with the usual classification metrics. Departments
         outside the model's labels are dropped."""
+        if self.routing is not None:
+            return self.routing.proba(evidence(texts, dept_probs, self.model_labels, self.duty))
         col = {lab: j for j, lab in enumerate(self.model_labels)}
         out = np.zeros((len(texts), len(self.model_labels)))
         for i, (text, p) in enumerate(zip(texts, dept_probs, strict=True)):
@@ -164,6 +180,19 @@ class Router:
                 out[i, col[lab]] = max(prev, 0.0)
             out[i] /= out[i].sum() or 1.0
         return out
+
+    def _decide(self, text: str, dept_probs: np.ndarray, top_k: int) -> dict:
+        f = evidence([text], dept_probs[None, :], self.model_labels, self.duty)
+        p = self.routing.proba(f)[0]
+        order = np.argsort(-p, kind="stable")
+        ranked = [(self.model_labels[j], float(p[j])) for j in order]
+        ans = self._answer(text, ranked, top_k)
+        margin = self.routing.decided_by(f[0], int(order[0]), int(order[1])) if len(order) > 1 else {}
+        top = ranked[0][0]
+        entry = self.duty.entry(top) if self.duty is not None else None
+        ans["evidence"] = {"decided_by": max(margin, key=margin.get) if margin else "model", "margin": margin,
+                           "keywords": [k for k in entry.keywords if k in text] if entry else []}
+        return ans
 
     @staticmethod
     def _answer(text: str, ranked: list[tuple[str, float]], top_k: int) -> dict:

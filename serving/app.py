@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 import xinfang
 from xinfang.serving.config import ServiceConfig
 from xinfang.serving.errors import install_handlers
-from xinfang.serving.observability import ServiceMiddleware, configure_json_logging
+from xinfang.serving.observability import PAGE_CSP, ServiceMiddleware, configure_json_logging
 from xinfang.serving.routes import ops_router, v1
 from xinfang.serving.service import Service
 
@@ -44,7 +44,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             await run_in_threadpool(svc.stop)
 
     app = FastAPI(title="xinfang", version=xinfang.__version__ if hasattr(xinfang, "__version__") else "0",
-                  description=DESCRIPTION, lifespan=lifespan)
+                  description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = svc
     install_handlers(app)
     app.include_router(v1)
@@ -57,5 +57,41 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         def _ui_redirect() -> RedirectResponse:
             return RedirectResponse("/ui/")
 
+    if config.docs:
+        mount_docs(app)
     app.add_middleware(ServiceMiddleware, metrics=svc.metrics, max_body_bytes=config.limits.max_body_bytes)
     return app
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>xinfang API</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script><script src="/docs/init.js"></script></body></html>
+"""
+DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", validatorUrl: null,
+  deepLinking: true, presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout"});
+"""
+# Swagger UI sets inline styles on its elements; scripts still come only from this origin.
+DOCS_CSP = PAGE_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+
+
+def mount_docs(app: FastAPI) -> bool:
+    """Swagger UI at /docs with its assets from the swagger-ui-bundle package (never a CDN); False when the
+    package is not installed (then there is no /docs)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        logging.getLogger("xinfang.serving").warning("swagger-ui-bundle not installed: no /docs")
+        return False
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_HTML, headers={"Content-Security-Policy": DOCS_CSP})
+
+    @app.get("/docs/init.js", include_in_schema=False)
+    def _docs_init() -> Response:
+        return Response(DOCS_INIT, media_type="text/javascript")
+
+    return True

@@ -25,6 +25,10 @@
 | XINFANG_INDEX_SAVE_SECONDS | 30 | ... or this many seconds after the first unsaved write (and on shutdown) |
 | XINFANG_INDEX_SYNC_SECONDS | 0 | >0: re-reconcile the index with the store this often (set automatically with --workers > 1) |
 | XINFANG_REPEAT_K | 5 | repeat candidates returned by default |
+| XINFANG_AUTH_FAIL_LIMIT | 30 | unknown/revoked keys from one client address ... |
+| XINFANG_AUTH_FAIL_SECONDS | 60 | ... within this many seconds: 429 with Retry-After for that address until the oldest ages out |
+| XINFANG_DOCS | on | `off`: no Swagger UI at /docs (it is served from the swagger-ui-bundle package, never a CDN) |
+| XINFANG_PG_BIN | (PATH, then the newest /usr/lib/postgresql/*/bin) | where `xinfang backup`/`restore` find pg_dump and pg_restore |
 
 Limits that shape the request schemas (max batch, text and title length) are read once at import, so the
 OpenAPI document states the limits in force.
@@ -66,6 +70,15 @@ def _env_float(name: str, default: float) -> float:
         raise XinfangError(f"{name}={raw!r}: not a number") from exc
 
 
+def _env_switch(name: str, default: bool) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+        raise XinfangError(f"{name}={raw!r}: expected on or off")
+    return raw in ("on", "1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Request limits; they shape the pydantic schemas (and so the OpenAPI document)."""
@@ -86,6 +99,12 @@ class Limits:
 
 
 LIMITS = Limits.from_env()
+
+
+def pg_bin_dir() -> Path | None:
+    """XINFANG_PG_BIN: the directory of pg_dump/pg_restore, when set."""
+    raw = (os.environ.get("XINFANG_PG_BIN") or "").strip()
+    return Path(raw).expanduser() if raw else None
 
 
 def parse_search_params(value: str) -> dict[str, int]:
@@ -124,6 +143,9 @@ class ServiceConfig:
     index_save_seconds: float = 30.0
     index_sync_seconds: float = 0.0
     repeat_k: int = 5
+    auth_fail_limit: int = 30
+    auth_fail_seconds: float = 60.0
+    docs: bool = True
     limits: Limits = field(default_factory=lambda: LIMITS)
 
     def __post_init__(self) -> None:
@@ -208,4 +230,7 @@ class ServiceConfig:
             index_save_seconds=_env_float("XINFANG_INDEX_SAVE_SECONDS", 30.0),
             index_sync_seconds=_env_float("XINFANG_INDEX_SYNC_SECONDS", 0.0),
             repeat_k=_env_int("XINFANG_REPEAT_K", 5, 1),
+            auth_fail_limit=_env_int("XINFANG_AUTH_FAIL_LIMIT", 30, 1),
+            auth_fail_seconds=_env_float("XINFANG_AUTH_FAIL_SECONDS", 60.0),
+            docs=_env_switch("XINFANG_DOCS", True),
         )

@@ -13,7 +13,7 @@ log = logging.getLogger("xinfang.serving")
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_request",
-          503: "unavailable"}
+          429: "too_many_requests", 503: "unavailable"}
 
 
 class ApiError(Exception):
@@ -65,13 +65,20 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # e.g. a body that is not UTF-8
-            msg = "body is not valid JSON (UTF-8)"
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # the JSON decoder gave up
+            msg = _parse_failure(exc.__cause__)
             return error_response(request, 422, "invalid_request", f"body: {msg}", [{"field": "body", "message": msg}])
         code = _CODES.get(exc.status_code, "error")
         return error_response(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    # Any other exception is answered by ServiceMiddleware (500 with the request id, connection kept).
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
-        log.exception("unhandled error (request %s)", _rid(request))
-        return error_response(request, 500, "internal_error", "internal error; see the server log")
+
+def _parse_failure(cause: BaseException | None) -> str:
+    """Why a body the JSON decoder could not read was refused, in words (never echoing the body)."""
+    if isinstance(cause, RecursionError):
+        return "body is nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return "body is not valid UTF-8"
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # int() limit of Python (4300 digits)
+        return "body has an integer with too many digits"
+    return "body is not valid JSON (UTF-8)"

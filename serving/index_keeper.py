@@ -123,9 +123,10 @@ class IndexKeeper:
     def _mark(self, n: int) -> None:
         with self._cond:
             self._dirty += n
-            if self._dirty_since is None:
+            first = self._dirty_since is None
+            if first:
                 self._dirty_since = time.monotonic()
-            if self._dirty >= self.save_every:
+            if first or self._dirty >= self.save_every:  # the first unsaved write starts the saver's timer
                 self._cond.notify_all()
         if self.on_change:
             self.on_change(len(self.index))

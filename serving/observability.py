@@ -1,4 +1,6 @@
-"""JSON-lines logs, Prometheus metrics and the ASGI middleware that records both and enforces the body limit.
+"""JSON-lines logs, Prometheus metrics and the ASGI middleware that records both, enforces the body limit,
+adds the browser security headers and answers any unexpected error itself (500 with the request id, the
+connection kept usable).
 
 Access log lines carry request id, method, route template, status, timing, key name and petition ids --
 never petition text, titles or petitioner names.
@@ -17,6 +19,26 @@ from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 access_log = logging.getLogger("xinfang.access")
+log = logging.getLogger("xinfang.serving")
+# HTML pages (the caseworker page, /docs) load only their own scripts and styles, are never framed and send no
+# referrer; the caseworker's key lives in the page's sessionStorage.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+_COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                   (b"x-frame-options", b"DENY")]
+
+
+def security_headers(headers: list[tuple[bytes, bytes]], page_csp: str = PAGE_CSP) -> list[tuple[bytes, bytes]]:
+    """The response headers plus nosniff, Referrer-Policy, X-Frame-Options and a Content-Security-Policy;
+    headers the app already set are kept."""
+    present = {k.lower() for k, _ in headers}
+    ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+    # API answers (JSON, metrics text) get the strictest policy; pages, their assets and bodiless answers such as a
+    # 304 revalidating a cached page keep the page's (a browser merges a 304's headers into the cached page)
+    csp = API_CSP if ctype.startswith((b"application/json", b"text/plain")) else page_csp
+    extra = [(k, v) for k, v in [*_COMMON_HEADERS, (b"content-security-policy", csp.encode())] if k not in present]
+    return list(headers) + extra
 _RID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -68,6 +90,10 @@ class Metrics:
         self.index_saves = Counter("xinfang_index_saves", "Index saves to disk", registry=r)
         self.petitions_created = Counter("xinfang_petitions_created", "Petitions stored", registry=r)
         self.reloads = Counter("xinfang_model_reloads", "Model reloads", ["result"], registry=r)
+        self.auth_failures = Counter("xinfang_auth_failures", "Requests with an unknown or revoked API key",
+                                     registry=r)
+        self.auth_throttled = Counter("xinfang_auth_throttled", "Requests refused with 429 after too many failed "
+                                      "authentications from their address", registry=r)
 
     def on_batch(self, kind: str, size: int, seconds: float) -> None:
         self.batch_size.labels(kind).observe(size)
@@ -96,13 +122,13 @@ class ServiceMiddleware:
         rid = rid if _RID.match(rid) else uuid.uuid4().hex[:16]
         state = scope.setdefault("state", {})
         state["request_id"] = rid
-        status_holder = {"status": 500}
+        status_holder = {"status": 500, "started": False}
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+                status_holder["status"], status_holder["started"] = message["status"], True
+                headers = list(message.get("headers", [])) + [(b"x-request-id", rid.encode())]
+                message["headers"] = security_headers(headers)
             await send(message)
 
         too_large = False
@@ -128,6 +154,10 @@ class ServiceMiddleware:
                 await self._reject_413(send_wrapper, rid)
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception as exc:  # anything no handler answered: logged (type and traceback) and answered here
+            log.error("unhandled error (request %s): %s", rid, type(exc).__name__, exc_info=True)
+            if not status_holder["started"]:
+                await self._reject(send_wrapper, 500, "internal_error", "internal error; see the server log", rid)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or ("unmatched" if status_holder["status"] == 404 else "other")
@@ -142,9 +172,13 @@ class ServiceMiddleware:
             })
 
     async def _reject_413(self, send: Any, rid: str) -> None:
-        body = json.dumps({"error": "payload_too_large", "message": f"request body larger than {self.max_body} "
-                           "bytes", "request_id": rid}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await self._reject(send, 413, "payload_too_large", f"request body larger than {self.max_body} bytes", rid,
+                           close=True)
+
+    @staticmethod
+    async def _reject(send: Any, status: int, error: str, message: str, rid: str, close: bool = False) -> None:
+        body = json.dumps({"error": error, "message": message, "request_id": rid}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": headers + ([(b"connection", b"close")] if close else [])})
         await send({"type": "http.response.body", "body": body})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -91,9 +92,23 @@ def _quantize(src: Path, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_CACHE_NAME = re.compile(r"[a-z]{1,32}-[0-9a-f]{16}")
+
+
+def cache_folder(cache_dir: Path, task: str, version: str) -> Path:
+    """`<cache>/<task>-<version>`, refused (ModelError) unless it is a plain name inside the cache: the version
+    is the 16-hex-digit hash recomputed from the bundle's files (models.classifier.read_manifest)."""
+    name = f"{task}-{version}"
+    root = Path(cache_dir).resolve()
+    folder = root / name
+    if not _CACHE_NAME.fullmatch(name) or folder.resolve().parent != root:
+        raise ModelError(f"bundle task/version {name[:80]!r} cannot name an ONNX cache folder")
+    return folder
+
+
 def onnx_model_path(bundle, runtime: str, cache_dir: Path) -> Path:
     """The cached ONNX file of a bundle for `runtime` (exported/quantized on first use)."""
-    folder = Path(cache_dir) / f"{bundle.task}-{bundle.version}"
+    folder = cache_folder(cache_dir, bundle.task, bundle.version)
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / "model.onnx"
     t0 = time.perf_counter()

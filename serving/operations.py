@@ -30,7 +30,7 @@ def _time_str(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.strftime("%Y-%m-%d %H:%M:%S")
+    return value.isoformat(sep=" ", timespec="seconds")  # zero-padded years (strftime drops them before 1000)
 
 
 def finder_petition(p: dict) -> dict:
@@ -123,7 +123,8 @@ async def _no_repeats() -> list[list[dict]]:
 
 async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]:
     """Store, classify, index; (201, answer) or, for an identical retry of a client id, (200, same answer)."""
-    body = req.model_dump(mode="json")
+    body = req.model_dump(mode="json")  # received_at in UTC, title/petitioner/channel stripped (schemas)
+    body["text"] = req.text.strip()  # surrounding whitespace does not make another request
     rhash = request_hash(body)
     if req.id:
         stored = await run_in_threadpool(svc.store.get_petition_row, req.id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +34,7 @@ from xinfang.serving.schemas import (
     ReloadRequest,
     RepeatSearchRequest,
     RepeatsResponse,
+    UTCDateTime,
 )
 from xinfang.serving.service import ReloadBusy, Service
 
@@ -93,8 +93,8 @@ def list_petitions(
                                                "(labels.channel.label, e.g. 诉讼仲裁复议)")] = None,
     needs_review: bool | None = None,
     has_repeats: Annotated[bool | None, Query(description="Likely repeats were found at intake")] = None,
-    since: Annotated[datetime | None, Query(description="Stored at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="Stored before (ISO 8601)")] = None,
+    since: Annotated[UTCDateTime | None, Query(description="Stored at or after (ISO 8601)")] = None,
+    until: Annotated[UTCDateTime | None, Query(description="Stored before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     _: Principal = Depends(require("caseworker")),
@@ -158,13 +158,14 @@ def list_feedback(pid: PidPath, request: Request, _: Principal = Depends(require
 
 
 # ---------------------------------------------------------------------------- models
-def _models_body(svc: Service) -> dict:
+def _models_body(svc: Service, admin: bool = True) -> dict:
+    """What is served; server file paths only for admin keys."""
     m = svc.models
     if m is None:
         raise ApiError(503, "models_unavailable", f"classification models are not loaded: {svc.model_error}")
     emb = svc.embedder
     scorer = svc.scorer
-    return {
+    body = {
         "runtime": m.runtime, "models": m.info, "model_dirs": [str(p) for p in m.model_dirs],
         "embedder": {"encoder": str(emb.encoder_dir), "dim": emb.dim, "fingerprint": emb.fingerprint,
                      "prefix": emb.prefix, "max_length": emb.max_length},
@@ -172,12 +173,26 @@ def _models_body(svc: Service) -> dict:
                            "created_at": scorer.created_at} if scorer else None),
         "index": svc.keeper.index.info(), "loaded_at": m.loaded_at, "generation": m.generation,
     }
+    return body if admin else redact_paths(body)
+
+
+def _without_paths(value):
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+    return [_without_paths(v) for v in value] if isinstance(value, list) else value
+
+
+def redact_paths(body: dict) -> dict:
+    """The /v1/models answer without server file paths (for intake and caseworker keys)."""
+    out = _without_paths({**body, "model_dirs": []})
+    out["embedder"].pop("encoder", None)
+    return out
 
 
 @v1.get("/models", response_model=ModelsResponse, tags=["models"], responses=_err(*AUTH, 503),
-        summary="Models being served (any role)")
-def get_models(request: Request, _: Principal = Depends(require(*ANY_ROLE))) -> dict:
-    return _models_body(service(request))
+        summary="Models being served (any role; file paths for admin keys only)")
+def get_models(request: Request, who: Principal = Depends(require(*ANY_ROLE))) -> dict:
+    return _models_body(service(request), admin=who.role == "admin")
 
 
 @v1.post("/models/reload", response_model=ModelsResponse, tags=["models"], responses=_err(*AUTH, 409, 503),
@@ -191,8 +206,9 @@ async def reload_models(request: Request, body: ReloadRequest | None = None,
         await run_in_threadpool(svc.reload, dirs, duty, who.name)
     except ReloadBusy as exc:
         raise ApiError(409, "reload_in_progress", str(exc)) from exc
-    except (XinfangError, OSError, ValueError) as exc:
-        await run_in_threadpool(svc.store.audit, who.name, "models.reload.refused", [str(p) for p in dirs or []])
+    except XinfangError as exc:  # Service.reload turns every load failure into a ModelError
+        refused = [str(p) for p in dirs or ["configured"]] + ([f"duty_list:{duty}"] if duty else [])
+        await run_in_threadpool(svc.store.audit, who.name, "models.reload.refused", refused)
         raise ApiError(409, "model_refused", f"bundle refused, the previous models stay in service: {exc}",
                        field="body.model_dirs") from exc
     return _models_body(svc)

@@ -7,7 +7,7 @@ no control characters other than tab/newline/carriage return. A failure is a 422
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -40,7 +40,21 @@ def _not_blank(value: str) -> str:
 
 
 def _blank_to_none(value: str | None) -> str | None:
-    return value if value is None or value.strip() else None
+    """Surrounding whitespace dropped; blank -> None."""
+    return value.strip() or None if value is not None else None
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware UTC datetime (no zone: taken as UTC); ValueError when the instant is outside years 1..9999."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("date out of range: in UTC it must fall within years 1..9999") from exc
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(to_utc)]
 
 
 PetitionId = Annotated[str, StringConstraints(pattern=ID_PATTERN),
@@ -102,12 +116,21 @@ class TopicPrediction(BaseModel):
     top: list[LabelScore]
 
 
+class RoutingEvidence(BaseModel):
+    decided_by: str = Field(description="The evidence with the largest part of the winner's margin: model, "
+                                        "keywords, patterns or remit")
+    margin: dict[str, float] = Field(description="Each evidence term's part of the margin over the runner-up")
+    keywords: list[str] = Field(description="Duty-list keywords of the chosen department found in the petition")
+
+
 class DepartmentPrediction(BaseModel):
     label: str
     score: float
     top: list[LabelScore]
     jurisdiction: str | None = Field(None, description="Level or area responsible (e.g. 市级, A3区)")
     display: str | None = Field(None, description="Human-readable department name")
+    evidence: RoutingEvidence | None = Field(None, description="Why this department (bundles with a routing "
+                                                               "model; see models/routing.py)")
 
 
 class ChannelPrediction(BaseModel):
@@ -151,7 +174,7 @@ class PetitionCreate(_In):
     title: Title | None = None
     text: Text
     petitioner: Short | None = Field(None, description="Name or id of the petitioner (never logged)")
-    received_at: datetime | None = Field(None, description="ISO 8601; without a zone it is taken as UTC")
+    received_at: UTCDateTime | None = Field(None, description="ISO 8601; without a zone it is taken as UTC")
     channel: Annotated[str, StringConstraints(max_length=64), AfterValidator(_clean)] | None = None
 
     @model_validator(mode="after")

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from xinfang.errors import ModelError, XinfangError
+from xinfang.serving.auth import AuthThrottle
 from xinfang.serving.batcher import MicroBatcher
 from xinfang.serving.config import ServiceConfig
 from xinfang.serving.index_keeper import IndexKeeper
@@ -100,6 +102,7 @@ class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.auth_throttle = AuthThrottle(config.auth_fail_limit, config.auth_fail_seconds)
         self.store = Store(config.db_url)
         self.models: ModelSet | None = None
         self.model_error: str | None = None
@@ -207,9 +210,11 @@ class Service:
             try:
                 new = load_models(self.config, model_dirs, duty_list, generation)
                 scorer, scorer_path = load_scorer(self.config)
-            except Exception:
+            except Exception as exc:  # any failure (a crafted bundle's pickle included) is a refusal
                 self.metrics.reloads.labels("refused").inc()
-                raise
+                if isinstance(exc, XinfangError):
+                    raise
+                raise ModelError(f"{type(exc).__name__}: {exc}") from exc
             self.models = new
             self.scorer, self.scorer_path = scorer, scorer_path
             self.model_error = None

@@ -173,7 +173,8 @@ class Store:
 
     def __init__(self, url: str, create: bool = True) -> None:
         self.url = normalize_url(url)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # hide_parameters: an error message never carries the bound values (petition text, petitioner)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 15}
         try:

@@ -102,7 +102,11 @@ def test_pairs_refer_to_existing_ids_and_match_groups(records: list[dict], pairs
 
 def test_duty_list_covers_departments_and_agrees_with_labels(records: list[dict]) -> None:
     rules = yaml.safe_load((DEMO_DATA_DIR / "duty_list.yaml").read_text(encoding="utf-8"))
+    generic = [r for r in rules if r["department"] == "通用"]  # generic bodies: units only, no department
+    assert len(generic) == 1 and generic[0]["units"] and set(generic[0]) == {"department", "units"}
+    rules = [r for r in rules if r["department"] != "通用"]
     assert {r["department"] for r in rules} == {r["department"] for r in records}
+    assert all(r["remit"] and r["units"] for r in rules)
     compiled = []
     for rule in rules:
         assert rule["keywords"] and rule["patterns"] and set(rule["topics"]) <= TOPICS

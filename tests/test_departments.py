@@ -147,3 +147,45 @@ def test_history_needs_a_reply_column_and_a_supported_task(tmp_path: Path) -> No
         history_records("department", DEMO / "petitions.jsonl", DUTY)
     with pytest.raises(DataError, match="not supported for task 'topic'"):
         history_records("topic", DEMO / "replies.jsonl", DUTY)
+
+
+# ------------------------------------------------------------------------------------------ one routing decision
+@pytest.fixture(scope="module")
+def routed_bundle(tmp_path_factory, tiny_encoder_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("routed") / "dept"
+    r = CliRunner().invoke(app, ["train", "--task", "department", "--data", str(DEMO / "petitions.jsonl"),
+                                 "--base", str(tiny_encoder_dir), "--recipe", "tiny", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_routed_answer_is_one_distribution_naming_its_evidence(routed_bundle: Path) -> None:
+    from xinfang.models.pipeline import ClassificationPipeline
+
+    cfg = json.loads((routed_bundle / "config.json").read_text(encoding="utf-8"))
+    assert cfg["routing"]["file"] == "routing.json" and set(cfg["routing"]["weights"]) == {
+        "model", "keywords", "patterns", "remit"}
+    pipe = ClassificationPipeline.from_paths([routed_bundle])  # the bundle's own duty list
+    [row] = pipe.classify([{"id": "1", "title": "违章建筑", "text": "东湖街道有人私搭乱建，占道经营，城管不管。"}],
+                          top_k=12)
+    dept = row["department"]
+    assert abs(sum(t["score"] for t in dept["top"]) - 1.0) < 1e-4  # probabilities, no 1.0 override
+    assert dept["evidence"]["decided_by"] in ("model", "keywords", "patterns", "remit")
+    assert set(dept["evidence"]["margin"]) == {"model", "keywords", "patterns", "remit"}
+
+
+def test_duty_list_edit_changes_routing_without_retraining(routed_bundle: Path, tmp_path: Path) -> None:
+    from xinfang.models.pipeline import ClassificationPipeline
+
+    text = {"id": "1", "title": "咨询", "text": "请问瑶光事项归哪个部门管？"}
+    before = ClassificationPipeline.from_paths([routed_bundle]).classify([text], top_k=12)[0]["department"]
+    target = next(t["label"] for t in reversed(before["top"]) if t["label"] != before["label"])
+    edited = (routed_bundle / "duty_list.yaml").read_text(encoding="utf-8").replace(
+        f"- department: {target}\n", f"- department: {target}\n  patterns: [瑶光事项]\n", 1)
+    path = tmp_path / "edited.yaml"
+    path.write_text(edited.replace(f"- department: {target}\n  patterns: [瑶光事项]\n  remit:",
+                                   f"- department: {target}\n  patterns: [瑶光事项]\n  remit: 瑶光事项 瑶光事项", 1),
+                    encoding="utf-8")
+    after = ClassificationPipeline.from_paths([routed_bundle], duty_list=path).classify([text], top_k=12)[0]
+    score = {t["label"]: t["score"] for t in after["department"]["top"]}
+    assert score[target] > {t["label"]: t["score"] for t in before["top"]}[target]

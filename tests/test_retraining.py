@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from xinfang.errors import ModelError
+from xinfang.hashing import sha256_file
+from xinfang.models.classifier import manifest_version
 from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
 from xinfang.training.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
 
@@ -20,7 +22,8 @@ def fake_bundle(path: Path, task: str = "topic", macro_f1: float = 0.5, labels=(
                                                   "data_fingerprint": f"fp-{path.name}"}), "utf-8")
     (path / "labels.json").write_text(json.dumps(list(labels)), "utf-8")
     (path / "metrics.json").write_text(json.dumps({"macro_f1": macro_f1, "per_class": {}}), "utf-8")
-    (path / "manifest.json").write_text(json.dumps({"version": f"v-{path.name}", "files": {}}), "utf-8")
+    files = {n: sha256_file(path / n) for n in ("config.json", "labels.json", "metrics.json")}
+    (path / "manifest.json").write_text(json.dumps({"version": manifest_version(files), "files": files}), "utf-8")
     return path
 
 
@@ -36,7 +39,8 @@ def test_register_promote_rollback_and_audit(tmp_path: Path, registry: Registry)
     v2 = registry.register(fake_bundle(tmp_path / "b2"), parent=v1["version"])
     assert (v1["version"], v2["version"]) == ("topic-v1", "topic-v2")
     assert v2["parent"] == "topic-v1" and v1["metrics"]["macro_f1"] == 0.7
-    assert v1["data_fingerprint"] == "fp-b1" and v1["bundle_version"] == "v-b1"
+    assert v1["data_fingerprint"] == "fp-b1"
+    assert v1["bundle_version"] == json.loads((tmp_path / "b1" / "manifest.json").read_text("utf-8"))["version"]
     assert (registry.bundle_path("topic-v1") / "labels.json").exists()
     assert registry.promoted("topic") is None
 

@@ -68,18 +68,19 @@ RECIPES: dict[str, Recipe] = {
     # 3 epochs: topic 5-fold macro-F1 0.920 vs 0.916 with 2 (eval/reports/classification.md)
     "default": Recipe(epochs=3),
     # small label sets with many classes (department: ~1.4k rows, 24 labels): more epochs, larger validation
+    # review threshold: auto-routed answers at precision >= 0.95 (a wrong department is a petition passed on)
     "department": Recipe(name="department", max_length=64, trainable_layers=2, epochs=4, lr=1.5e-4, head_lr=3e-3,
-                         val_fraction=0.15, target_precision=0.9),
+                         val_fraction=0.15, target_precision=0.95),
     # department default since 2026-11-28: 256 tokens read the whole of most petitions (5-fold accuracy 0.683 vs
     # 0.649 for `department`; eval/reports/classification.md)
     "department-long": Recipe(name="department-long", max_length=256, trainable_layers=4, epochs=4, lr=1.5e-4,
-                              head_lr=3e-3, val_fraction=0.15, target_precision=0.9),
+                              head_lr=3e-3, val_fraction=0.15, target_precision=0.95),
     # topic at 256 tokens: about twice the default's cost
     "topic-long": Recipe(name="topic-long", max_length=256, trainable_layers=4),
     # for a GPU: every encoder layer trained (the embeddings stay frozen); far too slow for the 2-core CPU
     "full": Recipe(name="full", trainable_layers=12, epochs=3, lr=5e-5),
     "department-full": Recipe(name="department-full", max_length=256, trainable_layers=12, epochs=6, lr=5e-5,
-                              head_lr=3e-3, val_fraction=0.15, target_precision=0.9),
+                              head_lr=3e-3, val_fraction=0.15, target_precision=0.95),
     # a quarter of the default's cost, for a crowded CPU (topic fold 0: 0.876 fine-tuned, 0.910 ensemble vs the
     # default's 0.904 / 0.917; eval/reports/classification.md)
     "fast": Recipe(name="fast", max_length=64, trainable_layers=2),
@@ -467,14 +468,14 @@ def _macro_f1(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe: Recipe,
-              va_texts: list[str], tfidf=None) -> tuple[float, dict, dict, dict | None]:
+              va_texts: list[str], tfidf=None) -> tuple[float, dict, dict, dict | None, np.ndarray]:
     """Encoder temperature, optional ensemble, review threshold and validation metrics of the final probabilities.
 
     With a TF-IDF head: its temperature is fitted on validation, the weight w of
     `w * p_encoder + (1 - w) * p_tfidf` is the one of ENSEMBLE_WEIGHTS with the best validation macro-F1 (ties:
     the one closest to 0.5), and a final temperature is fitted on the log of the mixed probabilities. The review
     threshold and the metrics are computed on the final probabilities. Returns
-    (encoder temperature, review, metrics, ensemble config or None).
+    (encoder temperature, review, metrics, ensemble config or None, final validation probabilities).
     """
     from xinfang.models.tfidf_head import ensemble_proba
     from xinfang.training import evaluation as ev
@@ -506,7 +507,7 @@ def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe:
     metrics["temperature"] = temperature
     if ensemble is not None:
         metrics["ensemble"] = {"weight": ensemble["weight"], **ensemble["validation_macro_f1"]}
-    return temperature, review, metrics, ensemble
+    return temperature, review, metrics, ensemble, p_final
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -650,8 +651,14 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
     # TF-IDF head on the same training part; calibration, ensemble weight and abstain threshold on validation
     tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source, tr_w if weak_texts else None) \
         if recipe.tfidf else None
-    temperature, review, metrics, ensemble = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
+    temperature, review, metrics, ensemble, va_probs = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
     metrics["epochs"] = epochs
+    routing = None
+    if duty_list is not None and task == "department":
+        from xinfang.training.routing import fit_routing
+
+        routing, metrics["routing"] = fit_routing(va_texts, va_probs, va_y, labels, duty_list,
+                                                  recipe.target_precision, seed)
     metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
 
     config = {
@@ -679,13 +686,17 @@ def train_classifier(records: list[dict], *, task: str, out_dir: str | Path, lab
 
         config["duty_list"] = {"file": DUTY_LIST_FILE, "source": duty_list.path.name if duty_list.path else None,
                                "departments": len(duty_list.entries)}
+    if routing is not None:
+        from xinfang.models.routing import ROUTING_FILE
+
+        config["routing"] = {"file": ROUTING_FILE, **metrics["routing"]}
     version = save_bundle(out_dir, model, tokenizer, head_w, head_b, labels, config, metrics,
-                          tfidf if ensemble else None, duty_list)
+                          tfidf if ensemble else None, duty_list, routing)
     return TrainResult(out_dir, version, metrics, config["train_seconds"], len(tr), len(va))
 
 
 def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[str], config: dict,
-                metrics: dict, tfidf=None, duty_list=None) -> str:
+                metrics: dict, tfidf=None, duty_list=None, routing=None) -> str:
     """Write the bundle (with the TF-IDF head files when given) into a temporary sibling directory, then move it
     into place (atomic-ish)."""
     from safetensors.torch import save_file
@@ -703,6 +714,10 @@ def save_bundle(out_dir: Path, model, tokenizer, head_w, head_b, labels: list[st
             tfidf.save(tmp)
         if duty_list is not None:
             (tmp / DUTY_LIST_FILE).write_text(duty_list.source_text(), encoding="utf-8")
+        if routing is not None:
+            from xinfang.models.routing import ROUTING_FILE
+
+            routing.save(tmp / ROUTING_FILE)
         (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")

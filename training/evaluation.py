@@ -265,14 +265,16 @@ def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data
         y = np.array([bundle.labels.index(v) if v in bundle.labels else -1 for v in ex.labels])
         t_base = choose_threshold(pb, y, target)["threshold"]
         columns["char TF-IDF SVM (CV)"] = classification_metrics(ex.labels, pb, bundle.labels, t_base)
-    if duty_list is not None:
+    if duty_list is not None or bundle.duty_list is not None:
         from xinfang.models.duty_list import DutyList
         from xinfang.models.router import Router
 
-        router = Router(DutyList.load(duty_list), bundle.labels)
+        duty = DutyList.load(duty_list) if duty_list is not None else bundle.duty_list
+        router = Router(duty, bundle.labels, bundle.routing)  # the bundle's routing model when it has one
+        threshold = bundle.routing.threshold if bundle.routing is not None else None
         columns["model + duty list"] = classification_metrics(ex.labels, router.routed_probs(ex.texts, probs),
-                                                              bundle.labels)
-        info["duty_list"] = str(duty_list)
+                                                              bundle.labels, threshold)
+        info["duty_list"] = str(duty_list) if duty_list is not None else "the bundle's own"
     md = [f"# Evaluation of {bundle.name} ({bundle.version}) on {data}", "",
           f"{len(ex.texts)} petitions; baseline: {info['baseline']}; review target precision {target}.", ""]
     if info.get("eval_rows_also_in_training"):

@@ -116,7 +116,7 @@ def train_incremental(records: list[dict], *, parent_dir: str | Path, out_dir: s
     va_logits = top_logits(model, top, new_w.to(dev), new_b.to(dev), cache, va_texts, dev)
     tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source) \
         if pcfg.get("ensemble") and getattr(recipe, "tfidf", True) else None
-    temperature, review, metrics, ensemble = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
+    temperature, review, metrics, ensemble, _ = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
     metrics["epochs"] = epochs
     metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
 

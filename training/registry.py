@@ -167,7 +167,7 @@ def inspect_bundle(path: Path, task: str | None = None) -> BundleInfo:
         fingerprint = fingerprint.get("sha256") or json.dumps(fingerprint, sort_keys=True)
     manifest = path / "manifest.json"
     manifest_sha = sha256_file(manifest) if manifest.is_file() else dir_fingerprint(path)
-    bundle_version = docs.get("manifest.json", {}).get("version") or manifest_sha[:16]
+    bundle_version = _bundle_version(path, manifest_sha)
     return BundleInfo(
         task=task,
         kind="repeat_scorer" if is_repeat else "classifier",
@@ -177,6 +177,19 @@ def inspect_bundle(path: Path, task: str | None = None) -> BundleInfo:
         manifest_sha256=manifest_sha,
         bundle_version=str(bundle_version),
     )
+
+
+def _bundle_version(path: Path, manifest_sha: str) -> str:
+    """The version the service will report: recomputed from a classifier manifest's entries (entries outside
+    the bundle or a version that does not match them are refused), else the manifest file's own hash."""
+    from xinfang.models.classifier import read_manifest
+
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        doc = _read_json(manifest)
+        if isinstance(doc.get("files"), dict):
+            return read_manifest(path)["version"]
+    return manifest_sha[:16]
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -181,6 +181,7 @@
       if (k === "class") e.className = attrs[k];
       else if (k === "text") e.textContent = attrs[k];
       else if (k.slice(0, 2) === "on") e.addEventListener(k.slice(2), attrs[k]);
+      else if (k === "width") e.style.width = attrs[k];  // CSSOM: allowed by the page's CSP, a style attribute is not
       else if (attrs[k] !== null && attrs[k] !== undefined && attrs[k] !== false) e.setAttribute(k, attrs[k]);
     });
     (children || []).forEach(function (c) {
@@ -589,7 +590,7 @@
             el("span", { class: "prob", text: c.probability !== null ? "重复概率 " + pct(c.probability) : "概率未知" }),
             el("span", { class: "muted small", text: "编号 " + c.id }),
           ]),
-          el("div", { class: "bar" }, [el("span", { style: "width:" + Math.round((c.probability || 0) * 100) + "%" })]),
+          el("div", { class: "bar" }, [el("span", { width: Math.round((c.probability || 0) * 100) + "%" })]),
           o && o.title ? el("div", { class: "cand-title", text: o.title }) : (c.title ? el("div", { class: "cand-title", text: c.title }) : null),
           el("div", { class: "reasons small" }, reasonChips(c)),
           dec ? el("div", { class: "decision " + dec.cls, text: dec.text }) : el("div", { class: "decision pending muted", text: "待判断" }),
