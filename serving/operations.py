@@ -41,7 +41,7 @@ def finder_petition(p: dict) -> dict:
 
 
 def labels_of(result: dict) -> dict:
-    return {"topic": result.get("topic"), "department": result.get("department"),
+    return {"topic": result.get("topic"), "department": result.get("department"), "channel": result.get("channel"),
             "needs_review": bool(result["needs_review"])}
 
 

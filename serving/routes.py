@@ -64,7 +64,7 @@ def _note_ids(request: Request, ids: list[str | None]) -> None:
 
 # ---------------------------------------------------------------------------- classify
 @v1.post("/classify", response_model=ClassifyResponse, tags=["classify"], responses=_err(*AUTH, 413, 503),
-         summary="Classify petitions (topic, department, needs_review); nothing is stored")
+         summary="Classify petitions (topic, department, channel, needs_review); nothing is stored")
 async def classify(body: ClassifyRequest, request: Request,
                    _: Principal = Depends(require("intake"))) -> dict:
     _note_ids(request, [p.id for p in body.petitions])
@@ -90,6 +90,8 @@ def list_petitions(
     request: Request,
     topic: Annotated[str | None, Query(max_length=200)] = None,
     department: Annotated[str | None, Query(max_length=200)] = None,
+    legal_channel: Annotated[str | None, Query(max_length=200, description="Classified legal channel "
+                                               "(labels.channel.label, e.g. 诉讼仲裁复议)")] = None,
     needs_review: bool | None = None,
     has_repeats: Annotated[bool | None, Query(description="Likely repeats were found at intake")] = None,
     since: Annotated[UTCDateTime | None, Query(description="Stored at or after (ISO 8601)")] = None,
@@ -100,7 +102,7 @@ def list_petitions(
 ) -> dict:
     items, total = service(request).store.list_petitions(
         topic=topic, department=department, needs_review=needs_review, has_repeats=has_repeats,
-        since=since, until=until, limit=limit, offset=offset)
+        since=since, until=until, limit=limit, offset=offset, legal_channel=legal_channel)
     _note_ids(request, [p["id"] for p in items])
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
@@ -143,7 +145,7 @@ async def repeats_search(body: RepeatSearchRequest, request: Request,
 
 
 @v1.post("/petitions/{pid}/feedback", response_model=FeedbackOut, status_code=201, tags=["feedback"],
-         responses=_err(*AUTH, 404, 413), summary="Confirm/reject a suggested repeat, or correct topic/department")
+         responses=_err(*AUTH, 404, 413), summary="Confirm/reject a suggested repeat, or correct topic/department/channel")
 async def give_feedback(pid: PidPath, body: FeedbackIn, request: Request,
                         who: Principal = Depends(require("caseworker"))) -> dict:
     _note_ids(request, [pid, body.target_id])

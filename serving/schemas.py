@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from xinfang.models.channel import CHANNELS
 from xinfang.serving.config import LIMITS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
@@ -132,10 +133,22 @@ class DepartmentPrediction(BaseModel):
                                                                "model; see models/routing.py)")
 
 
+class ChannelPrediction(BaseModel):
+    label: str = Field(description="Legal channel (诉访分离): 信访, 依法履职, 诉讼仲裁复议, 纪检监察 or 其他")
+    score: float
+    top: list[LabelScore]
+    reason: str = Field(description="Why: the model's score and the channel keywords seen in the petition")
+    procedure: str = Field(description="The procedure the channel starts (from the channel table)")
+    body: str = Field(description="The body it points to (法院, 劳动人事争议仲裁委员会, 行政复议机关, the "
+                                  "department for 依法履职, 纪检监察机关 ...)")
+
+
 class Labels(BaseModel):
     topic: TopicPrediction | None = Field(None, description="None only when no topic model is served")
     department: DepartmentPrediction | None = Field(None, description="None only when no department model "
                                                                       "or duty list is served")
+    channel: ChannelPrediction | None = Field(None, description="Legal channel; None only when no channel "
+                                                                "model is served")
     needs_review: bool
 
 
@@ -239,13 +252,14 @@ class Deleted(BaseModel):
 
 
 # ---------------------------------------------------------------------------- feedback
-FeedbackKind = Literal["repeat_confirm", "repeat_reject", "topic_correction", "department_correction"]
+FeedbackKind = Literal["repeat_confirm", "repeat_reject", "topic_correction", "department_correction",
+                       "channel_correction"]
 
 
 class FeedbackIn(_In):
     kind: FeedbackKind
     target_id: PetitionId | None = Field(None, description="The suggested repeat (repeat_confirm/repeat_reject)")
-    label: Label | None = Field(None, description="The correct label (topic_correction/department_correction)")
+    label: Label | None = Field(None, description="The correct label (topic/department/channel_correction)")
 
     @model_validator(mode="after")
     def _shape(self) -> FeedbackIn:
@@ -259,6 +273,8 @@ class FeedbackIn(_In):
                 raise ValueError(f"label is required for {self.kind}")
             if self.target_id is not None:
                 raise ValueError(f"target_id is not allowed for {self.kind}")
+            if self.kind == "channel_correction" and self.label not in CHANNELS:
+                raise ValueError(f"label for channel_correction must be one of {', '.join(CHANNELS)}")
         return self
 
 

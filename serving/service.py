@@ -80,7 +80,8 @@ def load_models(config: ServiceConfig, model_dirs: list[Path] | None, duty_list:
     from xinfang.models.pipeline import ClassificationPipeline
 
     dirs = [Path(p) for p in (model_dirs or config.resolved_model_dirs())]
-    pipeline = ClassificationPipeline.from_paths(dirs, duty_list=duty_list or config.duty_list)
+    pipeline = ClassificationPipeline.from_paths(dirs, duty_list=duty_list or config.duty_list,
+                                                 channel_table=config.channel_table)
     if config.runtime != "torch":
         from xinfang.serving.onnx_runtime import use_onnx
 

@@ -39,7 +39,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from xinfang.errors import XinfangError
 
 ROLES = ("intake", "caseworker", "admin")
-FEEDBACK_KINDS = ("repeat_confirm", "repeat_reject", "topic_correction", "department_correction")
+FEEDBACK_KINDS = ("repeat_confirm", "repeat_reject", "topic_correction", "department_correction",
+                  "channel_correction")
 KEY_PREFIX = "xf_"
 
 
@@ -262,9 +263,12 @@ class Store:
     def list_petitions(self, *, topic: str | None = None, department: str | None = None,
                        needs_review: bool | None = None, has_repeats: bool | None = None,
                        since: datetime | None = None, until: datetime | None = None,
-                       limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
-        """Newest first, filtered; returns (page, total matching)."""
+                       limit: int = 50, offset: int = 0, legal_channel: str | None = None) -> tuple[list[dict], int]:
+        """Newest first, filtered; returns (page, total matching). `legal_channel` is the classified channel
+        (labels.channel.label), not the intake `channel` the petition arrived by."""
         conds = []
+        if legal_channel is not None:
+            conds.append(Petition.labels["channel"]["label"].as_string() == legal_channel)
         if topic is not None:
             conds.append(Petition.topic == topic)
         if department is not None:

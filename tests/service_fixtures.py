@@ -21,7 +21,8 @@ def _generated_rows(n_per_class: int = 14) -> list[dict]:
     for topic, (kw, dept) in TOPICS.items():
         for j in range(n_per_class):
             rows.append({"id": f"g{len(rows)}", "title": f"A{j % 4}区{kw}问题{j}",
-                         "text": f"{kw}反映{j}，希望尽快解决处理", "topic": topic, "department": dept})
+                         "text": f"{kw}反映{j}，希望尽快解决处理", "topic": topic, "department": dept,
+                         "channel": "依法履职" if j % 3 == 0 else "信访"})
     return rows
 
 
@@ -33,14 +34,15 @@ def training_records() -> list[dict]:
 
 
 def train_tiny_bundles(encoder_dir: Path, out: Path) -> list[Path]:
-    """Topic and department bundles (tiny recipe) on the demo petitions, with the tiny test encoder."""
-    from xinfang.training.classifier import train_classifier
+    """Topic, department and channel bundles (tiny recipe) on the demo petitions, with the tiny test encoder."""
+    from xinfang.training.classifier import recipe_with, train_classifier
 
     records = training_records()
     dirs = []
-    for task in ("topic", "department"):
+    for task in ("topic", "department", "channel"):
         rows = [r for r in records if r.get(task)]
-        train_classifier(rows, task=task, out_dir=out / task, base=str(encoder_dir), recipe="tiny",
+        recipe = recipe_with("tiny", epochs=4) if task == "channel" else "tiny"  # keeps the suite fast
+        train_classifier(rows, task=task, out_dir=out / task, base=str(encoder_dir), recipe=recipe,
                          progress=False, seed=7)
         dirs.append(out / task)
     return dirs

@@ -31,7 +31,8 @@ def pairs() -> list[dict]:
 def test_loads_with_expected_fields(records: list[dict]) -> None:
     assert 180 <= len(records) <= 240
     for r in records:
-        assert set(r) == {"id", "title", "text", "petitioner", "time", "topic", "department", "repeat_group", "_row"}
+        assert set(r) == {"id", "title", "text", "petitioner", "time", "topic", "department", "repeat_group", "channel",
+                          "_row"}
         assert re.fullmatch(r"demo-\d{4}", r["id"])
         assert re.fullmatch(r"2024-\d\d-\d\d \d\d:\d\d:\d\d", r["time"])
         assert r["title"]
@@ -53,6 +54,15 @@ def test_class_counts(records: list[dict]) -> None:
     assert min(topics.values()) >= 20
     departments = Counter(r["department"] for r in records)
     assert sum(n >= 8 for n in departments.values()) >= 10
+
+
+def test_channels(records: list[dict]) -> None:
+    from xinfang.models.channel import CHANNELS
+
+    channels = Counter(r["channel"] for r in records)
+    assert set(channels) <= set(CHANNELS)
+    assert {"信访", "依法履职", "诉讼仲裁复议", "纪检监察"} <= set(channels)
+    assert min(channels.values()) >= 2  # every class can be trained and validated (tiny recipe)
 
 
 def test_repeat_groups(records: list[dict]) -> None:

@@ -595,12 +595,13 @@ def test_onnx_runtime_matches_torch(tmp_path, bundles, runtime) -> None:
     ref = ClassificationPipeline.from_paths(bundles).classify(rows)
     pipe = ClassificationPipeline.from_paths(bundles)
     used = use_onnx(pipe, runtime, tmp_path / "onnx", threads=1)
-    assert set(used) == {"topic", "department"} and all(Path(p).exists() for p in used.values())
+    assert set(used) == {"topic", "department", "channel"} and all(Path(p).exists() for p in used.values())
     got = pipe.classify(rows)
     tol = 1e-4 if runtime == "onnx" else 0.05
     agree = np.mean([a["topic"]["label"] == b["topic"]["label"] for a, b in zip(ref, got, strict=True)])
     assert agree >= (1.0 if runtime == "onnx" else 0.9)
     assert max(abs(a["topic"]["score"] - b["topic"]["score"]) for a, b in zip(ref, got, strict=True)) <= tol
+    assert max(abs(a["channel"]["score"] - b["channel"]["score"]) for a, b in zip(ref, got, strict=True)) <= tol
 
 
 def test_onnx_embedder_matches_torch(tmp_path, tiny_encoder_dir) -> None:

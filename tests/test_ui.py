@@ -113,7 +113,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, service_models: tuple[list[
                 rec = json.loads(line)
                 body = {"id": rec["id"], "title": rec.get("title"), "text": rec.get("text") or rec["title"],
                         "petitioner": rec.get("petitioner"), "received_at": rec.get("received_at") or rec.get("time"),
-                        "channel": rec.get("channel") or "网上留言"}
+                        "channel": "网上留言"}  # the intake channel; the demo's `channel` is the legal one
                 r = client.post("/v1/petitions", json={k: v for k, v in body.items() if v not in (None, "")})
                 assert r.status_code == 201, r.text
                 srv.records[str(rec["id"])] = {**rec, **body}
@@ -316,6 +316,47 @@ def test_review_flow_keyboard(page: Page, server: Server) -> None:
     expect(page.locator("#b-text mark").first).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "side-by-side-narrow.png"), full_page=True)
+
+
+@needs_browser
+def test_channel_badge_reason_filter_and_correction(page: Page, server: Server) -> None:
+    """诉访分离 on the page: a non-信访 channel shows as a badge in the queue (reason in its tooltip), the petition
+    shows the channel with its reason, procedure and body, the list filters by channel, and `c` corrects it."""
+    non_petition = [p for p in server.get("/v1/petitions?limit=200").json()["items"]
+                    if p["labels"].get("channel") and p["labels"]["channel"]["label"] != "信访"]
+    _sign_in(page, server)
+    if non_petition:  # the tiny demo model may answer 信访 everywhere; the badge then has nothing to show
+        target = non_petition[0]
+        label = target["labels"]["channel"]["label"]
+        total = server.get("/v1/petitions", params={"legal_channel": label, "limit": 1}).json()["total"]
+        page.select_option("#f-channel", label)
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#queue-status")).to_contain_text(f"共 {total} 件")
+        badges = page.locator('#queue-list [data-testid="channel-badge"]')
+        expect(badges).to_have_count(min(total, 25))
+        expect(badges.first).to_have_text(label)
+        assert badges.first.get_attribute("title").startswith("模型")
+        assert "legal_channel=" in page.url
+    pid = next(iter(server.records))
+    page.goto(f"{server.url}/ui/#/p/{pid}")
+    stored = server.get(f"/v1/petitions/{pid}").json()["labels"]["channel"]
+    expect(page.locator("#lb-channel .lb-value")).to_have_text(stored["label"])
+    expect(page.locator('[data-testid="channel-reason"]')).to_have_text(stored["reason"])
+    expect(page.locator('[data-testid="channel-procedure"]')).to_contain_text(stored["body"])
+    new = "纪检监察" if stored["label"] != "纪检监察" else "信访"
+    page.keyboard.press("c")
+    expect(page.locator("#input-channel")).to_be_focused()
+    page.fill("#input-channel", new)
+    page.keyboard.press("Enter")
+    expect(page.locator('[data-testid="channel-corrected"]')).to_have_text(new)
+    fb = server.get(f"/v1/petitions/{pid}/feedback").json()["items"]
+    assert ("channel_correction", new, "caseworker-ui") in {(f["kind"], f["label"], f["who"]) for f in fb}
+    # a label outside the five is refused with the API's message, nothing stored
+    page.keyboard.press("c")
+    page.fill("#input-channel", "上访")
+    page.keyboard.press("Enter")
+    expect(page.locator("#banner-text")).to_contain_text("label")
+    assert len(server.get(f"/v1/petitions/{pid}/feedback").json()["items"]) == len(fb)
 
 
 @needs_browser

@@ -1,6 +1,6 @@
 """Caseworker feedback from the service store -> training data.
 
-- ``topic_correction`` / ``department_correction`` rows become labelled petitions in the format
+- ``topic_correction`` / ``department_correction`` / ``channel_correction`` rows become labelled petitions in the format
   ``xinfang train --task T --data FILE`` reads: ``{"id", "title", "text", "<task>": label, ...}``.
   The latest correction of a petition wins.
 - ``repeat_confirm`` / ``repeat_reject`` rows become labelled pairs in the format the repeat scorer's
@@ -26,9 +26,9 @@ from typing import Any
 from xinfang.errors import DataError
 from xinfang.records import load_records
 
-LABEL_KINDS = {"topic_correction": "topic", "department_correction": "department"}
+LABEL_KINDS = {"topic_correction": "topic", "department_correction": "department", "channel_correction": "channel"}
 PAIR_KINDS = {"repeat_confirm": 1, "repeat_reject": 0}
-EXPORT_TASKS = ("topic", "department", "repeats")
+EXPORT_TASKS = ("topic", "department", "channel", "repeats")
 
 
 @dataclass
@@ -64,6 +64,14 @@ def _petition(p: dict[str, Any]) -> dict[str, Any]:
             "time": _iso(p.get("received_at") or p.get("created_at"))}
 
 
+def _predicted(p: dict[str, Any], task: str) -> str | None:
+    """The label the service gave (the stored `channel` column is the intake channel, not the legal one)."""
+    if task == "channel":
+        answer = (p.get("labels") or {}).get("channel")
+        return answer.get("label") if isinstance(answer, dict) else None
+    return p.get(task) if isinstance(p.get(task), str) else None
+
+
 def labelled_rows(feedback: Iterable[dict[str, Any]], petitions: dict[str, dict[str, Any]], task: str
                   ) -> tuple[list[dict[str, Any]], int]:
     """Latest correction per petition for ``task`` -> training rows; returns (rows, skipped for deletion)."""
@@ -78,7 +86,7 @@ def labelled_rows(feedback: Iterable[dict[str, Any]], petitions: dict[str, dict[
             skipped += 1
             continue
         rows.append({"id": pid, "title": p.get("title"), "text": p.get("text"), task: fb["label"],
-                     "predicted": (p.get(task) if isinstance(p.get(task), str) else None),
+                     "predicted": _predicted(p, task),
                      "feedback_id": fb["id"], "feedback_at": _iso(fb["created_at"])})
     return rows, skipped
 

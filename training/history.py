@@ -1,7 +1,7 @@
 """Weak labels from handling history (`xinfang train --history FILE`): closed cases with their official replies.
 
 Each task that can learn from replies registers a labeller here: `department` reads the handling unit
-(training/reply_units.py). A labeller takes the history records and the duty list and returns
+(training/reply_units.py), `channel` the legal channel (training/channel_replies.py). A labeller takes the history records and the duty list and returns
 `(weakly labelled records, counts)`; each returned record carries the task's label column, `label_confidence`
 (high / medium) and `label_evidence`. Training adds them to the training part only, weighted by
 `HISTORY_WEIGHTS` (validation, calibration and review thresholds stay on hand labels), and drops rows whose text
@@ -30,8 +30,15 @@ def _department(records: list[dict], duty: DutyList | None) -> tuple[list[dict],
     return history_labels(records, duty)
 
 
+def _channel(records: list[dict], duty: DutyList | None) -> tuple[list[dict], dict]:
+    from xinfang.training.channel_replies import history_labels as channel_labels
+
+    return channel_labels(records)
+
+
 HISTORY_LABELLERS: dict[str, Callable[[list[dict], DutyList | None], tuple[list[dict], dict]]] = {
     "department": _department,
+    "channel": _channel,
 }
 
 

@@ -44,7 +44,7 @@ from xinfang.settings import get_settings
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-CLASSIFIER_TASKS = ("topic", "department")
+CLASSIFIER_TASKS = ("topic", "department", "channel")
 REPEAT_TASK = "repeats"
 TASKS = (*CLASSIFIER_TASKS, REPEAT_TASK)
 MAX_EVENTS = 1000

@@ -9,6 +9,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA_DIR = REPO_ROOT / "datasets" / "demo"
 PROVINCE_DUTY_LIST = REPO_ROOT / "datasets" / "duty_lists" / "province_24.yaml"
+CHANNEL_TABLE = REPO_ROOT / "datasets" / "channels.yaml"
 SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "tipdm2020_c_gov_messages"
 
 

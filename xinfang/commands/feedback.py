@@ -13,8 +13,8 @@ def register(app: typer.Typer) -> None:
     @fb_app.command("export")
     def export(
         output: Path = typer.Option(..., "--output", "-o", help="JSONL file to write (several tasks: "
-                                    "<stem>.topic.jsonl, <stem>.department.jsonl, <stem>.pairs.jsonl)."),
-        task: str = typer.Option("all", help="topic, department, repeats, or all."),
+                                    "<stem>.topic.jsonl, <stem>.department.jsonl, <stem>.channel.jsonl, <stem>.pairs.jsonl)."),
+        task: str = typer.Option("all", help="topic, department, channel, repeats, or all."),
         since: str = typer.Option(None, help="Only feedback given at or after this ISO date/time."),
         database_url: str = typer.Option(None, help="Store URL (default: XINFANG_DATABASE_URL, else the "
                                          "SQLite store in the data dir)."),
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
                                   "(corrections relabel rows by id), or for repeats labelled pairs."),
         base_petitions: Path = typer.Option(None, help="repeats with --base: the petitions its pair ids name."),
     ) -> None:
-        """Export topic/department corrections as labelled rows (`xinfang train --data`) and repeat
+        """Export topic/department/channel corrections as labelled rows (`xinfang train --data`) and repeat
         confirm/reject decisions as labelled pairs (repeat-scorer training)."""
         from xinfang.errors import DataError
         from xinfang.serving.config import ServiceConfig
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         if any(t not in EXPORT_TASKS for t in tasks):
             raise DataError(f"--task {task!r}: choose one of {', '.join(EXPORT_TASKS)} or all")
         if base is not None and len(tasks) != 1:
-            raise DataError("--base needs one --task (topic, department or repeats)")
+            raise DataError("--base needs one --task (topic, department, channel or repeats)")
         cfg = ServiceConfig.from_env(data_dir)
         url = database_url or cfg.db_url
         if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():

@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
     @models_app.command("register")
     def register_(
         bundle_dir: Path = typer.Argument(..., help="A trained bundle directory."),
-        task: str = typer.Option(None, help="topic, department or repeats (default: read from the bundle)."),
+        task: str = typer.Option(None, help="topic, department, channel or repeats (default: read from the bundle)."),
         parent: str = typer.Option(None, help="The version this one was trained from."),
         note: str = typer.Option(None, help="Free-text note kept with the version."),
         promote: bool = typer.Option(False, help="Run the gate and promote when it passes."),
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
 
     @models_app.command("eval-set")
     def eval_set(
-        task: str = typer.Option(..., help="topic, department or repeats."),
+        task: str = typer.Option(..., help="topic, department, channel or repeats."),
         data: Path = typer.Option(..., help="Labelled JSONL/CSV/XLSX (repeats: labelled pairs JSONL)."),
         petitions: Path = typer.Option(None, help="repeats: petitions file the pair ids refer to."),
         label_column: str = typer.Option(None, help="Label field (default: the task name; repeats: label)."),
@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
 
     @models_app.command("rollback")
     def rollback(
-        task: str = typer.Option(..., help="topic, department or repeats."),
+        task: str = typer.Option(..., help="topic, department, channel or repeats."),
         to: str = typer.Option(None, help="A specific earlier version (default: the one promoted before)."),
         registry: Path = opt_registry, database_url: str = opt_db,
     ) -> None:

@@ -1,0 +1,220 @@
+"""Legal channel of a petition (诉访分离): the channel table and the decision beside the channel model.
+
+The channel table (YAML, `datasets/channels.yaml` by default) says, for each channel, the procedure it starts,
+the body it points to, and the message keywords that are evidence for it (from the channel definitions):
+
+    channels:
+      诉讼仲裁复议:
+        procedure: 依法通过诉讼、仲裁或行政复议解决
+        body: 人民法院
+        keywords: [仲裁, 起诉, 判决, 合同纠纷]
+        routes:                                   # first matching pattern picks procedure and body
+          - {pattern: "劳动合同|辞退|工资", procedure: 申请劳动人事争议仲裁, body: 劳动人事争议仲裁委员会}
+      依法履职:
+        procedure: 转有权机关依法履职
+        body_from: department                    # the department answer names the body
+        body: 有管辖权的行政执法机关             # used without a department answer
+
+Channels are the five of `CHANNELS`; a key outside them is an error naming it, and so is a table without an
+entry for a label the channel model can answer.
+
+Decision (`ChannelDecider.decide`): the model's calibrated probabilities are multiplied, for each non-信访
+channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in the message) and renormalised,
+then mixed with the keyword rule's vote: `(1 - keyword_weight) * p + keyword_weight * onehot(rule)`, where the
+rule names the non-信访 channel with the most hits (else 信访). The model alone never names the rare channels
+(a few dev examples each); the vote lets a clear keyword case reach them, at a score that usually sends it to
+review. The top channel is the answer, and its score decides review with the bundle's threshold. A non-信访 answer
+always names its procedure and body and says why (`reason`: the model's score and the keywords seen).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xinfang.errors import DataError, ModelError
+
+__all__ = ["CHANNELS", "PETITION", "ChannelEntry", "ChannelTable", "ChannelDecider", "check_channel_labels"]
+
+CHANNELS = ("信访", "依法履职", "诉讼仲裁复议", "纪检监察", "其他")
+PETITION = "信访"
+ENTRY_KEYS = {"procedure", "body", "body_from", "keywords", "routes"}
+BODY_FROM = ("department",)
+DEFAULT_BOOST = 0.5
+DEFAULT_WEIGHT = 0.0
+
+
+@dataclass
+class ChannelRoute:
+    pattern: re.Pattern
+    procedure: str
+    body: str
+
+
+@dataclass
+class ChannelEntry:
+    channel: str
+    procedure: str
+    body: str
+    body_from: str | None = None
+    keywords: list[str] = field(default_factory=list)
+    routes: list[ChannelRoute] = field(default_factory=list)
+
+    def keyword_hits(self, text: str) -> list[str]:
+        return [k for k in self.keywords if k and k in text]
+
+
+def check_channel_labels(records: list[dict], column: str, source: str = "data") -> None:
+    """DataError naming the first row whose channel label is missing, empty or not one of `CHANNELS`."""
+    for i, rec in enumerate(records):
+        row = rec.get("_row", i + 1)
+        if column not in rec:
+            raise DataError(f"{source}: row {row}: no label column '{column}'")
+        value = rec[column]
+        label = str(value).strip() if value is not None else ""
+        if not label:
+            raise DataError(f"{source}: row {row}: empty label in column '{column}'")
+        if label not in CHANNELS:
+            raise DataError(f"{source}: row {row}: channel label {label!r} is not one of {', '.join(CHANNELS)}")
+
+
+def _str(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: expected a non-empty string")
+    return value.strip()
+
+
+@dataclass
+class ChannelTable:
+    entries: dict[str, ChannelEntry]
+    keyword_boost: float = DEFAULT_BOOST
+    path: Path | None = None
+    keyword_weight: float = DEFAULT_WEIGHT
+
+    @classmethod
+    def load(cls, path: str | Path) -> ChannelTable:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read channel table ({exc.strerror or exc})") from exc
+        return cls.parse(text, path)
+
+    @classmethod
+    def parse(cls, text: str, path: Path | None = None) -> ChannelTable:
+        import yaml
+
+        where = str(path or "channel table")
+        try:
+            root = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise DataError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(root, dict) or not isinstance(root.get("channels"), dict) or not root["channels"]:
+            raise DataError(f"{where}: a channel table is a mapping with a non-empty `channels:` mapping "
+                            f"(channel -> procedure, body, keywords, routes)")
+        extra = set(root) - {"channels", "keyword_boost", "keyword_weight"}
+        if extra:
+            raise DataError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}")
+        boost = root.get("keyword_boost", DEFAULT_BOOST)
+        if isinstance(boost, bool) or not isinstance(boost, int | float) or boost < 0:
+            raise DataError(f"{where}: keyword_boost must be a number >= 0, got {boost!r}")
+        weight = root.get("keyword_weight", DEFAULT_WEIGHT)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < 1:
+            raise DataError(f"{where}: keyword_weight must be a number in [0, 1), got {weight!r}")
+        entries = {}
+        for name, item in root["channels"].items():
+            key = f"{where}: channels.{name}"
+            if name not in CHANNELS:
+                raise DataError(f"{key}: unknown channel (expected one of {', '.join(CHANNELS)})")
+            if not isinstance(item, dict):
+                raise DataError(f"{key}: expected a mapping with procedure, body, keywords, routes")
+            bad = set(item) - ENTRY_KEYS
+            if bad:
+                raise DataError(f"{key}: unknown key(s) {', '.join(sorted(map(str, bad)))}")
+            body_from = item.get("body_from")
+            if body_from is not None and body_from not in BODY_FROM:
+                raise DataError(f"{key}.body_from: expected {' or '.join(BODY_FROM)}, got {body_from!r}")
+            keywords = item.get("keywords") or []
+            if not isinstance(keywords, list) or not all(isinstance(k, str) and k for k in keywords):
+                raise DataError(f"{key}.keywords: expected a list of non-empty strings")
+            routes = []
+            for j, r in enumerate(item.get("routes") or []):
+                rk = f"{key}.routes[{j}]"
+                if not isinstance(r, dict) or set(r) != {"pattern", "procedure", "body"}:
+                    raise DataError(f"{rk}: expected {{pattern, procedure, body}}")
+                try:
+                    pattern = re.compile(_str(r["pattern"], f"{rk}.pattern"))
+                except re.error as exc:
+                    raise DataError(f"{rk}.pattern: invalid regex ({exc})") from exc
+                routes.append(ChannelRoute(pattern, _str(r["procedure"], f"{rk}.procedure"),
+                                           _str(r["body"], f"{rk}.body")))
+            entries[name] = ChannelEntry(name, _str(item.get("procedure"), f"{key}.procedure"),
+                                         _str(item.get("body"), f"{key}.body"), body_from, list(keywords), routes)
+        if PETITION not in entries:
+            raise DataError(f"{where}: channels.{PETITION} is required")
+        return cls(entries, float(boost), path, float(weight))
+
+    def check_labels(self, labels: list[str], where: str) -> None:
+        """ModelError naming the first model label the table has no entry for."""
+        for lab in labels:
+            if lab not in self.entries:
+                raise ModelError(f"{where}: the channel model answers '{lab}' but the channel table "
+                                 f"{self.path or ''} has no entry channels.{lab}")
+
+    def rule(self, text: str) -> str:
+        """The keyword rule: the non-信访 channel with the most keyword hits (ties: CHANNELS order), else 信访."""
+        hits = {c: len(e.keyword_hits(text)) for c, e in self.entries.items() if c != PETITION}
+        best = max(hits.values(), default=0)
+        return PETITION if best == 0 else next(c for c in CHANNELS if hits.get(c) == best)
+
+    def resolve(self, channel: str, text: str, department: dict | None = None) -> tuple[str, str]:
+        """(procedure, body) of `channel` for this petition text and department answer."""
+        entry = self.entries[channel]
+        for r in entry.routes:
+            if r.pattern.search(text):
+                return r.procedure, r.body
+        if entry.body_from == "department" and department:
+            return entry.procedure, str(department.get("display") or department.get("label"))
+        return entry.procedure, entry.body
+
+
+class ChannelDecider:
+    """Model probabilities + table keywords -> the channel answer (see the module docstring)."""
+
+    def __init__(self, table: ChannelTable, labels: list[str], threshold: float) -> None:
+        table.check_labels(labels, "channel model")
+        self.table, self.labels, self.threshold = table, list(labels), float(threshold)
+
+    def fuse(self, probs: np.ndarray, text: str) -> tuple[np.ndarray, dict[str, list[str]]]:
+        """Probabilities re-weighted by keyword hits, renormalised; and the hits per channel."""
+        hits = {lab: self.table.entries[lab].keyword_hits(text) for lab in self.labels if lab != PETITION}
+        factor = np.array([1.0 + self.table.keyword_boost * min(len(hits.get(lab, [])), 2) for lab in self.labels])
+        p = np.asarray(probs, dtype=np.float64) * factor
+        p = p / p.sum()
+        w = self.table.keyword_weight
+        vote = self.table.rule(text)
+        if w > 0 and vote in self.labels:
+            p = (1 - w) * p
+            p[self.labels.index(vote)] += w
+        return p, {k: v for k, v in hits.items() if v}
+
+    def decide(self, probs: np.ndarray, text: str, department: dict | None = None, top_k: int = 3) -> dict:
+        """{label, score, top, reason, procedure, body, needs_review} for one petition."""
+        p, hits = self.fuse(probs, text)
+        order = np.argsort(-p, kind="stable")[:max(1, min(top_k, len(self.labels)))]
+        label = self.labels[order[0]]
+        score = float(p[order[0]])
+        model_score = float(probs[order[0]])
+        reason = f"模型 {model_score:.2f}"
+        if hits.get(label):
+            reason += "；关键词：" + "、".join(hits[label][:4])
+        unsure = score < self.threshold
+        if unsure:
+            reason += "；把握不足，需人工甄别"
+        procedure, body = self.table.resolve(label, text, department)
+        return {"label": label, "score": round(score, 6),
+                "top": [{"label": self.labels[j], "score": round(float(p[j]), 6)} for j in order],
+                "reason": reason, "procedure": procedure, "body": body, "needs_review": unsure}
