@@ -246,7 +246,8 @@ def _f(x) -> str:
 def render(r: dict) -> str:
     m = r["machine"]
     lines = [f"# Department routing: handling history and duty-list knowledge ({r['date']})", "",
-             f"Machine: {m.get('cpu_model')} × {m.get('cpus')} cores; commit {m.get('git_commit')}. "
+             f"Machine: {m.get('cpu')} × {m.get('nproc')} cores (load {m.get('loadavg_at_start')} at the start: "
+             f"other jobs shared the cores, so times are slow); commit {m.get('commit')}, {m.get('date')}. "
              f"Recipe `{r['args']['recipe']}`, {r['args']['folds']} of 5 grouped folds"
              + (" (partial: still running)" if r.get("partial") else "") + ". "
              "Reproduce: `nice -n 5 .venv/bin/python eval/bench_departments.py --recipe "
@@ -287,6 +288,21 @@ def render(r: dict) -> str:
                                                                            er["confusions"].items()) + ".", "",
                   "Evidence that decided the answers: " + ", ".join(f"{k} {v}" for k, v in er["decided_by"].items())
                   + ". Examples are not reproduced here: the messages stay in ../shared.", ""]
+    lines += ["## Notes", "",
+              "- Every bundle row goes through the product path: `train_classifier` on the fold's training rows "
+              "(15 % of them kept aside as its validation split, where calibration, the ensemble weight, the routing "
+              "model and the review thresholds are fitted), the bundle saved, verified and loaded, then "
+              "`ClassificationPipeline` on the held-out fold (`proba_texts`; `Router.routed_probs` for the routed "
+              "rows). The TF-IDF rows train on the whole training fold.",
+              "- Auto-routed precision/coverage: answers whose score is at or above the bundle's review threshold "
+              "(for routed rows the routing model's threshold, chosen on 2-fold cross-fitted validation "
+              "probabilities for precision 0.95).",
+              "- The remaining confusions are the pairs a reader also finds ambiguous in this label set (交通运输 vs "
+              "公安/交警, 住建 vs 城管 vs 街道乡镇, 城管 vs 自然资源和规划, 自然资源和规划 vs 住建): the label follows "
+              "who happened to handle the case, which the message alone often does not say.",
+              "- Not tried in this run: self-training on the unlabelled messages of attachments 2 and 3 (no "
+              "`--unlabelled` option ships), and the levers on the 256-token `department-long` recipe (about 3× "
+              "the cost of `department` per fold on these shared cores).", ""]
     other = {n: v for n, v in r.get("rows", {}).items() if "accuracy" not in v}
     for name, v in other.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {np.mean([x for x in d['folds'] if x is not None]):.3f}"
@@ -300,7 +316,11 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-hand-bundle", action="store_true", help="only the + history bundle per fold")
+    ap.add_argument("--render-only", action="store_true", help="re-write the markdown from the saved JSON")
     args = ap.parse_args()
+    if args.render_only:
+        save(json.loads((REPORTS / "departments.json").read_text(encoding="utf-8")))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not SHARED_DATA_DIR.exists():
         sys.exit(f"real data not found at {SHARED_DATA_DIR}")
