@@ -235,8 +235,9 @@ def _reorder(p: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
 
 def save(report: dict) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / "departments.json").write_text(json.dumps(report, ensure_ascii=False, indent=2, default=str))
-    (REPORTS / "departments.md").write_text(render(report), encoding="utf-8")
+    name = report["args"].get("report_name") or "departments"
+    (REPORTS / f"{name}.json").write_text(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+    (REPORTS / f"{name}.md").write_text(render(report), encoding="utf-8")
 
 
 def _f(x) -> str:
@@ -251,7 +252,10 @@ def render(r: dict) -> str:
              f"Recipe `{r['args']['recipe']}`, {r['args']['folds']} of 5 grouped folds"
              + (" (partial: still running)" if r.get("partial") else "") + ". "
              "Reproduce: `nice -n 5 .venv/bin/python eval/bench_departments.py --recipe "
-             f"{r['args']['recipe']} --folds {r['args']['folds']}`.", ""]
+             f"{r['args']['recipe']} --folds {r['args']['folds']}"
+             + (" --skip-hand-bundle" if r["args"].get("skip_hand_bundle") else "")
+             + (f" --report-name {r['args']['report_name']}" if r["args"].get("report_name", "departments")
+                != "departments" else "") + "`.", ""]
     e = r["extractor"]
     lines += ["## 1. Handling unit from the reply, against the 1,370 hand labels", "",
               "| tier | rows | precision | coverage | cumulative precision | cumulative coverage |", "|---|---|---|---|---|---|"]
@@ -317,9 +321,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-hand-bundle", action="store_true", help="only the + history bundle per fold")
     ap.add_argument("--render-only", action="store_true", help="re-write the markdown from the saved JSON")
+    ap.add_argument("--report-name", default="departments", help="eval/reports/NAME.md and .json")
     args = ap.parse_args()
     if args.render_only:
-        save(json.loads((REPORTS / "departments.json").read_text(encoding="utf-8")))
+        save(json.loads((REPORTS / f"{args.report_name}.json").read_text(encoding="utf-8")))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not SHARED_DATA_DIR.exists():
