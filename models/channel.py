@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError, ModelError
+from xinfang.fsutil import read_text
 
 __all__ = ["CHANNELS", "PETITION", "ChannelEntry", "ChannelTable", "ChannelDecider", "check_channel_labels"]
 
@@ -96,12 +97,7 @@ class ChannelTable:
 
     @classmethod
     def load(cls, path: str | Path) -> ChannelTable:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read channel table ({exc.strerror or exc})") from exc
-        return cls.parse(text, path)
+        return cls.parse(read_text(path, "channel table"), Path(path))
 
     @classmethod
     def parse(cls, text: str, path: Path | None = None) -> ChannelTable:

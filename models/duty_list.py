@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xinfang.errors import DataError
+from xinfang.fsutil import read_text
 
 __all__ = ["GENERIC", "DutyEntry", "DutyList", "shipped_duty_list"]
 
@@ -58,12 +59,7 @@ class DutyList:
 
     @classmethod
     def load(cls, path: str | Path) -> DutyList:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read duty list ({exc.strerror or exc})") from exc
-        return cls.parse(text, path)
+        return cls.parse(read_text(path, "duty list"), Path(path))
 
     @classmethod
     def parse(cls, text: str, path: Path | None = None) -> DutyList:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from xinfang.errors import ModelError
+from xinfang.errors import DataError, ModelError
 
 
 @contextmanager
@@ -30,3 +30,11 @@ def staged_directory(out_dir: str | Path, marker: str, kind: str) -> Iterator[Pa
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A UTF-8 text file's contents; a `DataError` naming the file and `what` it should hold when unreadable."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from exc
