@@ -190,6 +190,8 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         if create:
+            import xinfang.serving.matters_store  # noqa: F401  (its tables live on the same Base)
+
             try:
                 Base.metadata.create_all(self.engine)
             except OperationalError as exc:

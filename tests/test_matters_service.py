@@ -180,3 +180,15 @@ def test_restart_gives_every_stored_petition_a_matter(tmp_path, service_models, 
             r = client.get(f"/v1/petitions/{pid}/matter", headers=auth(keys["caseworker"]))
             assert r.status_code == 200 and r.json()["id"] == f"M-{pid}"
     assert Path(config.data_dir).exists()
+
+
+def test_a_store_opened_alone_has_the_matter_tables(tmp_path) -> None:
+    """The bulk loader opens the store before anything imports the matter routes (fresh process)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "s.db"
+    code = ("import sqlalchemy as sa; from xinfang.serving.store import Store; "
+            f"s = Store('sqlite:///{db}'); print(sorted(sa.inspect(s.engine).get_table_names()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "matter_members" in out and "matters" in out and "matter_cannot_links" in out
