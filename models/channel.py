@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError, ModelError
-from xinfang.fsutil import read_text
+from xinfang.fsutil import parse_yaml, read_text
 
 __all__ = ["CHANNELS", "PETITION", "ChannelEntry", "ChannelTable", "ChannelDecider", "check_channel_labels"]
 
@@ -101,13 +101,9 @@ class ChannelTable:
 
     @classmethod
     def parse(cls, text: str, path: Path | None = None) -> ChannelTable:
-        import yaml
 
         where = str(path or "channel table")
-        try:
-            root = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise DataError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        root = parse_yaml(text, where)
         if not isinstance(root, dict) or not isinstance(root.get("channels"), dict) or not root["channels"]:
             raise DataError(f"{where}: a channel table is a mapping with a non-empty `channels:` mapping "
                             f"(channel -> procedure, body, keywords, routes)")

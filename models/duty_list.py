@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xinfang.errors import DataError
-from xinfang.fsutil import read_text
+from xinfang.fsutil import parse_yaml, read_text
 
 __all__ = ["GENERIC", "DutyEntry", "DutyList", "shipped_duty_list"]
 
@@ -66,10 +66,7 @@ class DutyList:
         import yaml
 
         where = str(path or "duty list")
-        try:
-            root = yaml.compose(text)
-        except yaml.YAMLError as exc:
-            raise DataError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        root = parse_yaml(text, where, nodes=True)
         if isinstance(root, yaml.MappingNode):  # allow {departments: [...]} too
             root = next((v for k, v in root.value if k.value in ("departments", "entries")), None)
         if not isinstance(root, yaml.SequenceNode) or not root.value:

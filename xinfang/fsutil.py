@@ -38,3 +38,14 @@ def read_text(path: str | Path, what: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from exc
+
+
+def parse_yaml(text: str, where: str, nodes: bool = False):
+    """YAML text as Python data (or, with `nodes`, as a node tree that keeps line numbers); a `DataError`
+    naming `where` when it is not valid YAML."""
+    import yaml
+
+    try:
+        return yaml.compose(text) if nodes else yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DataError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from exc
