@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.machine import machine_info as machine
+from xinfang.models import calibration as cal
 from xinfang.models.duty_list import DutyList
 from xinfang.models.normalize import normalize_text, petition_text
 from xinfang.models.pipeline import ClassificationPipeline
 from xinfang.models.router import Router, extract_jurisdiction
 from xinfang.records import load_records
 from xinfang.settings import PROVINCE_DUTY_LIST, REPO_ROOT, SHARED_DATA_DIR
-from xinfang.training import evaluation as ev
 from xinfang.training.classifier import _group_keys, group_ids, recipe_with, resolve_recipe, train_classifier
 from xinfang.training.history import HISTORY_WEIGHTS
 from xinfang.training.reply_units import TIERS, extract_unit, history_labels
@@ -120,7 +120,7 @@ def tfidf_probs(tr_texts: list[str], tr_y: list[str], te_texts: list[str], label
     out = np.full((len(te_texts), len(labels)), -10.0)
     for j, c in enumerate(svm.classes_):
         out[:, labels.index(c)] = d[:, j]
-    return ev.softmax(out, 0.25)
+    return cal.softmax(out, 0.25)
 
 
 def run(args: argparse.Namespace) -> dict:

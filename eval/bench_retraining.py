@@ -27,12 +27,12 @@ from pathlib import Path
 
 from xinfang.machine import cpu_model
 from xinfang.models.normalize import normalize_text, petition_text
+from xinfang.models.registry import JsonlAudit, Registry
 from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training.classifier import FrozenCache, group_ids, group_split, recipe_with, train_classifier
 from xinfang.training.gate import gate_and_promote
 from xinfang.training.incremental import train_incremental
-from xinfang.training.registry import JsonlAudit, Registry
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

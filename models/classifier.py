@@ -267,14 +267,13 @@ class ClassifierBundle:
 
     def proba_texts(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Calibrated probabilities for normalised texts: softmax(logits / temperature) of the encoder, mixed
-        with the TF-IDF head's when the bundle has the ensemble (see xinfang.models.tfidf_head.ensemble_proba)."""
-        from xinfang.training.evaluation import softmax
+        with the TF-IDF head's when the bundle has the ensemble (see xinfang.models.calibration.ensemble_proba)."""
+        from xinfang.models.calibration import ensemble_proba, softmax
 
         p = softmax(self.logits(texts, batch_size, progress), self.temperature)
         ens = self.ensemble
         if ens is None:
             return p
-        from xinfang.models.tfidf_head import ensemble_proba
 
         weight = float(ens["weight"])
         p_tfidf = self.tfidf.proba(texts) if weight < 1.0 else None

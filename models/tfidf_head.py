@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import ModelError
+from xinfang.models.calibration import fit_temperature, softmax
 
-__all__ = ["TfidfHead", "TFIDF_JSON", "TFIDF_TENSORS", "ensemble_proba"]
+__all__ = ["TfidfHead", "TFIDF_JSON", "TFIDF_TENSORS"]
 
 TFIDF_JSON = "tfidf.json"
 TFIDF_TENSORS = "tfidf_head.safetensors"
@@ -80,7 +81,6 @@ class TfidfHead:
 
     def calibrate(self, texts: list[str], y: list[int]) -> float:
         """Fit the softmax temperature of the linear scores on validation data (NLL); returns it."""
-        from xinfang.training.evaluation import fit_temperature
 
         self.temperature = fit_temperature(self.scores(texts), np.asarray(y))
         return self.temperature
@@ -106,7 +106,6 @@ class TfidfHead:
 
     def proba(self, texts: list[str]) -> np.ndarray:
         """Calibrated probabilities (softmax of scores / temperature)."""
-        from xinfang.training.evaluation import softmax
 
         if not texts:
             return np.zeros((0, len(self.intercept)))
@@ -148,21 +147,3 @@ class TfidfHead:
         doc.pop("n_features", None)
         doc.pop("format", None)
         return cls(doc, vocab, idf, coef, intercept, temp)
-
-
-def ensemble_proba(p_encoder: np.ndarray, p_tfidf: np.ndarray | None, weight: float,
-                   temperature: float = 1.0) -> np.ndarray:
-    """Final probabilities: softmax(log(w * p_encoder + (1 - w) * p_tfidf) / temperature).
-
-    `p_tfidf` may be None when `weight` is 1 (the TF-IDF part then does not count).
-    """
-    from xinfang.training.evaluation import softmax
-
-    p = np.asarray(p_encoder, dtype=np.float64)
-    if weight < 1.0:
-        if p_tfidf is None:
-            raise ValueError("ensemble weight < 1 needs TF-IDF probabilities")
-        p = weight * p + (1.0 - weight) * np.asarray(p_tfidf, dtype=np.float64)
-    if len(p) == 0:
-        return p
-    return softmax(np.log(np.clip(p, 1e-12, None)), temperature)

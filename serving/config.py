@@ -178,21 +178,16 @@ class ServiceConfig:
     def resolved_model_dirs(self) -> list[Path]:
         """The configured bundle dirs, with each task's promoted registry version taking its place
         (`<data dir>/registry`; XINFANG_REGISTRY=off ignores the registry)."""
-        try:
-            from xinfang.training.registry import serving_model_dirs
-        except ImportError:  # pragma: no cover - registry not installed
-            return self.models
+        from xinfang.models.registry import serving_model_dirs
+
         return serving_model_dirs(self.data_dir, self.models)
 
     def resolved_scorer_path(self) -> Path | None:
         """The promoted repeat scorer of the registry, else the configured file when it exists, else None
         (the shipped default scorer is used)."""
-        try:
-            from xinfang.training.registry import serving_scorer_path
+        from xinfang.models.registry import serving_scorer_path
 
-            promoted = serving_scorer_path(self.data_dir)
-        except ImportError:  # pragma: no cover
-            promoted = None
+        promoted = serving_scorer_path(self.data_dir)
         if promoted is not None and promoted.exists():
             return promoted
         return self.scorer_path if self.scorer_path.exists() else None

@@ -66,7 +66,7 @@ def _state(client, keys, ids: list[str], base_ids: list[str]) -> dict:
 
 
 def _round_trip(tmp_path: Path, service_models, encoder: Path, src_url: str | None, dst_url: str | None) -> None:
-    from xinfang.training.registry import JsonlAudit, Registry
+    from xinfang.models.registry import JsonlAudit, Registry
 
     bundles, scorer = service_models
     a_dir, b_dir, snap = tmp_path / "a", tmp_path / "b", tmp_path / "snap"

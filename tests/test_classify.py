@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from xinfang.cli import app
 from xinfang.errors import DataError, ModelError
+from xinfang.models import calibration as cal
 from xinfang.models.classifier import ClassifierBundle
 from xinfang.models.duty_list import DutyList
 from xinfang.models.pipeline import ClassificationPipeline
 from xinfang.models.router import Router, extract_jurisdiction, jurisdiction_levels
 from xinfang.records import load_records
-from xinfang.training import evaluation as ev
 from xinfang.training.classifier import (
     group_ids,
     group_split,
@@ -250,9 +250,9 @@ def test_temperature_scaling_reduces_ece() -> None:
     logits = rng.normal(0, 1, (n, c))
     logits[np.arange(n), y] += 1.0
     over = logits * 6  # overconfident
-    t = ev.fit_temperature(over, y)
+    t = cal.fit_temperature(over, y)
     assert 3 < t < 12
-    assert ev.expected_calibration_error(ev.softmax(over, t), y) < ev.expected_calibration_error(ev.softmax(over), y) / 2
+    assert cal.expected_calibration_error(cal.softmax(over, t), y) < cal.expected_calibration_error(cal.softmax(over), y) / 2
 
 
 def test_choose_threshold_meets_target_precision() -> None:
@@ -261,10 +261,10 @@ def test_choose_threshold_meets_target_precision() -> None:
     conf = rng.uniform(0.34, 1.0, n)
     y = np.where(rng.uniform(size=n) < conf, 0, 1)  # correct with probability = confidence
     probs = np.stack([conf, 1 - conf], axis=1)
-    r = ev.choose_threshold(probs, y, 0.9)
+    r = cal.choose_threshold(probs, y, 0.9)
     accepted = conf >= r["threshold"]
     assert r["attainable"] and (y[accepted] == 0).mean() >= 0.9 and 0.1 < accepted.mean() < 0.9
-    bad = ev.choose_threshold(np.full((50, 2), 0.5) + [0.01, -0.01], np.ones(50, dtype=int), 0.9)
+    bad = cal.choose_threshold(np.full((50, 2), 0.5) + [0.01, -0.01], np.ones(50, dtype=int), 0.9)
     assert not bad["attainable"] and bad["threshold"] > 1.0
 
 
@@ -538,11 +538,11 @@ def test_tfidf_head_round_trip_equals_in_memory(tmp_path: Path) -> None:
 
 
 def test_bundle_uses_ensemble(topic_bundle: Path) -> None:
-    from xinfang.models.tfidf_head import ensemble_proba
+    from xinfang.models.calibration import ensemble_proba
 
     b = ClassifierBundle.load(topic_bundle)
     texts = ["K8县公交车路线问题", "学校幼儿园收费"]
-    expected = ensemble_proba(ev.softmax(b.logits(texts), b.temperature), b.tfidf.proba(texts),
+    expected = ensemble_proba(cal.softmax(b.logits(texts), b.temperature), b.tfidf.proba(texts),
                               b.ensemble["weight"], b.ensemble["temperature"])
     np.testing.assert_allclose(b.proba_texts(texts), expected, atol=1e-9)
     pipe = ClassificationPipeline(bundles={"topic": b})
@@ -561,7 +561,7 @@ def test_no_tfidf_bundle_still_predicts(tmp_path: Path, tiny_encoder_dir: Path, 
     b = ClassifierBundle.load(out)
     assert b.tfidf is None and b.ensemble is None
     texts = ["K8县公交车路线问题"]
-    np.testing.assert_allclose(b.proba_texts(texts), ev.softmax(b.logits(texts), b.temperature), atol=1e-9)
+    np.testing.assert_allclose(b.proba_texts(texts), cal.softmax(b.logits(texts), b.temperature), atol=1e-9)
     assert b.predict([{"title": texts[0]}])[0]["label"] in TOPICS
 
 

@@ -11,8 +11,8 @@ import pytest
 from xinfang.errors import ModelError
 from xinfang.hashing import sha256_file
 from xinfang.models.classifier import manifest_version
+from xinfang.models.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
 from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
-from xinfang.training.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
 
 
 def fake_bundle(path: Path, task: str = "topic", macro_f1: float = 0.5, labels=("a", "b")) -> Path:
@@ -103,8 +103,8 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, registry
 
 
 def test_store_audit_records_promotions(tmp_path: Path):
+    from xinfang.serving.audit import StoreAudit, default_audit
     from xinfang.serving.store import Store
-    from xinfang.training.registry import StoreAudit, default_audit
 
     url = f"sqlite:///{tmp_path / 'xinfang.db'}"
     Store(url).close()
@@ -208,9 +208,8 @@ def _stored(store, pid: str, title: str, text: str, topic: str) -> None:
 
 
 def test_feedback_export_round_trips_into_training_inputs(tmp_path: Path):
-    from xinfang.records import load_records
+    from xinfang.records import load_pairs_with_petitions, load_records
     from xinfang.serving.store import Store
-    from xinfang.training.adapters import load_pairs_with_petitions
     from xinfang.training.classifier import prepare_examples
     from xinfang.training.feedback_export import export_feedback, output_paths, parse_since
 
@@ -485,7 +484,7 @@ def test_repeat_scorer_retraining_through_registry_and_gate(tmp_path: Path, tiny
     gate = reg.get("repeats-v2")["gate"]
     assert gate["metric"] == "pair_f1" and gate["new"] < gate["baseline"]
     # the service picks the promoted scorer from the registry
-    from xinfang.training.registry import serving_scorer_path
+    from xinfang.models.registry import serving_scorer_path
 
     assert serving_scorer_path(tmp_path) == reg.bundle_path("repeats-v1") / "scorer.json"
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xinfang.errors import DataError
+from xinfang.records import load_pairs_with_petitions
 
 _SIM_CACHE: dict[str, list[float]] = {}
 
@@ -43,36 +43,6 @@ def predict_labels(bundle_dir: Path, records: list[dict[str, Any]]) -> list[str]
     if key not in _PRED_CACHE:
         _PRED_CACHE[key] = [row["label"] for row in bundle.predict(records, top_k=1)]
     return list(_PRED_CACHE[key])
-
-
-def load_pairs_with_petitions(pairs_path: Path, petitions_path: Path | None = None) -> list[dict[str, Any]]:
-    """Self-contained labelled pairs ``{"a": {petition}, "b": {petition}, "label"}``.
-
-    Rows may already hold petitions inline, or hold ids (``{"a": id, "b": id, "label"}``, the repeat
-    scorer's training format) resolved against ``petitions_path``.
-    """
-    from xinfang.records import load_records, read_jsonl
-
-    rows = read_jsonl(pairs_path)
-    by_id: dict[str, dict[str, Any]] = {}
-    if petitions_path is not None:
-        by_id = {str(r["id"]): r for r in load_records(petitions_path, require_text=False)}
-    out = []
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or "a" not in row or "b" not in row or "label" not in row:
-            raise DataError(f"{pairs_path}: line {n}: a pair needs fields a, b and label")
-        sides = []
-        for side in ("a", "b"):
-            value = row[side]
-            if isinstance(value, dict):
-                sides.append(value)
-            elif str(value) in by_id:
-                sides.append({k: v for k, v in by_id[str(value)].items() if k != "_row"})
-            else:
-                where = f"in {petitions_path}" if petitions_path else "(pass --petitions FILE)"
-                raise DataError(f"{pairs_path}: line {n}: petition id {value!r} of field {side} not found {where}")
-        out.append({"a": sides[0], "b": sides[1], "label": row["label"]})
-    return out
 
 
 def load_eval_pairs(path: Path) -> tuple[list[tuple[dict, dict]], list[int]]:

@@ -477,12 +477,13 @@ def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe:
     threshold and the metrics are computed on the final probabilities. Returns
     (encoder temperature, review, metrics, ensemble config or None, final validation probabilities).
     """
-    from xinfang.models.tfidf_head import ensemble_proba
+    from xinfang.models import calibration as cal
+    from xinfang.models.calibration import ensemble_proba
     from xinfang.training import evaluation as ev
 
     y = np.array(va_y)
-    temperature = ev.fit_temperature(va_logits, y)
-    p_raw, p_enc = ev.softmax(va_logits), ev.softmax(va_logits, temperature)
+    temperature = cal.fit_temperature(va_logits, y)
+    p_raw, p_enc = cal.softmax(va_logits), cal.softmax(va_logits, temperature)
     p_final, ensemble = p_enc, None
     if tfidf is not None:
         tfidf.calibrate(va_texts, va_y)
@@ -491,7 +492,7 @@ def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe:
         best = max(by_weight.values())
         weight = min((w for w, f in by_weight.items() if f >= best - 1e-12), key=lambda w: (abs(w - 0.5), w))
         mixed = weight * p_enc + (1 - weight) * p_tf
-        t_final = ev.fit_temperature(np.log(np.clip(mixed, 1e-12, None)), y)
+        t_final = cal.fit_temperature(np.log(np.clip(mixed, 1e-12, None)), y)
         p_final = ensemble_proba(p_enc, p_tf, weight, t_final)
         ensemble = {"weight": weight, "components": ["encoder", "tfidf"], "temperature": t_final,
                     "tfidf_temperature": tfidf.temperature,
@@ -500,9 +501,9 @@ def calibrate(va_logits: np.ndarray, va_y: list[int], labels: list[str], recipe:
                     "validation_macro_f1": {"encoder": by_weight[1.0], "tfidf": by_weight[0.0],
                                             "ensemble": _macro_f1(y, p_final),
                                             "by_weight": {str(w): f for w, f in by_weight.items()}}}
-    review = ev.choose_threshold(p_final, y, recipe.target_precision)
+    review = cal.choose_threshold(p_final, y, recipe.target_precision)
     metrics = ev.classification_metrics([labels[i] for i in va_y], p_final, labels, review["threshold"])
-    metrics["ece_before_calibration"] = ev.expected_calibration_error(p_raw, y)
+    metrics["ece_before_calibration"] = cal.expected_calibration_error(p_raw, y)
     metrics["ece_after_calibration"] = metrics["ece"]
     metrics["temperature"] = temperature
     if ensemble is not None:

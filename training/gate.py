@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from xinfang.errors import DataError
-from xinfang.training.registry import REPEAT_TASK, Registry, RegistryError
+from xinfang.models.registry import REPEAT_TASK, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 

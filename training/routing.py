@@ -20,7 +20,7 @@ def fit_routing(texts: list[str], probs: np.ndarray, y: list[int], labels: list[
     cross-fitted probabilities on the same rows (each half scored by a model fitted on the other)."""
     from sklearn.model_selection import StratifiedKFold
 
-    from xinfang.training import evaluation as ev
+    from xinfang.models import calibration as cal
 
     f = evidence(texts, probs, labels, duty)
     yy = np.asarray(y)
@@ -33,7 +33,7 @@ def fit_routing(texts: list[str], probs: np.ndarray, y: list[int], labels: list[
     else:  # too few rows per class to cross-fit: figures and threshold from the in-sample fit (said in the report)
         oof = RoutingModel.fit(f, yy, labels).proba(f)
     model = RoutingModel.fit(f, yy, labels)
-    review = ev.choose_threshold(oof, yy, target_precision)
+    review = cal.choose_threshold(oof, yy, target_precision)
     model.threshold = float(review["threshold"])
     model.target_precision = target_precision
 

@@ -363,3 +363,31 @@ def _check(
 
 def _list(names: Iterable[str]) -> str:
     return ", ".join(f"'{n}'" for n in names) or "(none)"
+
+
+def load_pairs_with_petitions(pairs_path: Path, petitions_path: Path | None = None) -> list[dict[str, Any]]:
+    """Self-contained labelled pairs ``{"a": {petition}, "b": {petition}, "label"}``.
+
+    Rows may already hold petitions inline, or hold ids (``{"a": id, "b": id, "label"}``, the repeat
+    scorer's training format) resolved against ``petitions_path``.
+    """
+    rows = read_jsonl(pairs_path)
+    by_id: dict[str, dict[str, Any]] = {}
+    if petitions_path is not None:
+        by_id = {str(r["id"]): r for r in load_records(petitions_path, require_text=False)}
+    out = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "a" not in row or "b" not in row or "label" not in row:
+            raise DataError(f"{pairs_path}: line {n}: a pair needs fields a, b and label")
+        sides = []
+        for side in ("a", "b"):
+            value = row[side]
+            if isinstance(value, dict):
+                sides.append(value)
+            elif str(value) in by_id:
+                sides.append({k: v for k, v in by_id[str(value)].items() if k != "_row"})
+            else:
+                where = f"in {petitions_path}" if petitions_path else "(pass --petitions FILE)"
+                raise DataError(f"{pairs_path}: line {n}: petition id {value!r} of field {side} not found {where}")
+        out.append({"a": sides[0], "b": sides[1], "label": row["label"]})
+    return out

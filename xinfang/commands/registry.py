@@ -11,8 +11,9 @@ REGISTRY_HELP = "Registry dir (default: <data dir>/registry)."
 
 
 def _registry(registry_dir: Path | None, database_url: str | None = None):
+    from xinfang.models.registry import Registry
+    from xinfang.serving.audit import default_audit
     from xinfang.settings import get_settings
-    from xinfang.training.registry import Registry, default_audit
 
     root = Path(registry_dir) if registry_dir else get_settings().data_dir / "registry"
     return Registry(root, audit=default_audit(root, database_url))
@@ -32,8 +33,8 @@ def train_from_version(records: list[dict], *, task: str, version: str, out: Pat
                        label_column: str, source: str, registry_dir: Path | None = None):
     """`xinfang train --from VERSION`: incremental training from a registered version ('promoted' = the
     promoted one of the task). Returns (TrainResult, the registry version trained from)."""
+    from xinfang.models.registry import RegistryError
     from xinfang.training.incremental import train_incremental
-    from xinfang.training.registry import RegistryError
 
     reg = _registry(registry_dir)
     if version == "promoted":

@@ -39,6 +39,7 @@ from typing import Any
 
 from xinfang.errors import ModelError, XinfangError
 from xinfang.hashing import sha256_file
+from xinfang.records import load_pairs_with_petitions, load_records
 from xinfang.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -225,50 +226,12 @@ class JsonlAudit(AuditSink):
             os.fsync(fh.fileno())
 
 
-class StoreAudit(AuditSink):
-    """The service's `audit_log` table through `Store.audit(who, action, object_ids)`: ids only, never text.
-
-    The object ids are the version plus ``task:<task>`` and, where there is one, ``previous:<version>``;
-    the full event (gate figures, reasons) is kept in registry.json's ``events``.
-    """
-
-    def __init__(self, database_url: str):
-        from xinfang.serving.store import Store
-
-        self.store = Store(database_url)
-        self.description = f"store:{self.store.safe_url}"
-
-    def record(self, action: str, actor: str, target: str, details: dict[str, Any]) -> None:
-        ids = [target, f"task:{details.get('task')}"]
-        if details.get("previous"):
-            ids.append(f"previous:{details['previous']}")
-        self.store.audit(who=actor, action=action, object_ids=ids)
-
-
-def default_audit(root: Path, database_url: str | None = None) -> AuditSink:
-    """The store's audit log when a store is configured (URL, XINFANG_DATABASE_URL, or the service's default
-    ``<data dir>/xinfang.db`` next to the registry) and importable; else ``<registry>/audit.jsonl``."""
-    url = database_url or os.environ.get("XINFANG_DATABASE_URL")
-    default_db = root.parent / "xinfang.db"  # the service's default SQLite store in the same data dir
-    if not url and default_db.exists():
-        url = f"sqlite:///{default_db}"
-    if url:
-        try:
-            return StoreAudit(url)
-        except ImportError as exc:
-            log.warning("service store not importable (%s); auditing to %s", exc, root / "audit.jsonl")
-    return JsonlAudit(root / "audit.jsonl")
-
-
-# --------------------------------------------------------------------------------------------- registry
-
-
 class Registry:
     """The registry in ``root`` (default ``<data dir>/registry``)."""
 
     def __init__(self, root: Path | None = None, audit: AuditSink | None = None, actor: str | None = None):
         self.root = Path(root) if root else get_settings().data_dir / "registry"
-        self.audit = audit or default_audit(self.root)
+        self.audit = audit or JsonlAudit(self.root / "audit.jsonl")
         self.actor = actor or os.environ.get("XINFANG_ACTOR") or os.environ.get("USER") or "cli"
 
     @property
@@ -487,15 +450,11 @@ class Registry:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         if task == REPEAT_TASK:
-            from xinfang.training.adapters import load_pairs_with_petitions
-
             rows = load_pairs_with_petitions(src, petitions)
             with open(tmp, "w", encoding="utf-8") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         else:
-            from xinfang.records import load_records
-
             load_records(src, label_column=label_column or task)  # refuse a file training could not read
             shutil.copyfile(src, tmp)
         with open(tmp, "rb") as fh:
