@@ -18,7 +18,7 @@ app = typer.Typer(
 
 # Each module under xinfang.commands exposes `register(app)`; a module that is not there yet is skipped.
 COMMAND_MODULES = ["encoder", "demo", "classify", "repeats", "matters", "serve", "keys", "registry", "feedback",
-                   "departments", "backup"]
+                   "departments", "backup", "db", "settings"]
 
 for _name in COMMAND_MODULES:
     try:
