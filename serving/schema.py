@@ -7,13 +7,10 @@ and no revision, as the embedded SQLite default is on a first start -- is create
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
@@ -25,18 +22,28 @@ VERSION_TABLE = "alembic_version"
 UPGRADE = "xinfang db upgrade"
 
 
+log = logging.getLogger("xinfang.serving")
+# alembic logs each plugin (at import) and each connection's dialect at INFO; `xinfang db` and `check` say what
+# was done. Set before alembic is imported (below, where it is used).
+logging.getLogger("alembic.runtime").setLevel(logging.WARNING)
+
+
 class SchemaError(XinfangError):
     """The database is not at the code's schema revision (the message names the command to run)."""
 
 
-def alembic_config() -> Config:
+def alembic_config():
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
 
 
 @lru_cache(maxsize=1)
-def _script() -> ScriptDirectory:
+def _script():
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -51,6 +58,8 @@ def known_revisions() -> set[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -65,6 +74,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     before = current_revision(engine)
     if before is not None and before not in known_revisions():
         raise SchemaError(newer_message(before))
+    from alembic import command
+
     cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -91,6 +102,7 @@ def check(engine: Engine, where: str, create_empty: bool = True) -> None:
         except Exception:
             if current_revision(engine) != head:  # another process creating it at the same time is fine
                 raise
+        log.info("new store %s created at schema revision %s", where, head)
         return
     if current is None:
         raise SchemaError(f"{where}: database written before schema migrations (no revision): "

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info", help="debug, info, warning, error."),
     ) -> None:
         """Serve the classification, petition store and repeat search API (JSON-lines logs on stderr)."""
+        import inspect
         import logging
 
         import uvicorn
@@ -60,9 +61,12 @@ def register(app: typer.Typer) -> None:
                        f"then: curl -H 'Authorization: Bearer <key>' http://{host}:{port}/v1/models", err=True)
         typer.echo(f"serving on http://{host}:{port} (docs: /docs, UI: /ui/, store: {store.safe_url}, "
                    f"runtime: {config.runtime})", err=True)
-        # The settings travel to every worker as the factory's argument (pickled into spawned workers).
+        # The settings travel to every worker as the factory's argument (pickled into spawned workers). A worker
+        # loading its models answers the parent's health check late on busy cores: give it a minute.
+        extra = ({"timeout_worker_healthcheck": 60}
+                 if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters else {})
         uv = uvicorn.Config(partial(create_app, base), factory=True, host=host, port=port, workers=workers,
-                            log_config=None, access_log=False, timeout_graceful_shutdown=20)
+                            log_config=None, access_log=False, timeout_graceful_shutdown=20, **extra)
         server = uvicorn.Server(uv)
         if workers > 1:
             Multiprocess(uv, sockets=[uv.bind_socket()]).run()
