@@ -34,7 +34,7 @@ def train_from_version(records: list[dict], *, task: str, version: str, out: Pat
     """`xinfang train --from VERSION`: incremental training from a registered version ('promoted' = the
     promoted one of the task). Returns (TrainResult, the registry version trained from)."""
     from xinfang.models.registry import RegistryError
-    from xinfang.training.incremental import train_incremental
+    from xinfang.training.classifier import train
 
     reg = _registry(registry_dir)
     if version == "promoted":
@@ -44,9 +44,8 @@ def train_from_version(records: list[dict], *, task: str, version: str, out: Pat
     record = reg.get(version)
     if record["task"] != task:
         raise RegistryError(f"--from {version}: a {record['task']} model, not {task}")
-    result = train_incremental(records, parent_dir=reg.bundle_path(version), out_dir=out, recipe=recipe,
-                               seed=seed, label_column=label_column, parent_version=version, source=source,
-                               progress=True)
+    result = train(records, init=reg.bundle_path(version), out_dir=out, recipe=recipe, seed=seed,
+                   label_column=label_column, parent_version=version, source=source, progress=True)
     return result, version
 
 
