@@ -82,12 +82,19 @@ class BaseStack:
 
 
 class TorchStack(BaseStack):
+    """The base's torch model, shared (CPU); with another `device`, a copy of it there."""
+
+    def __init__(self, base: BaseEncoder, device: str = "cpu") -> None:
+        super().__init__(base)
+        self.device = device
+        self._model = base.load_model().to(device) if device != "cpu" else None
+
     def run(self, x, mask, a: int, b: int):
         import torch
 
-        model = self.base.model
+        model = self._model if self._model is not None else self.base.model
         with torch.inference_mode():
-            x, mask = torch.as_tensor(x), torch.as_tensor(mask)
+            x, mask = torch.as_tensor(x, device=self.device), torch.as_tensor(mask, device=self.device)
             hidden = model.embeddings(input_ids=x) if a == 0 else x
             if b > a:
                 hidden = run_layers(model, encoder_layers(model)[a:b], hidden, mask)
@@ -117,8 +124,8 @@ class TorchTop:
 
         with torch.inference_mode():
             hidden, mask = torch.as_tensor(hidden), torch.as_tensor(mask)
-            h = run_layers(self.model, self.layers, hidden, mask)
-            return (mean_pool(h, mask) @ self.head_w.T + self.head_b).float().numpy()
+            h = run_layers(self.model, self.layers, hidden.cpu(), mask.cpu())
+            return (mean_pool(h, mask.cpu()) @ self.head_w.T + self.head_b).float().numpy()
 
 
 def layer_key(index: int, name: str) -> str:

@@ -239,8 +239,8 @@ def test_manifest_entries_outside_the_bundle_and_forged_versions_are_refused(env
 
 
 def test_registry_and_onnx_cache_do_not_trust_the_version(service_models, tmp_path) -> None:
+    from xinfang.models.onnx_runtime import cache_folder
     from xinfang.models.registry import inspect_bundle
-    from xinfang.serving.onnx_runtime import cache_folder
 
     bundles, _ = service_models
     good = inspect_bundle(bundles[0])
