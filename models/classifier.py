@@ -267,8 +267,9 @@ class ClassifierBundle:
         try:
             head = load_file(str(path / HEAD_FILE))
             layers = load_file(str(path / LAYERS_FILE))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path}: cannot read {HEAD_FILE}/{LAYERS_FILE} ({exc})") from exc
+        except Exception as exc:  # safetensors refuses anything else (a pickle is never unpickled)
+            raise ModelError(f"{path}: cannot read {HEAD_FILE}/{LAYERS_FILE} as safetensors "
+                             f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from exc
         if head["weight"].shape[0] != len(labels):
             raise ModelError(f"{path}: head has {head['weight'].shape[0]} rows but labels.json lists {len(labels)}")
         tfidf = None
