@@ -188,7 +188,7 @@ class ClassifierBundle:
     def __init__(self, path: Path | None, config: dict, labels: list[str], base, layers: dict, head_w, head_b,
                  version: str = "", metrics: dict | None = None, tfidf=None, duty_list=None, routing=None,
                  backend: str | None = "torch", cache_dir: Path | None = None, threads: int = 2) -> None:
-        from xinfang.models.stack import base_stack
+        from xinfang.models.backends import base_stack
 
         self.path = Path(path) if path is not None else None
         self.config = config

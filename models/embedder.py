@@ -61,8 +61,9 @@ class Embedder:
         cache_dir: Path | None = None,
         threads: int = 2,
     ) -> None:
+        from xinfang.models.backends import base_stack
         from xinfang.models.encoder import load_base
-        from xinfang.models.stack import TorchStack, base_stack
+        from xinfang.models.stack import TorchStack
 
         if max_length < 8:
             raise ModelError(f"max_length must be at least 8, got {max_length}")

@@ -3,21 +3,18 @@
 A classifier bundle keeps only the layers it trained (models/classifier.py): its layers [k, L) and head, on a
 base whose layers [0, k) it shares. `BaseStack.run(x, mask, a, b)` runs the base's embeddings (when a == 0,
 x = input ids) and layers a..b-1; `TorchTop` runs a bundle's own layers + mean pooling + head. The ONNX
-versions (models/onnx_runtime.py) have the same two interfaces, so a backend is chosen once, at load.
+versions (models/onnx_runtime.py) have the same two interfaces; models/backends.py picks one, once, at load.
 """
 
 from __future__ import annotations
 
-import threading
 from functools import cache
 
 import numpy as np
 
 from xinfang.models.encoder import BaseEncoder, encoder_layers
 
-__all__ = ["BACKENDS", "BaseStack", "TorchStack", "TorchTop", "base_stack", "mean_pool", "run_layers"]
-
-BACKENDS = ("torch", "onnx", "onnx-int8")
+__all__ = ["BaseStack", "TorchStack", "TorchTop", "mean_pool", "run_layers", "layer_state"]
 
 _MASK_KEYWORDS = ("attention_mask", "encoder_attention_mask", "embedding_output", "encoder_hidden_states", "cache",
                   "past_key_values", "cache_position", "position_ids")
@@ -146,27 +143,3 @@ def layer_state(model, first: int) -> dict:
             for name, t in layer.state_dict().items():
                 out[layer_key(i, name)] = t.detach().float().cpu().contiguous().clone()
     return out
-
-
-_STACKS: dict[tuple, BaseStack] = {}
-_STACKS_LOCK = threading.Lock()
-
-
-def base_stack(base: BaseEncoder, backend: str = "torch", cache_dir=None, threads: int = 2) -> BaseStack:
-    """The process's stack for (base, backend): every bundle and embedder on that base shares it."""
-    from xinfang.errors import ModelError
-
-    if backend not in BACKENDS:
-        raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    key = (base.fingerprint, backend, str(cache_dir) if backend != "torch" else None)
-    with _STACKS_LOCK:
-        if key not in _STACKS:
-            if backend == "torch":
-                _STACKS[key] = TorchStack(base)
-            else:
-                if cache_dir is None:
-                    raise ModelError(f"backend {backend} needs an ONNX cache directory")
-                from xinfang.models.onnx_runtime import OnnxStack
-
-                _STACKS[key] = OnnxStack(base, int8=backend == "onnx-int8", cache_dir=cache_dir, threads=threads)
-        return _STACKS[key]
