@@ -21,6 +21,14 @@ from pathlib import Path
 REPORTS = Path(__file__).resolve().parent / "reports"
 
 
+def shown(path: Path) -> str:
+    """A path as the report shows it: relative to the working directory, else its last two parts."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return "/".join(Path(path).parts[-2:])
+
+
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -74,7 +82,7 @@ def main() -> None:
     report = {"machine": machine_info(), "load_seconds": round(load_s, 2),
               "bundles": {t: {"path": b.path.name, "bytes": dir_size(b.path), "shared_layers": b.shared_layers,
                               "max_length": b.max_length, "prefix": b.prefix} for t, b in pipe.bundles.items()},
-              "old_bundles": {p.name: dir_size(p) for p in args.old},
+              "old_bundles": {shown(p): dir_size(p) for p in args.old},
               "shared_run": {k: v for k, v in shared.items() if k != "rows"},
               "separate_runs_same_process": {k: v for k, v in alone.items() if k != "rows"}}
     if args.reference:
@@ -92,9 +100,9 @@ def main() -> None:
     m = report["machine"]
     lines = [f"# Slim bundles and the shared base run ({m.get('date', '')}, {m.get('cpu', '')}, "
              f"{m.get('nproc', '')} cores, commit {m.get('commit', '')})", "",
-             f"Command: `python eval/bench_bundles.py --models {' '.join(str(p) for p in args.models)}"
-             + (f" --old {' '.join(str(p) for p in args.old)}" if args.old else "")
-             + (f" --reference {args.reference}" if args.reference else "") + "`; torch backend, 1 thread, "
+             f"Command: `python eval/bench_bundles.py --models {' '.join(shown(p) for p in args.models)}"
+             + (f" --old {' '.join(shown(p) for p in args.old)}" if args.old else "")
+             + (f" --reference {shown(args.reference)}" if args.reference else "") + "`; torch backend, 1 thread, "
              f"{len(petitions)} demo petitions; load average at start {m.get('loadavg_at_start')}.", "",
              "| bundle | bytes on disk | shared layers | max length |", "|---|---|---|---|"]
     for t, b in report["bundles"].items():
