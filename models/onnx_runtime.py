@@ -8,6 +8,8 @@ then cached under the cache directory (written to a temp name, then renamed):
                                                          by every bundle and the embedder on that base
     <task>-<bundle version>/top[.int8].onnx               a bundle's own layers + mean pooling + head
 
+(onnx-int8 keeps only the .int8.onnx files: the fp32 export is removed once quantized).
+
 `OnnxStack` and `OnnxTop` have the interfaces of models.stack.TorchStack and TorchTop, so a bundle or embedder
 builds the right one at load (models.stack.base_stack) and nothing is patched afterwards. Tokenization,
 calibration and label formatting stay the bundle's own: ONNX answers differ from PyTorch's only by numerical
@@ -98,19 +100,22 @@ def _quantize(src: Path, dst: Path) -> None:
 
 
 def _cached(fp32: Path, int8: bool, export, what: str) -> Path:
-    """The cached file for fp32 or int8, exporting (`export(path)`) and quantizing on first use."""
+    """The cached file for fp32 or int8, exporting (`export(path)`) and quantizing on first use. The int8 cache
+    keeps only the quantized file (the fp32 export is an intermediate, removed once quantized)."""
     t0 = time.perf_counter()
+    q = fp32.with_name(fp32.stem + ".int8.onnx")
     try:
+        if int8 and q.exists():
+            return q
         fp32.parent.mkdir(parents=True, exist_ok=True)
         if not fp32.exists():
             export(fp32)
             log.info("exported %s to ONNX in %.1fs", what, time.perf_counter() - t0)
         if not int8:
             return fp32
-        q = fp32.with_name(fp32.stem + ".int8.onnx")
-        if not q.exists():
-            _quantize(fp32, q)
-            log.info("quantized %s to int8 in %.1fs", what, time.perf_counter() - t0)
+        _quantize(fp32, q)
+        fp32.unlink(missing_ok=True)
+        log.info("quantized %s to int8 in %.1fs", what, time.perf_counter() - t0)
         return q
     except ModelError:
         raise
