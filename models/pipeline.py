@@ -10,8 +10,9 @@ bundles once; `.classify(petitions)` returns one dict per petition, in input ord
 
 `needs_review` is True when any model-based answer is under its bundle's review threshold (a department
 decided by a duty-list pattern counts as sure; the channel by models/channel.py, its procedure and body from
-the channel table). Inference is thread-safe: the bundles are read-only after
-loading, each call works on its own tensors under torch.inference_mode, and tokenizer calls are locked.
+the channel table). The bundles share one loaded base and, when they read the same tokens (same prefix and
+max length), one run of its layers per petition (models.classifier.bundle_logits). Inference is thread-safe:
+the bundles are read-only after loading, each call works on its own tensors, and tokenizer calls are locked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from xinfang.errors import DataError, ModelError
 from xinfang.models.channel import ChannelDecider, ChannelTable
-from xinfang.models.classifier import ClassifierBundle, petition_input
+from xinfang.models.classifier import ClassifierBundle, bundle_logits, petition_input
 from xinfang.models.duty_list import DutyList
 from xinfang.models.router import Router
 
@@ -50,13 +51,27 @@ class ClassificationPipeline:
 
             ch = bundles["channel"]
             self.channel = ChannelDecider(channel_table or ChannelTable.load(CHANNEL_TABLE), ch.labels, ch.threshold)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build the base segments the shared run needs now (ONNX export/quantization), not on a request."""
+        groups: dict[tuple, list[ClassifierBundle]] = {}
+        for b in self.bundles.values():
+            groups.setdefault(b.input_key, []).append(b)
+        for members in groups.values():
+            depth = min(b.shared_layers for b in members)
+            members[0].stack.prepare(0, depth)
+            for b in members:
+                if b.shared_layers > depth:
+                    b.stack.prepare(depth, b.shared_layers)
 
     @classmethod
-    def from_paths(cls, model_dirs: list[Path], duty_list: Path | None = None,
-                   channel_table: Path | None = None) -> ClassificationPipeline:
+    def from_paths(cls, model_dirs: list[Path], duty_list: Path | None = None, channel_table: Path | None = None,
+                   backend: str = "torch", cache_dir: Path | None = None, threads: int = 2) -> ClassificationPipeline:
+        """Load every bundle with `backend` (torch, onnx, onnx-int8; ONNX files under `cache_dir`)."""
         bundles: dict[str, ClassifierBundle] = {}
         for d in model_dirs:
-            b = ClassifierBundle.load(d)
+            b = ClassifierBundle.load(d, backend=backend, cache_dir=cache_dir, threads=threads)
             if b.task in bundles:
                 raise ModelError(f"two models for task '{b.task}': {bundles[b.task].path} and {b.path}")
             bundles[b.task] = b
@@ -85,7 +100,9 @@ class ClassificationPipeline:
             if pid in seen:
                 raise DataError(f"duplicate petition id {pid!r} in one request")
             seen.add(pid)
-        probs = {task: b.proba_texts(texts, batch_size, progress) for task, b in self.bundles.items()}
+        tasks = list(self.bundles)
+        logits = bundle_logits([self.bundles[t] for t in tasks], texts, batch_size, progress)
+        probs = {t: self.bundles[t].proba_from_logits(lg, texts) for t, lg in zip(tasks, logits, strict=True)}
         topic = self.bundles.get("topic")
         dept = self.bundles.get("department")
         topic_rows = topic.format(probs["topic"], top_k) if topic else None

@@ -104,8 +104,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-BUNDLE_META_FILES = ("bundle.json", "config.json", "training_config.json", "training.json", "manifest.json",
-                     "metrics.json", "scorer.json", "labels.json")
+REPEAT_META_FILES = ("scorer.json", "metrics.json", "manifest.json")
 
 
 @dataclass(frozen=True)
@@ -136,61 +135,45 @@ def _find_key(docs: list[dict[str, Any]], *keys: str) -> Any:
 
 
 def inspect_bundle(path: Path, task: str | None = None) -> BundleInfo:
-    """Read task, metrics, labels and data fingerprint from a bundle's JSON files (no weights loaded)."""
+    """Task, metrics, labels and data fingerprint of a bundle (no weights loaded): a classifier bundle through
+    its format owner (models.classifier.read_meta: manifest checked, old formats named with the convert
+    command), a repeat scorer from its scorer.json."""
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: not a bundle directory")
-    docs = {name: _read_json(path / name) for name in BUNDLE_META_FILES if (path / name).is_file()}
-    if not docs:
-        raise ModelError(f"{path}: no bundle metadata found (expected one of {', '.join(BUNDLE_META_FILES)})")
+    if (path / "config.json").is_file() and not (path / "scorer.json").is_file():
+        return _inspect_classifier(path, task)
+    docs = {name: _read_json(path / name) for name in REPEAT_META_FILES if (path / name).is_file()}
+    if "scorer.json" not in docs:
+        raise ModelError(f"{path}: no bundle metadata found (expected config.json of a classifier bundle or "
+                         "scorer.json of a repeat scorer)")
+    if task not in (None, REPEAT_TASK):
+        raise ModelError(f"{path}: bundle is for task {REPEAT_TASK!r}, not {task!r}")
     all_docs = list(docs.values())
-    kind_hint = _find_key(all_docs, "format", "kind")
-    is_repeat = "scorer.json" in docs or (isinstance(kind_hint, str) and "repeat" in kind_hint)
-    found_task = _find_key(all_docs, "task", "tasks")
-    if isinstance(found_task, list):
-        found_task = found_task[0] if len(found_task) == 1 else None
-    if is_repeat:
-        found_task = REPEAT_TASK
-    task = task or found_task
-    if task not in TASKS:
-        raise ModelError(f"{path}: cannot tell the task of this bundle (found {found_task!r}); pass --task "
-                         f"one of {', '.join(TASKS)}")
-    if found_task in TASKS and found_task != task and not isinstance(_find_key(all_docs, "tasks"), list):
-        raise ModelError(f"{path}: bundle is for task {found_task!r}, not {task!r}")
     metrics = docs.get("metrics.json") or _find_key(all_docs, "metrics", "validation_metrics") or {}
-    if isinstance(metrics, dict) and task in metrics and isinstance(metrics[task], dict):
-        metrics = metrics[task]
-    labels = _find_key(all_docs, "labels", "label_list", "classes") or []
-    if isinstance(labels, dict):
-        labels = labels.get(task, [])
     fingerprint = _find_key(all_docs, "data_fingerprint", "data_sha256", "fingerprint")
     if isinstance(fingerprint, dict):
         fingerprint = fingerprint.get("sha256") or json.dumps(fingerprint, sort_keys=True)
     manifest = path / "manifest.json"
     manifest_sha = sha256_file(manifest) if manifest.is_file() else dir_fingerprint(path)
-    bundle_version = _bundle_version(path, manifest_sha)
-    return BundleInfo(
-        task=task,
-        kind="repeat_scorer" if is_repeat else "classifier",
-        metrics=_scalar_metrics(metrics if isinstance(metrics, dict) else {}),
-        data_fingerprint=str(fingerprint) if fingerprint else None,
-        labels=[str(x) for x in labels] if isinstance(labels, list) else [],
-        manifest_sha256=manifest_sha,
-        bundle_version=str(bundle_version),
-    )
+    return BundleInfo(task=REPEAT_TASK, kind="repeat_scorer",
+                      metrics=_scalar_metrics(metrics if isinstance(metrics, dict) else {}),
+                      data_fingerprint=str(fingerprint) if fingerprint else None, labels=[],
+                      manifest_sha256=manifest_sha, bundle_version=manifest_sha[:16])
 
 
-def _bundle_version(path: Path, manifest_sha: str) -> str:
-    """The version the service will report: recomputed from a classifier manifest's entries (entries outside
-    the bundle or a version that does not match them are refused), else the manifest file's own hash."""
-    from xinfang.models.classifier import read_manifest
+def _inspect_classifier(path: Path, task: str | None) -> BundleInfo:
+    from xinfang.models.classifier import read_meta
 
-    manifest = path / "manifest.json"
-    if manifest.is_file():
-        doc = _read_json(manifest)
-        if isinstance(doc.get("files"), dict):
-            return read_manifest(path)["version"]
-    return manifest_sha[:16]
+    manifest, config, labels, metrics = read_meta(path)
+    found = config.get("task")
+    if found not in CLASSIFIER_TASKS:
+        raise ModelError(f"{path}: cannot tell the task of this bundle (found {found!r})")
+    if task is not None and task != found:
+        raise ModelError(f"{path}: bundle is for task {found!r}, not {task!r}")
+    return BundleInfo(task=found, kind="classifier", metrics=_scalar_metrics(metrics),
+                      data_fingerprint=config.get("data_fingerprint"), labels=[str(x) for x in labels],
+                      manifest_sha256=sha256_file(path / "manifest.json"), bundle_version=manifest["version"])
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

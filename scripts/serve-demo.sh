@@ -14,7 +14,8 @@ DATA="${XINFANG_DATA_DIR:-var}"
 MODELS="$DATA/models"
 DEMO=datasets/demo
 for task in topic department channel; do
-  if [ ! -f "$MODELS/$task-demo/manifest.json" ]; then
+  # (re)train when missing or of the old format (a full encoder copy; current bundles are xinfang-classifier/2)
+  if ! grep -qs '"xinfang-classifier/2"' "$MODELS/$task-demo/config.json"; then
     echo "training the demo $task model (tiny recipe, about a minute)..." >&2
     nice -n 5 $X train --task "$task" --data "$DEMO/petitions.jsonl" --recipe tiny --out "$MODELS/$task-demo"
   fi

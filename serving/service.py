@@ -76,16 +76,14 @@ def limit_index_threads(n: int) -> None:
 
 def load_models(config: ServiceConfig, model_dirs: list[Path] | None, duty_list: Path | None,
                 generation: int) -> ModelSet:
-    """Load (and for ONNX runtimes convert) a classification pipeline; ModelError when a bundle fails its checks."""
+    """Load a classification pipeline with the configured backend (ONNX files exported/quantized on first use);
+    ModelError when a bundle fails its checks."""
     from xinfang.models.pipeline import ClassificationPipeline
 
     dirs = [Path(p) for p in (model_dirs or config.resolved_model_dirs())]
     pipeline = ClassificationPipeline.from_paths(dirs, duty_list=duty_list or config.duty_list,
-                                                 channel_table=config.channel_table)
-    if config.runtime != "torch":
-        from xinfang.serving.onnx_runtime import use_onnx
-
-        use_onnx(pipeline, config.runtime, config.onnx_cache_dir, threads=config.threads)
+                                                 channel_table=config.channel_table, backend=config.runtime,
+                                                 cache_dir=config.onnx_cache_dir, threads=config.threads)
     info = pipeline.info()
     return ModelSet(pipeline, info, dirs, config.runtime, generation)
 
@@ -128,12 +126,9 @@ class Service:
         except Exception as exc:  # the service still serves reads; /readyz says why it is not ready
             self.model_error = str(exc)
             log.error("classification models not loaded: %s", exc)
-        self.embedder = Embedder(cfg.embed_encoder)
-        if cfg.embedder_runtime != "torch":  # its own fingerprint in int8 (see onnx_runtime.py)
-            from xinfang.serving.onnx_runtime import use_onnx_embedder
-
-            use_onnx_embedder(self.embedder, cfg.onnx_cache_dir, threads=cfg.threads,
-                              int8=cfg.embedder_runtime == "onnx-int8")
+        # the same base as the classifiers (loaded once); int8 gives it its own fingerprint (models/onnx_runtime.py)
+        self.embedder = Embedder(cfg.embed_encoder, backend=cfg.embedder_runtime, cache_dir=cfg.onnx_cache_dir,
+                                 threads=cfg.threads)
         try:
             self.scorer, self.scorer_path = load_scorer(cfg)
         except Exception as exc:  # repeat routes answer 503 and /readyz says why; intake still stores

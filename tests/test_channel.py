@@ -168,7 +168,7 @@ def test_train_and_predict_cli(tmp_path: Path, tiny_encoder_dir: Path, service_m
 
 
 def test_resolve_recipe_for_channel() -> None:
-    from xinfang.training.classifier import RECIPES, resolve_recipe
+    from xinfang.training.recipes import RECIPES, resolve_recipe
 
     assert resolve_recipe("channel", "auto") == "channel"
     assert RECIPES["channel"].val_fraction >= 0.2

@@ -20,13 +20,9 @@ from xinfang.models.duty_list import DutyList
 from xinfang.models.pipeline import ClassificationPipeline
 from xinfang.models.router import Router, extract_jurisdiction, jurisdiction_levels
 from xinfang.records import load_records
-from xinfang.training.classifier import (
-    group_ids,
-    group_split,
-    prepare_examples,
-    recipe_with,
-    train_classifier,
-)
+from xinfang.training.classifier import train
+from xinfang.training.data import group_ids, group_split, prepare_examples
+from xinfang.training.recipes import recipe_with
 
 TOPICS = {
     "交通运输": ("公交车路线", "交通"),
@@ -77,31 +73,32 @@ def topic_bundle(tmp_path_factory, tiny_encoder_dir, data_file) -> Path:
 def dept_bundle(tmp_path_factory, tiny_encoder_dir, data_file) -> Path:
     out = tmp_path_factory.mktemp("models") / "department"
     recs = load_records(data_file, label_column="department")
-    train_classifier(recs, task="department", out_dir=out, base=tiny_encoder_dir, recipe="tiny", seed=3,
-                     progress=False)
+    train(recs, task="department", out_dir=out, base=tiny_encoder_dir, recipe="tiny", seed=3, progress=False)
     return out
 
 
 # ------------------------------------------------------------------------------------------ bundle
 def test_bundle_files_config_and_card(topic_bundle: Path) -> None:
-    for name in ("encoder/model.safetensors", "encoder/config.json", "head.safetensors", "labels.json",
+    for name in ("encoder_layers.safetensors", "head.safetensors", "labels.json",
                  "config.json", "metrics.json", "MODEL_CARD.md", "confusion_matrix.png", "manifest.json"):
         assert (topic_bundle / name).is_file(), name
     assert not list(topic_bundle.rglob("*.bin")) and not list(topic_bundle.rglob("*.pkl"))
+    assert not (topic_bundle / "encoder").exists()  # slim: only the trained layers, the base is found at load
     cfg = json.loads((topic_bundle / "config.json").read_text())
     assert cfg["task"] == "topic" and cfg["recipe"]["name"] == "tiny" and cfg["seed"] == 3
     assert len(cfg["data_fingerprint"]) == 64 and cfg["temperature"] > 0
     assert {"threshold", "target_precision", "attainable"} <= set(cfg["review"])
     assert sorted(json.loads((topic_bundle / "labels.json").read_text())) == sorted(TOPICS)
     manifest = json.loads((topic_bundle / "manifest.json").read_text())
-    assert set(manifest["files"]) >= {"head.safetensors", "config.json", "encoder/model.safetensors"}
+    assert set(manifest["files"]) >= {"head.safetensors", "config.json", "encoder_layers.safetensors"}
+    assert cfg["format"] == "xinfang-classifier/2" and cfg["shared_layers"] == 1 and len(cfg["base"]["fingerprint"]) == 64
     card = (topic_bundle / "MODEL_CARD.md").read_text()
     assert "confusion_matrix.png" in card and "ECE" in card and "needs_review" in card
     b = ClassifierBundle.load(topic_bundle)
     assert b.task == "topic" and b.version == manifest["version"] and b.labels == sorted(TOPICS)
 
 
-@pytest.mark.parametrize("victim", ["head.safetensors", "labels.json", "encoder/model.safetensors",
+@pytest.mark.parametrize("victim", ["head.safetensors", "labels.json", "encoder_layers.safetensors",
                                     "tfidf.json", "tfidf_head.safetensors"])
 def test_manifest_tamper_detected(topic_bundle: Path, tmp_path: Path, victim: str) -> None:
     copy = tmp_path / "b"
@@ -125,27 +122,36 @@ def test_training_is_seeded(tmp_path: Path, tiny_encoder_dir: Path, data_file: P
     a = json.loads((topic_bundle / "manifest.json").read_text())["files"]
     b = json.loads((out / "manifest.json").read_text())["files"]
     assert a["head.safetensors"] == b["head.safetensors"]
-    assert a["encoder/model.safetensors"] == b["encoder/model.safetensors"]
+    assert a["encoder_layers.safetensors"] == b["encoder_layers.safetensors"]
 
 
 def test_cached_training_path_matches_full_forward(topic_bundle: Path, tiny_encoder_dir: Path) -> None:
     """The model trained on cached lower-layer states must give the same logits through a plain forward pass."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from xinfang.training.classifier import FrozenCache, _layers, top_logits
+    from xinfang.models.encoder import encoder_layers
+    from xinfang.training.frozen_cache import FrozenCache, top_logits
 
     b = ClassifierBundle.load(topic_bundle)
     texts = ["A3区公交车路线问题", "学校幼儿园收费反映，希望尽快解决处理" * 3]
     full = b.logits(texts)
-    tok = AutoTokenizer.from_pretrained(topic_bundle / "encoder")
-    model = AutoModel.from_pretrained(topic_bundle / "encoder").eval()
+    tok = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    model = b.full_encoder()
+    plain = model(**tok([b.prefix + t for t in texts], padding=True, truncation=True, max_length=b.max_length,
+                        return_tensors="pt")).last_hidden_state
     n_frozen = len(b.config["frozen"]["layers"])
     cache = FrozenCache(tiny_encoder_dir, n_frozen, b.max_length, b.config["text_prefix"])
     cache.fill(model, tok, texts, progress=False)
     import torch
 
-    cached = top_logits(model, _layers(model)[n_frozen:], b.head_w, b.head_b, cache, texts, torch.device("cpu"))
+    cached = top_logits(model, encoder_layers(model)[n_frozen:], b.head_w, b.head_b, cache, texts,
+                        torch.device("cpu"))
     np.testing.assert_allclose(full, cached, atol=1e-2)
+    enc = tok([b.prefix + t for t in texts], padding=True, truncation=True, max_length=b.max_length,
+              return_tensors="pt")
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = (plain * m).sum(1) / m.sum(1)
+    np.testing.assert_allclose(full, (pooled @ b.head_w.T + b.head_b).detach().numpy(), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ predict
@@ -269,20 +275,26 @@ def test_choose_threshold_meets_target_precision() -> None:
 
 
 def test_department_trained_on_top_of_a_topic_bundle(tmp_path: Path, topic_bundle: Path, data_file: Path) -> None:
-    """--base may name a bundle: its fine-tuned encoder (and text prefix) is the starting point."""
+    """--base may name a bundle: its fine-tuned encoder (and text prefix) is the starting point; the new bundle
+    keeps every layer that differs from the root base (here the topic's trained top layer, retrained)."""
     from xinfang.models.encoder import resolve_encoder
-    from xinfang.training.classifier import default_prefix
+    from xinfang.training.bundle_writer import default_prefix
 
-    assert resolve_encoder(topic_bundle) == topic_bundle / "encoder"
+    with pytest.raises(ModelError, match="classifier bundle, not an encoder checkpoint"):
+        resolve_encoder(topic_bundle)
     prefix = json.loads((topic_bundle / "config.json").read_text())["text_prefix"]
-    assert default_prefix(topic_bundle) == prefix == default_prefix(topic_bundle / "encoder")
+    assert default_prefix(topic_bundle) == prefix
     out = tmp_path / "dept"
     res = _invoke(["train", "--task", "department", "--data", data_file, "--base", topic_bundle, "--out", out,
                    "--recipe", "tiny", "--seed", "3"])
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["base_encoder_path"] == str(topic_bundle / "encoder") and cfg["text_prefix"] == prefix
-    assert ClassifierBundle.load(out).predict([{"id": "x", "title": "学校幼儿园收费"}])[0]["label"]
+    topic_cfg = json.loads((topic_bundle / "config.json").read_text())
+    assert cfg["base_bundle"]["path"] == str(topic_bundle) and cfg["text_prefix"] == prefix
+    assert cfg["base"] == topic_cfg["base"] and cfg["shared_layers"] == topic_cfg["shared_layers"]
+    dept = ClassifierBundle.load(out)
+    assert dept.predict([{"id": "x", "title": "学校幼儿园收费"}])[0]["label"]
+    assert dept.base is ClassifierBundle.load(topic_bundle).base  # one base per process
 
 
 # ------------------------------------------------------------------------------------------ router
@@ -438,14 +450,14 @@ def test_unknown_label_column(tmp_path: Path, tiny_encoder_dir: Path, data_file:
 def test_single_class_rejected(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     rows = [r for r in _rows(6) if r["topic"] == "交通运输"]
     with pytest.raises(DataError, match="at least 2 classes"):
-        train_classifier(rows, task="topic", out_dir=tmp_path / "m", base=tiny_encoder_dir, recipe="tiny")
+        train(rows, task="topic", out_dir=tmp_path / "m", base=tiny_encoder_dir, recipe="tiny")
     assert not (tmp_path / "m").exists()
 
 
 def test_class_with_one_example_dropped_with_warning(tmp_path: Path, tiny_encoder_dir: Path, caplog) -> None:
     rows = _rows(6) + [{"id": "solo", "title": "退役军人安置问题", "text": None, "topic": "退役军人"}]
     with caplog.at_level(logging.WARNING):
-        train_classifier(rows, task="topic", out_dir=tmp_path / "m", base=tiny_encoder_dir,
+        train(rows, task="topic", out_dir=tmp_path / "m", base=tiny_encoder_dir,
                          recipe=recipe_with("tiny", epochs=1), progress=False)
     assert any("退役军人" in r.message and "dropped" in r.message for r in caplog.records)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
@@ -498,7 +510,7 @@ def test_real_topic_groups(shared_data_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ TF-IDF ensemble
 def test_ensemble_files_in_manifest_and_weight_recorded(topic_bundle: Path) -> None:
-    from xinfang.training.classifier import ENSEMBLE_WEIGHTS
+    from xinfang.training.bundle_writer import ENSEMBLE_WEIGHTS
 
     manifest = json.loads((topic_bundle / "manifest.json").read_text())
     assert {"tfidf.json", "tfidf_head.safetensors"} <= set(manifest["files"])
@@ -578,11 +590,9 @@ def test_ensemble_files_cannot_be_dropped_from_manifest(topic_bundle: Path, tmp_
 
 
 def test_incremental_refits_tfidf_head(topic_bundle: Path, tmp_path: Path) -> None:
-    from xinfang.training.incremental import train_incremental
-
     more = _rows(6) + [{"id": f"n{i}", "title": f"退役军人安置{i}", "text": "退役军人安置问题", "topic": "退役"}
                        for i in range(6)]
-    res = train_incremental(more, parent_dir=topic_bundle, out_dir=tmp_path / "inc", recipe="tiny", seed=5)
+    res = train(more, init=topic_bundle, out_dir=tmp_path / "inc", recipe="tiny", seed=5, progress=False)
     b = ClassifierBundle.load(res.out_dir)
     assert b.labels[-1] == "退役" and b.tfidf is not None and b.tfidf.coef.shape[0] == len(b.labels)
     parent_vocab = json.loads((topic_bundle / "tfidf.json").read_text())["vocabulary"]

@@ -114,21 +114,21 @@ def test_train_with_history_uses_confident_replies(tmp_path: Path, tiny_encoder_
 
 def test_history_labels_for_departments_the_hand_labels_lack(tmp_path: Path, tiny_encoder_dir: Path) -> None:
     from xinfang.records import load_records
-    from xinfang.training.classifier import train_classifier
+    from xinfang.training.classifier import train
     from xinfang.training.history import history_records
 
     hand = [r for r in load_records(DEMO / "petitions.jsonl") if r["department"] != "医疗保障"]
     weak, info = history_records("department", DEMO / "replies.jsonl", DutyList.load(DEMO / "duty_list.yaml"))
     assert all(0 < w["label_weight"] <= 1 for w in weak)
-    res = train_classifier(hand, task="department", out_dir=tmp_path / "m", base=tiny_encoder_dir, recipe="tiny",
-                           progress=False, history=weak, history_info=info)
+    res = train(hand, task="department", out_dir=tmp_path / "m", base=tiny_encoder_dir, recipe="tiny",
+                progress=False, history=weak, history_info=info)
     cfg = json.loads((res.out_dir / "config.json").read_text(encoding="utf-8"))
     assert cfg["history"]["dropped_unknown_labels"] == {"医疗保障": 3}
     assert "医疗保障" not in json.loads((res.out_dir / "labels.json").read_text(encoding="utf-8"))
 
 
 def test_history_rows_repeating_a_hand_labelled_petition_are_dropped(tmp_path: Path) -> None:
-    from xinfang.training.classifier import prepare_examples, weak_examples
+    from xinfang.training.data import prepare_examples, weak_examples
 
     hand = prepare_examples([{"id": "1", "title": "路灯不亮", "text": "科创大道路灯坏了", "department": "城管"},
                              {"id": "2", "title": "欠薪", "text": "工地欠薪", "department": "人社"}], "department",

@@ -604,7 +604,7 @@ def test_attention_mask_across_transformers_signatures():
     """The layer mask helper passes only the keywords this transformers version's method takes."""
     import torch
 
-    from xinfang.training.classifier import _attention_mask
+    from xinfang.models.stack import attention_mask as _attention_mask
 
     mask = torch.tensor([[1, 1, 0]])
     hidden = torch.zeros(1, 3, 4)

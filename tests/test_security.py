@@ -154,18 +154,17 @@ def test_index_keeper_saves_on_its_timer(tmp_path) -> None:
 
 # ------------------------------------------------------------------------------------------------ 3. pickles
 def _pickle_bundles(src: Path, tmp: Path, marker: Path) -> list[Path]:
-    """A bundle whose encoder weights are a raw pickle (named model.safetensors), and one with a torch.save zip
-    (pytorch_model.bin) instead of safetensors; both with a manifest that vouches for them."""
+    """A bundle whose encoder layers are a raw pickle (named encoder_layers.safetensors), and one whose head is a
+    torch.save zip instead of safetensors; both with a manifest that vouches for them."""
     import torch
 
     from xinfang.models.classifier import write_manifest
 
     raw = copy_bundle(src, tmp / "pickle-raw")
-    (raw / "encoder" / "model.safetensors").write_bytes(pickle.dumps({"w": _Marker(marker)}))
+    (raw / "encoder_layers.safetensors").write_bytes(pickle.dumps({"w": _Marker(marker)}))
     write_manifest(raw)
     zipped = copy_bundle(src, tmp / "pickle-zip")
-    (zipped / "encoder" / "model.safetensors").unlink()
-    torch.save({"w": _Marker(marker)}, zipped / "encoder" / "pytorch_model.bin")
+    torch.save({"w": _Marker(marker)}, zipped / "head.safetensors")
     write_manifest(zipped)
     return [raw, zipped]
 
@@ -239,8 +238,8 @@ def test_manifest_entries_outside_the_bundle_and_forged_versions_are_refused(env
 
 
 def test_registry_and_onnx_cache_do_not_trust_the_version(service_models, tmp_path) -> None:
+    from xinfang.models.onnx_runtime import cache_folder
     from xinfang.models.registry import inspect_bundle
-    from xinfang.serving.onnx_runtime import cache_folder
 
     bundles, _ = service_models
     good = inspect_bundle(bundles[0])

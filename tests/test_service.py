@@ -589,13 +589,15 @@ def test_micro_batcher_does_not_hold_a_lone_request() -> None:
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
 def test_onnx_runtime_matches_torch(tmp_path, bundles, runtime) -> None:
     from xinfang.models.pipeline import ClassificationPipeline
-    from xinfang.serving.onnx_runtime import use_onnx
 
     rows = [{"id": str(i), "title": p.get("title"), "text": p.get("text")} for i, p in enumerate(demo_petitions(24))]
     ref = ClassificationPipeline.from_paths(bundles).classify(rows)
-    pipe = ClassificationPipeline.from_paths(bundles)
-    used = use_onnx(pipe, runtime, tmp_path / "onnx", threads=1)
-    assert set(used) == {"topic", "department", "channel"} and all(Path(p).exists() for p in used.values())
+    pipe = ClassificationPipeline.from_paths(bundles, backend=runtime, cache_dir=tmp_path / "onnx", threads=1)
+    assert {b.backend for b in pipe.bundles.values()} == {runtime}
+    assert len({id(b.stack) for b in pipe.bundles.values()}) == 1  # one base stack for the three tasks
+    # the cache holds the shared base layers once and one small top per task
+    assert len(list((tmp_path / "onnx").glob("base-*"))) == 1
+    assert len(list((tmp_path / "onnx").glob("*/top*.onnx"))) == 3  # int8: the fp32 intermediate is removed
     got = pipe.classify(rows)
     tol = 1e-4 if runtime == "onnx" else 0.05
     agree = np.mean([a["topic"]["label"] == b["topic"]["label"] for a, b in zip(ref, got, strict=True)])
@@ -606,12 +608,11 @@ def test_onnx_runtime_matches_torch(tmp_path, bundles, runtime) -> None:
 
 def test_onnx_embedder_matches_torch(tmp_path, tiny_encoder_dir) -> None:
     from xinfang.models.embedder import Embedder
-    from xinfang.serving.onnx_runtime import use_onnx_embedder
 
     texts = [p.get("title") or "" for p in demo_petitions(12)] + ["", "短"]
     ref = Embedder(str(tiny_encoder_dir), batch_size=4).encode(texts)
-    emb = Embedder(str(tiny_encoder_dir), batch_size=4)
-    assert Path(use_onnx_embedder(emb, tmp_path, threads=1)).exists()
+    emb = Embedder(str(tiny_encoder_dir), batch_size=4, backend="onnx", cache_dir=tmp_path, threads=1)
+    assert list(tmp_path.glob("base-*/layers-0-2.onnx"))
     got = emb.encode(texts)
     assert got.shape == ref.shape and got.dtype == np.float32
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
@@ -622,18 +623,15 @@ def test_onnx_embedder_matches_torch(tmp_path, tiny_encoder_dir) -> None:
 def test_int8_embedder_has_its_own_fingerprint_and_index(tmp_path, bundles, tiny_encoder_dir, scorer) -> None:
     """An index built by the fp32 embedder is refused by the int8 one (and the reverse): rebuilt from the store."""
     from xinfang.models.embedder import Embedder
-    from xinfang.serving.onnx_runtime import use_onnx_embedder
 
     texts = [p.get("title") or "" for p in demo_petitions(12)]
     ref = Embedder(str(tiny_encoder_dir), batch_size=4)
-    emb = Embedder(str(tiny_encoder_dir), batch_size=4)
-    assert use_onnx_embedder(emb, tmp_path / "onnx", threads=1, int8=True).endswith(".onnx")
+    emb = Embedder(str(tiny_encoder_dir), batch_size=4, backend="onnx-int8", cache_dir=tmp_path / "onnx", threads=1)
     assert emb.fingerprint != ref.fingerprint
     got = emb.encode(texts)
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert float((got * ref.encode(texts)).sum(1).mean()) > 0.9
-    again = Embedder(str(tiny_encoder_dir), batch_size=4)
-    use_onnx_embedder(again, tmp_path / "onnx", threads=1, int8=True)
+    again = Embedder(str(tiny_encoder_dir), batch_size=4, backend="onnx-int8", cache_dir=tmp_path / "onnx", threads=1)
     assert again.fingerprint == emb.fingerprint  # stable across restarts: the persisted index stays usable
 
     config = _config(tmp_path / "data", bundles, tiny_encoder_dir, scorer, embed_runtime="onnx")

@@ -152,7 +152,7 @@ def evaluate_bundle(model_dir, data, label_column: str | None = None, train_data
     """
     from xinfang.models.classifier import ClassifierBundle
     from xinfang.records import load_records
-    from xinfang.training.classifier import data_fingerprint, group_ids, group_split, prepare_examples
+    from xinfang.training.data import data_fingerprint, group_ids, group_split, prepare_examples
 
     bundle = ClassifierBundle.load(model_dir)
     cfg = bundle.config

