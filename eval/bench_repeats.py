@@ -218,7 +218,7 @@ def as_of_later_message(vectors: np.ndarray, ids: list[str], queries, by_id: dic
     (the index as it stood when it arrived). Queries whose partner came later, or without times, are left out.
 
     Variants (shipped hybrid ranking): plain, and filtered as in `retrieval`."""
-    from xinfang.models.repeat_features import parse_time
+    from xinfang.records import parse_time
 
     times = np.array([(t.timestamp() if (t := parse_time(by_id[i].get("time"))) else np.nan) for i in ids])
     row = {pid: i for i, pid in enumerate(ids)}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xinfang.errors import DataError
-from xinfang.models.repeat_features import parse_time
+from xinfang.records import parse_time
 
 LINKAGES = ("single", "average")
 MATTER_PREFIX = "M-"

@@ -37,10 +37,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from xinfang.errors import XinfangError
+from xinfang.models.feedback import FEEDBACK_KINDS
+from xinfang.serving.auth import ROLES
 
-ROLES = ("intake", "caseworker", "admin")
-FEEDBACK_KINDS = ("repeat_confirm", "repeat_reject", "topic_correction", "department_correction",
-                  "channel_correction")
 KEY_PREFIX = "xf_"
 
 

@@ -17,11 +17,11 @@ from xinfang.models.repeat_features import (
     extract_names,
     names_match,
     pair_features,
-    parse_time,
     reasons,
 )
 from xinfang.models.repeat_scorer import RepeatScorer, choose_threshold, connected_components
 from xinfang.models.vector_index import VectorIndex
+from xinfang.records import parse_time
 
 DIM = 16
 

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from xinfang.errors import DataError
+from xinfang.models.feedback import LABEL_KINDS, PAIR_KINDS
 from xinfang.records import load_records
 
-LABEL_KINDS = {"topic_correction": "topic", "department_correction": "department", "channel_correction": "channel"}
-PAIR_KINDS = {"repeat_confirm": 1, "repeat_reject": 0}
 EXPORT_TASKS = ("topic", "department", "channel", "repeats")
 
 

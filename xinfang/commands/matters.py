@@ -52,7 +52,7 @@ def parse_window_date(value: str | None, name: str):
     """A --since/--until value as a datetime (a bare date means its start; --until a date means its end)."""
     from datetime import timedelta
 
-    from xinfang.models.repeat_features import parse_time
+    from xinfang.records import parse_time
 
     if value is None:
         return None
