@@ -125,7 +125,7 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
     sparse = hasattr(vectors, "tocsr")
     index = None if sparse else VectorIndex.rebuild(ids, vectors, vectors.shape[1])
     pos_idx = [i for i, t in enumerate(triples) if t[2] == 1]
-    from xinfang.models.repeat_scorer import connected_components
+    from xinfang.models.disjoint_sets import pair_groups as connected_components
 
     comp = connected_components([(triples[i][0], triples[i][1]) for i in pos_idx])
     members: dict[int, set[str]] = {}

@@ -22,27 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import ModelError
+from xinfang.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
 POOLING = "mean"
 DEFAULT_PREFIX = "passage: "
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file, cached per (path, size, mtime) so repeated Embedder() calls stay cheap."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
-
-
 def encoder_fingerprint(encoder_dir: Path, prefix: str, max_length: int, pooling: str = POOLING) -> str:
     """sha256 over the checkpoint's weights and config plus the embedding settings."""
     h = hashlib.sha256()
@@ -51,7 +36,7 @@ def encoder_fingerprint(encoder_dir: Path, prefix: str, max_length: int, pooling
         raise ModelError(f"{encoder_dir}: no model.safetensors or pytorch_model.bin")
     for name in (weights[0], "config.json"):
         h.update(name.encode())
-        h.update(_file_sha256(encoder_dir / name).encode())
+        h.update(sha256_file(encoder_dir / name, cached=True).encode())
     h.update(f"prefix={prefix!r};max_length={max_length};pooling={pooling}".encode())
     return h.hexdigest()
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError, IndexError_
+from xinfang.fsutil import atomic_file
 from xinfang.models.petition import Petition, as_petition
 from xinfang.models.repeat_ranking import fetch_size, score_candidates
 from xinfang.models.vector_index import MANIFEST, VectorIndex
@@ -69,10 +70,8 @@ def embed_cached(embedder, texts: list[str], cache_dir: str | Path | None,
                 progress(len(texts))
             return arr
     arr = _encode(embedder, texts, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    with atomic_file(path, "wb") as fh:
+        np.save(fh, arr)
     return arr
 
 

@@ -15,13 +15,13 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from xinfang.errors import DataError
+from xinfang.fsutil import atomic_file
 
 __all__ = ["AUTO_COLUMNS", "load_records", "parse_time", "read_text", "write_jsonl"]
 
@@ -146,21 +146,11 @@ def read_jsonl(path: str | Path, line_key: str | None = None) -> list[dict[str, 
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows as UTF-8 JSON lines atomically (temporary file, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(dict(row), ensure_ascii=False, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write rows as UTF-8 JSON lines atomically (xinfang.fsutil.atomic_file)."""
+    with atomic_file(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(dict(row), ensure_ascii=False, default=str) + "\n")
+    return Path(path)
 
 
 # --- readers: each returns (header, [(row_number, {column: value})], encoding) ---
