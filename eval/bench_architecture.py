@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,16 +31,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
-LIVE: list[Server] = []
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def disk_bytes(path: Path) -> int:
     """Bytes on disk under `path` (allocated blocks, each inode once, links not followed), like `du -s`."""
     seen: set[tuple[int, int]] = set()
@@ -63,67 +55,11 @@ def tree_commit(tree: Path) -> str:
     return commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def pct(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))] if v else float("nan")
+def start_server(cwd: Path, cmd: list[str], env: dict[str, str], log: Path):
+    """eval/bench_service.py's Server (wait_ready, rss_mb, stop) for a tree's command ending in `xinfang serve`."""
+    from bench_service import Server
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    """A tree's server in a subprocess on a free loopback port (own session, stopped on exit)."""
-
-    def __init__(self, tree: Path, cmd: list[str], env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "a")
-        self.proc = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(self.port), "--log-level",
-                                            "warning"], cwd=tree, env={**os.environ, **env}, stdout=self.log,
-                                     stderr=self.log, start_new_session=True)
-        self.started = time.monotonic()
-        LIVE.append(self)
-
-    def wait_ready(self, timeout: float) -> float:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"server not ready in {timeout:.0f} s; see {self.log.name}")
-
-    def server_pid(self) -> int:
-        """The process serving HTTP: the newest descendant (serve-demo.sh execs `xinfang serve`)."""
-        kids = subprocess.run(["pgrep", "-s", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        return max((int(k) for k in kids), default=self.proc.pid)
-
-    def stop(self) -> None:
-        if self in LIVE:
-            LIVE.remove(self)
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        self.log.close()
+    return Server(None, env, log, cmd=cmd, cwd=cwd)
 
 
 class Tree:
@@ -161,8 +97,8 @@ def demo_build(tree: Tree, timeout: float, reuse: bool) -> None:
     shutil.rmtree(tree.data.parent, ignore_errors=True)
     tree.data.mkdir(parents=True)
     t0 = time.perf_counter()
-    server = Server(tree.path, ["nice", "-n", "10", "bash", "scripts/serve-demo.sh"], tree.env,
-                    tree.logs / f"{tree.label}-serve-demo.log")
+    server = start_server(tree.path, ["nice", "-n", "10", "bash", "scripts/serve-demo.sh"], tree.env,
+                          tree.logs / f"{tree.label}-serve-demo.log")
     try:
         server.wait_ready(timeout)
     finally:
@@ -260,6 +196,7 @@ def sample_petitions(n: int, seed: int = 0) -> tuple[list[dict], str]:
 async def post_load(url: str, key: str, petitions: list[dict], prefix: str, clients: int, duration: float,
                     max_requests: int, pid: int) -> dict:
     import httpx
+    from bench_service import cpu_seconds
 
     lat: list[float] = []
     codes: dict[int, int] = {}
@@ -294,6 +231,7 @@ async def post_load(url: str, key: str, petitions: list[dict], prefix: str, clie
 def serve_loaded(trees: list[Tree], args, petitions: list[dict]) -> None:
     """Every tree's server on its populated data dir: RSS, then alternating load rounds, then RSS again."""
     import httpx
+    from bench_service import pct
 
     servers = {}
     try:
@@ -302,14 +240,14 @@ def serve_loaded(trees: list[Tree], args, petitions: list[dict]) -> None:
                                data_dir=tree.load_dir)
             env = {**tree.env, "XINFANG_DATA_DIR": str(tree.load_dir),
                    "XINFANG_DUTY_LIST": "datasets/demo/duty_list.yaml"}  # as serve-demo.sh
-            server = Server(tree.path, [str(tree.path / ".venv" / "bin" / "xinfang"), "serve"], env,
-                            tree.logs / f"{tree.label}-serve-{args.stored}.log")
+            server = start_server(tree.path, [str(tree.path / ".venv" / "bin" / "xinfang"), "serve"], env,
+                                  tree.logs / f"{tree.label}-serve-{args.stored}.log")
             tree.result["startup_s"] = round(server.wait_ready(args.timeout), 1)
             for i, p in enumerate(petitions[:5]):  # a few real requests so lazy buffers are allocated
                 httpx.post(server.url + "/v1/petitions", json={**p, "id": f"warm-{i}"},
                            headers={"Authorization": f"Bearer {key}"}, timeout=120).raise_for_status()
-            pid = server.server_pid()
-            tree.result["rss_mb"] = round(rss_mb(pid))
+            pid = server.proc.pid  # uvicorn serves in the `xinfang serve` process (one worker)
+            tree.result["rss_mb"] = round(server.rss_mb())
             servers[tree.label] = (server, key, pid)
             print(f"[{tree.label}] {args.stored:,} indexed: ready in {tree.result['startup_s']} s, RSS "
                   f"{tree.result['rss_mb']} MB", flush=True)
@@ -328,7 +266,7 @@ def serve_loaded(trees: list[Tree], args, petitions: list[dict]) -> None:
             rs = rounds[tree.label]
             lat = [x for r in rs for x in r["latencies_ms"]]
             ok = sum(r["ok"] for r in rs)
-            tree.result["rss_after_load_mb"] = round(rss_mb(pid))
+            tree.result["rss_after_load_mb"] = round(server.rss_mb())
             tree.result["post"] = {
                 "clients": args.clients, "rounds": len(rs), "requests": sum(r["requests"] for r in rs), "ok": ok,
                 "petitions_per_s": round(ok / sum(r["seconds"] for r in rs), 2),
@@ -451,6 +389,8 @@ def main() -> None:
             tree.result["populate_s"] = round(time.perf_counter() - s, 1)
         serve_loaded(trees, args, petitions)
     finally:
+        from bench_service import LIVE
+
         for server in list(LIVE):
             server.stop()
         results["seconds"] = round(time.perf_counter() - t0)

@@ -70,17 +70,13 @@ def cosent_loss(cos, labels, scale: float):
 
 def _setup(base, recipe: EmbedderRecipe, texts: list[str]):
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from xinfang.models.encoder import resolve_encoder
+    from xinfang.models.encoder import load_encoder, resolve_encoder
     from xinfang.training.classifier import FrozenCache, _device, _layers
 
     path = resolve_encoder(base)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load encoder from {path}: {exc}") from exc
+    tokenizer, model = load_encoder(path)
+    model.set_attn_implementation("eager")
     n_layers = len(_layers(model))
     if recipe.trainable_layers < 1:
         raise ModelError(f"trainable_layers must be at least 1, got {recipe.trainable_layers}")
