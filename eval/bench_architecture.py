@@ -137,33 +137,51 @@ def load_copy(tree: Tree) -> Path:
     return dest
 
 
+def _insert_rows(conn, table, n: int, fill) -> None:
+    """n rows into a reflected table, 20k at a time; `fill(i)` gives row i (refused: a required column it lacks)."""
+    from sqlalchemy import insert
+
+    sample = fill(0)
+    required = {c.name for c in table.columns if not c.nullable and c.default is None and c.server_default is None
+                and c.autoincrement is not True}
+    if required - set(sample):
+        raise SystemExit(f"table {table.name} has required columns this benchmark does not fill: "
+                         f"{sorted(required - set(sample))}")
+    for start in range(0, n, 20_000):
+        conn.execute(insert(table), [{k: v for k, v in fill(i).items() if k in table.columns}
+                                     for i in range(start, min(n, start + 20_000))])
+
+
 def populate(data_dir: Path, n: int, texts_file: Path) -> None:
-    """(Runs in the tree's own Python.) Add n synthetic petitions to the store and the index of `data_dir`."""
+    """(Runs in the tree's own Python.) Add n synthetic petitions to the store and the index of `data_dir`, each
+    in a matter of its own when the tree has matters (as the start-up repair would give them, in one go)."""
     import numpy as np
-    from sqlalchemy import MetaData, create_engine, insert
+    from sqlalchemy import MetaData, create_engine
 
     from xinfang.models.vector_index import VectorIndex
 
     texts = json.loads(texts_file.read_text(encoding="utf-8"))
     engine = create_engine(f"sqlite:///{data_dir / 'xinfang.db'}")
     meta = MetaData()
-    meta.reflect(engine, only=["petitions"])
-    table = meta.tables["petitions"]
+    meta.reflect(engine)
     now = datetime.now(UTC).replace(tzinfo=None)
-    values = {"petitioner": None, "received_at": None, "channel": "synthetic", "text_hash": "-",
-              "request_hash": "-", "labels": {"topic": None, "department": None, "needs_review": False},
-              "topic": None, "department": None, "needs_review": False, "repeat_count": 0, "models": {},
-              "response": {}, "created_at": now}
-    unknown = {c.name for c in table.columns if not c.nullable and c.default is None and c.server_default is None}
-    unknown -= {"id", "title", "text", *values}
-    if unknown:
-        raise SystemExit(f"petitions table has required columns this benchmark does not fill: {sorted(unknown)}")
-    values = {k: v for k, v in values.items() if k in table.columns}
+    labels = {"topic": None, "department": None, "needs_review": False}
+
+    def petition(i: int) -> dict:
+        t = texts[i % len(texts)]
+        return {"id": f"syn-{i}", "title": t["title"], "text": t["text"], "petitioner": None, "received_at": None,
+                "channel": "synthetic", "text_hash": "-", "request_hash": "-", "labels": labels, "topic": None,
+                "department": None, "needs_review": False, "repeat_count": 0, "models": {}, "response": {},
+                "created_at": now}
+
     with engine.begin() as conn:
-        for start in range(0, n, 20_000):
-            conn.execute(insert(table), [{**values, "id": f"syn-{i}", "title": texts[i % len(texts)]["title"],
-                                          "text": texts[i % len(texts)]["text"]}
-                                         for i in range(start, min(n, start + 20_000))])
+        _insert_rows(conn, meta.tables["petitions"], n, petition)
+        if "matters" in meta.tables and "matter_members" in meta.tables:
+            _insert_rows(conn, meta.tables["matters"], n, lambda i: {
+                "id": f"M-syn-{i}", "status": "open", "created_at": now, "updated_at": now})
+            _insert_rows(conn, meta.tables["matter_members"], n, lambda i: {
+                "petition_id": f"syn-{i}", "matter_id": f"M-syn-{i}", "via": None, "probability": None,
+                "reason": "synthetic", "joined_at": now})
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     engine.dispose()
@@ -295,7 +313,7 @@ def write_report(results: dict, out: Path) -> None:
          "Trees: " + "; ".join(f"**{k}** {v['commit']}" for k, v in trees.items()) + ".", "",
          f"Inputs of `POST /v1/petitions`: {results['inputs']}. Stored before the load: the demo petitions plus "
          f"{results['stored']:,} synthetic ones (random unit vectors added to the tree's own index; rows inserted "
-         "into its `petitions` table), server with its defaults (`xinfang serve`, the demo models, "
+         "into its `petitions` table, each in a matter of its own), server with its defaults (`xinfang serve`, the demo models, "
          "XINFANG_DUTY_LIST as serve-demo.sh sets it).", "",
          "| measure | target | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
 
