@@ -69,7 +69,7 @@ class Tree:
         self.load_dir = work / label / "load"
         self.logs = work / "logs"
         self.env = {"XINFANG_DATA_DIR": str(self.data), "OMP_WAIT_POLICY": "PASSIVE"}
-        self.result: dict = {"tree": str(path), "commit": tree_commit(self.path)}
+        self.result: dict = {"commit": tree_commit(self.path)}
         if not (self.path / ".venv" / "bin" / "xinfang").exists():
             raise SystemExit(f"{path}: no .venv/bin/xinfang (set the tree up first: scripts/setup.sh)")
 
@@ -309,7 +309,8 @@ def write_report(results: dict, out: Path) -> None:
          f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, load average at start "
          f"{m['loadavg_at_start']} (shared machine: other jobs ran at the same time; the load rounds alternate "
          "between the trees so both see the same load).", "",
-         f"Command: `{results['command']}`", "",
+         f"Command: `{results['command']}` (BASELINE and CANDIDATE: checkouts with their own `.venv`, e.g. "
+         "`git worktree add --detach BASELINE <commit>` set up like scripts/setup.sh does).", "",
          "Trees: " + "; ".join(f"**{k}** {v['commit']}" for k, v in trees.items()) + ".", "",
          f"Inputs of `POST /v1/petitions`: {results['inputs']}. Stored before the load: the demo petitions plus "
          f"{results['stored']:,} synthetic ones (random unit vectors added to the tree's own index; rows inserted "
@@ -364,6 +365,22 @@ def write_report(results: dict, out: Path) -> None:
     out.write_text("\n".join(L) + "\n", encoding="utf-8")
 
 
+def command_args(argv: list[str], trees: list[Tree]) -> list[str]:
+    """The command line as the report shows it: trees by their label (BASELINE, CANDIDATE), no local paths."""
+    names = {str(t.path): t.label.upper() for t in trees}
+    out = []
+    for i, a in enumerate(argv):
+        prev = argv[i - 1] if i else ""
+        if prev in ("--baseline", "--candidate"):
+            out.append(names.get(str(Path(a).resolve()), "TREE"))
+        elif prev in ("--work", "--out"):
+            p = Path(a).resolve()
+            out.append(str(p.relative_to(REPO)) if prev == "--out" and p.is_relative_to(REPO) else "DIR")
+        else:
+            out.append(a)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", type=Path, required=True, help="the tree to compare against (its own .venv)")
@@ -392,7 +409,7 @@ def main() -> None:
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(petitions, ensure_ascii=False), encoding="utf-8")
     results: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
-                     "command": "python eval/bench_architecture.py " + " ".join(sys.argv[1:]),
+                     "command": "python eval/bench_architecture.py " + " ".join(command_args(sys.argv[1:], trees)),
                      "inputs": inputs, "stored": args.stored, "clients": args.clients, "notes": list(args.note),
                      "trees": {t.label: t.result for t in trees}}
     t0 = time.perf_counter()
