@@ -40,7 +40,7 @@ from xinfang.errors import ModelError, XinfangError
 from xinfang.fsutil import atomic_write_json
 from xinfang.hashing import sha256_dir, sha256_file
 from xinfang.records import load_pairs_with_petitions, load_records
-from xinfang.settings import get_settings
+from xinfang.settings import get_settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class Registry:
     def __init__(self, root: Path | None = None, audit: AuditSink | None = None, actor: str | None = None):
         self.root = Path(root) if root else get_settings().data_dir / "registry"
         self.audit = audit or JsonlAudit(self.root / "audit.jsonl")
-        self.actor = actor or os.environ.get("XINFANG_ACTOR") or os.environ.get("USER") or "cli"
+        self.actor = actor or load_settings().registry.actor
 
     @property
     def index_path(self) -> Path:
@@ -460,14 +460,15 @@ class Registry:
 
 def registry_enabled() -> bool:
     """``XINFANG_REGISTRY=off`` makes the service ignore the registry (explicit model dirs only)."""
-    return os.environ.get("XINFANG_REGISTRY", "on").strip().lower() not in ("off", "0", "false", "no")
+    return load_settings().registry.enabled
 
 
-def serving_model_dirs(data_dir: Path, fallback: list[Path]) -> list[Path]:
+def serving_model_dirs(data_dir: Path, fallback: list[Path], enabled: bool | None = None) -> list[Path]:
     """Classifier bundle dirs a service should load: the promoted version of each task in
-    ``<data_dir>/registry``, plus those ``fallback`` dirs whose task has no promoted version."""
+    ``<data_dir>/registry``, plus those ``fallback`` dirs whose task has no promoted version.
+    ``enabled=False`` (default: XINFANG_REGISTRY) ignores the registry."""
     reg_path = Path(data_dir) / "registry" / "registry.json"
-    if not registry_enabled() or not reg_path.exists():
+    if not (registry_enabled() if enabled is None else enabled) or not reg_path.exists():
         return list(fallback)
     promoted = {t: p for t, p in Registry(reg_path.parent, audit=JsonlAudit(reg_path.parent / "audit.jsonl"))
                 .promoted_paths().items() if t in CLASSIFIER_TASKS}
@@ -482,10 +483,10 @@ def serving_model_dirs(data_dir: Path, fallback: list[Path]) -> list[Path]:
     return [promoted[t] for t in CLASSIFIER_TASKS if t in promoted] + kept
 
 
-def serving_scorer_path(data_dir: Path) -> Path | None:
-    """scorer.json of the promoted repeat-scorer version, or None."""
+def serving_scorer_path(data_dir: Path, enabled: bool | None = None) -> Path | None:
+    """scorer.json of the promoted repeat-scorer version, or None (``enabled`` as for serving_model_dirs)."""
     reg_path = Path(data_dir) / "registry" / "registry.json"
-    if not registry_enabled() or not reg_path.exists():
+    if not (registry_enabled() if enabled is None else enabled) or not reg_path.exists():
         return None
     path = Registry(reg_path.parent, audit=JsonlAudit(reg_path.parent / "audit.jsonl")).promoted_paths().get(
         REPEAT_TASK)

@@ -1,9 +1,12 @@
-"""The FastAPI application: `create_app(config)` wires the service, middleware, error handlers and routes."""
+"""The FastAPI application: `create_app(settings)` wires the service, middleware, error handlers and routes.
+
+`xinfang serve` hands its settings to each worker as the factory's argument (`functools.partial(create_app,
+settings)`); `create_app()` alone reads the environment (`xinfang.settings.load_settings`).
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,12 +17,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 import xinfang
-from xinfang.serving.config import ServiceConfig
+from xinfang.errors import XinfangError
+from xinfang.serving.config import LIMITS, ServiceConfig
 from xinfang.serving.errors import install_handlers
 from xinfang.serving.matters_routes import router as matters_router
 from xinfang.serving.observability import PAGE_CSP, ServiceMiddleware, configure_json_logging
 from xinfang.serving.routes import ops_router, v1
 from xinfang.serving.service import Service
+from xinfang.settings import Settings, load_settings
 
 DESCRIPTION = """Classify Chinese petitions (信访) by topic and responsible department, store them, and find
 earlier petitions about the same matter.
@@ -37,10 +42,23 @@ def matters_ensure(svc: Service) -> None:
     matters(svc).ensure_all()
 
 
-def create_app(config: ServiceConfig | None = None) -> FastAPI:
-    config = config or ServiceConfig.from_env()
-    if os.environ.get("XINFANG_LOG_JSON"):  # set by `xinfang serve` (also for its worker processes)
-        configure_json_logging(getattr(logging, os.environ["XINFANG_LOG_JSON"], logging.INFO))
+def check_schema_limits(config: ServiceConfig) -> None:
+    """The request schemas were built with `LIMITS` at import; other limits would not be enforced."""
+    for name, env in (("max_batch", "XINFANG_MAX_BATCH"), ("max_text_chars", "XINFANG_MAX_TEXT_CHARS")):
+        want, built = getattr(config.limits, name), getattr(LIMITS, name)
+        if want != built:
+            raise XinfangError(f"{env}: the request schemas of this process were built with {name}={built}, "
+                               f"the settings ask for {want}; set the variable before the service starts")
+
+
+def create_app(settings: Settings | ServiceConfig | None = None) -> FastAPI:
+    """The app for `settings` (default: `load_settings()`, the environment)."""
+    if settings is None:
+        settings = load_settings()
+    config = ServiceConfig.from_settings(settings) if isinstance(settings, Settings) else settings
+    check_schema_limits(config)
+    if config.log_level:
+        configure_json_logging(getattr(logging, config.log_level, logging.INFO))
     svc = Service(config)
 
     @asynccontextmanager

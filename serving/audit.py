@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from xinfang.models.registry import AuditSink, JsonlAudit
 from xinfang.serving.store import Store
+from xinfang.settings import load_settings
 
 __all__ = ["StoreAudit", "default_audit"]
 
@@ -33,7 +33,7 @@ class StoreAudit(AuditSink):
 def default_audit(root: Path, database_url: str | None = None) -> AuditSink:
     """The store's audit log when a store is configured (URL, XINFANG_DATABASE_URL, or the service's default
     ``<data dir>/xinfang.db`` next to the registry) and importable; else ``<registry>/audit.jsonl``."""
-    url = database_url or os.environ.get("XINFANG_DATABASE_URL")
+    url = database_url or load_settings().store.database_url
     default_db = root.parent / "xinfang.db"  # the service's default SQLite store in the same data dir
     if not url and default_db.exists():
         url = f"sqlite:///{default_db}"

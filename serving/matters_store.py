@@ -1,6 +1,6 @@
 """Matters in the store: which matter each petition belongs to, cannot-links, merges and splits (all audited).
 
-Three tables beside the petitions (created by the store's `create_all` on new and existing databases):
+Three tables beside the petitions (defined in serving/tables.py, created by the store's migrations):
 `matters` (id, status), `matter_members` (petition -> matter, with how it joined) and `matter_cannot_links`
 (two petitions a caseworker said are not the same matter). A matter's facts (members, petitioners, first and
 last dates, jurisdictions, topics, departments) are read from its members' petitions, so deleting a petition
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import Float, String, Text, delete, func, or_, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import delete, func, or_, select, update
 
 from xinfang.models.matters import MATTER_PREFIX
-from xinfang.serving.store import AuditEntry, Base, Petition, Store, StoreError, UTCDateTime, utcnow
+from xinfang.serving.store import Store, StoreError
+from xinfang.serving.tables import AuditEntry, CannotLink, Matter, MatterMember, Petition, utcnow
 
 STATUSES = ("open", "resolved")
 
@@ -27,32 +27,6 @@ class MatterError(StoreError):
     def __init__(self, status: int, message: str, ids: list[str] | None = None, field: str | None = None):
         super().__init__(message)
         self.status, self.ids, self.field = status, ids or [], field
-
-
-class Matter(Base):
-    __tablename__ = "matters"
-    id: Mapped[str] = mapped_column(String(140), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-
-class MatterMember(Base):
-    __tablename__ = "matter_members"
-    petition_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    matter_id: Mapped[str] = mapped_column(String(140), index=True)
-    via: Mapped[str | None] = mapped_column(String(128))  # the petition it joined through
-    probability: Mapped[float | None] = mapped_column(Float)
-    reason: Mapped[str | None] = mapped_column(Text)
-    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class CannotLink(Base):
-    __tablename__ = "matter_cannot_links"
-    a: Mapped[str] = mapped_column(String(128), primary_key=True)
-    b: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
-    who: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def _pair(x: str, y: str) -> tuple[str, str]:

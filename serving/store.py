@@ -13,32 +13,29 @@ import hashlib
 import json
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-    create_engine,
-    delete,
-    event,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from xinfang.errors import XinfangError
 from xinfang.models.feedback import FEEDBACK_KINDS
 from xinfang.serving.auth import ROLES
+from xinfang.serving.tables import (  # noqa: F401  (re-exported: the store's tables)
+    ApiKey,
+    AuditEntry,
+    Base,
+    CannotLink,
+    Feedback,
+    Matter,
+    MatterMember,
+    Petition,
+    UTCDateTime,
+    utcnow,
+)
 
 KEY_PREFIX = "xf_"
 
@@ -49,84 +46,6 @@ class StoreError(XinfangError):
 
 class UnknownTarget(StoreError):
     """A feedback row names a target petition that is not stored."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator):
-    """Timezone-aware datetimes stored as UTC on every backend (SQLite keeps no zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Petition(Base):
-    __tablename__ = "petitions"
-    id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    title: Mapped[str | None] = mapped_column(Text)
-    text: Mapped[str] = mapped_column(Text)
-    petitioner: Mapped[str | None] = mapped_column(String(200))
-    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    channel: Mapped[str | None] = mapped_column(String(64))
-    text_hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the normalized text
-    request_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical request body
-    labels: Mapped[dict] = mapped_column(JSON)  # topic/department/needs_review as classified
-    topic: Mapped[str | None] = mapped_column(String(200), index=True)
-    department: Mapped[str | None] = mapped_column(String(200), index=True)
-    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    repeat_count: Mapped[int] = mapped_column(Integer, default=0)  # likely repeats found at intake
-    models: Mapped[dict] = mapped_column(JSON)  # model name/version used
-    response: Mapped[dict] = mapped_column(JSON)  # the 201 answer, replayed on an identical retry
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-
-class Feedback(Base):
-    __tablename__ = "feedback"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    petition_id: Mapped[str] = mapped_column(String(128), index=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    target_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    label: Mapped[str | None] = mapped_column(String(200))
-    who: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    role: Mapped[str] = mapped_column(String(20))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-
-class AuditEntry(Base):
-    __tablename__ = "audit_log"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    who: Mapped[str] = mapped_column(String(100))
-    action: Mapped[str] = mapped_column(String(50), index=True)
-    object_ids: Mapped[list] = mapped_column(JSON)  # ids only: petitions, key names, model versions
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 def hash_key(key: str) -> str:
@@ -189,10 +108,10 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         if create:
-            import xinfang.serving.matters_store  # noqa: F401  (its tables live on the same Base)
+            from xinfang.serving.schema import check
 
             try:
-                Base.metadata.create_all(self.engine)
+                check(self.engine, self.safe_url)
             except OperationalError as exc:
                 raise StoreError(f"cannot open database {self.safe_url}: {exc.orig}") from exc
 

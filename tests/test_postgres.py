@@ -8,7 +8,8 @@ import os
 import pytest
 from service_fixtures import auth, create_keys, make_config, running_app
 
-from xinfang.serving.store import Base, Store
+from xinfang.serving.schema import drop_everything
+from xinfang.serving.store import Store
 
 PG_URL = os.environ.get("XINFANG_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture()
 def pg_config(tmp_path, service_models, tiny_encoder_dir):
     store = Store(PG_URL, create=False)
-    Base.metadata.drop_all(store.engine)
+    drop_everything(store.engine)  # the service creates it at the migrations' head
     store.close()
     bundles, scorer = service_models
     return make_config(tmp_path / "data", bundles, tiny_encoder_dir, database_url=PG_URL, repeat_scorer=scorer)

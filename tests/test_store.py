@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from xinfang.serving.store import Base, Store, StoreError, UnknownTarget, request_hash
+from xinfang.serving.store import Store, StoreError, UnknownTarget, request_hash
 
 PG_URL = os.environ.get("XINFANG_TEST_POSTGRES_URL")
 PG_SKIP = ("PostgreSQL tests skipped: XINFANG_TEST_POSTGRES_URL is not set "
@@ -21,10 +21,12 @@ def fresh_store(backend: str, tmp_path) -> Store:
         return Store(f"sqlite:///{tmp_path / 'store.db'}")
     if not PG_URL:
         pytest.skip(PG_SKIP)
-    store = Store(PG_URL, create=False)
-    Base.metadata.drop_all(store.engine)
-    Base.metadata.create_all(store.engine)
-    return store
+    from xinfang.serving.schema import drop_everything
+
+    old = Store(PG_URL, create=False)
+    drop_everything(old.engine)
+    old.close()
+    return Store(PG_URL)  # a brand-new database: created at the migrations' head
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

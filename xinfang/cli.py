@@ -16,18 +16,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module under xinfang.commands exposes `register(app)`; a module that is not there yet is skipped.
-COMMAND_MODULES = ["encoder", "demo", "classify", "repeats", "matters", "serve", "keys", "registry", "feedback",
-                   "departments", "backup"]
+# Each module under xinfang.commands exposes `register(app)`.
+COMMAND_MODULES = ["encoder", "classify", "repeats", "matters", "serve", "keys", "registry", "feedback",
+                   "departments", "backup", "db", "settings"]
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"xinfang.commands.{_name}")
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while an area is unbuilt
-        if exc.name != f"xinfang.commands.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"xinfang.commands.{_name}").register(app)
 
 
 def main() -> None:

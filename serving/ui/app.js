@@ -94,41 +94,20 @@
   }
 
   /* ------------------------------------------------------------------ data shapes (API -> view) */
-  function num(x) { var v = Number(x); return isFinite(v) ? v : null; }
 
-  // A label as {label, score, top: [{label, score}], jurisdiction} from the API's several possible forms.
-  function labelOf(p, task) {
-    var labels = p.labels || {};
-    var l = labels[task] !== undefined ? labels[task] : p[task];
-    if (l === null || l === undefined) return null;
-    if (typeof l === "string") {
-      var sc = p[task + "_score"];
-      return { label: l, score: num(sc), top: [], jurisdiction: null };
-    }
-    var top = (l.top || l.top_k || l.alternatives || []).map(function (t) {
-      return typeof t === "string" ? { label: t, score: null } : { label: t.label, score: num(t.score) };
-    });
-    return { label: l.label, score: num(l.score), top: top, jurisdiction: l.jurisdiction || null, display: l.display || null,
-      reason: l.reason || null, procedure: l.procedure || null, body: l.body || null };
-  }
+  // One task's answer of `labels` (schemas.py TopicPrediction / DepartmentPrediction / ChannelPrediction), or null.
+  function labelOf(p, task) { return (p.labels && p.labels[task]) || null; }
 
   function labelText(l) {
     if (l.display) return l.display;
     return l.label + (l.jurisdiction ? "（" + l.jurisdiction + "）" : "");
   }
 
-  function needsReview(p) {
-    if (p.needs_review !== undefined && p.needs_review !== null) return !!p.needs_review;
-    return !!(p.labels && p.labels.needs_review);
-  }
+  function needsReview(p) { return !!(p.labels && p.labels.needs_review); }
 
-  function repeatCount(p) {
-    if (p.repeat_count !== undefined && p.repeat_count !== null) return Number(p.repeat_count) || 0;
-    var r = p.likely_repeats || p.repeats;
-    return Array.isArray(r) ? r.filter(function (c) { return c.is_repeat !== false; }).length : 0;
-  }
+  function repeatCount(p) { return p.repeat_count || 0; }
 
-  function whenOf(p) { return p.received_at || p.created_at || null; }
+  function whenOf(p) { return p.received_at || null; }
 
   function fmtTime(t) {
     if (!t) return "时间未知";
@@ -141,22 +120,13 @@
 
   function pct(x) { return x === null || x === undefined ? "—" : Math.round(x * 100) + "%"; }
 
+  // RepeatsResponse.candidates, most likely first.
   function candidatesOf(body) {
-    var list = Array.isArray(body) ? body : (body && (body.candidates || body.repeats || body.items)) || [];
-    return list.map(function (c) {
-      return {
-        id: String(c.id !== undefined ? c.id : c.petition_id),
-        probability: num(c.probability), similarity: num(c.similarity),
-        is_repeat: c.is_repeat, reasons: c.reasons || [],
-        title: c.title, received_at: c.received_at,
-      };
-    }).sort(function (a, b) { return (b.probability || 0) - (a.probability || 0); });
+    return body.candidates.slice().sort(function (a, b) { return b.probability - a.probability; });
   }
 
-  function feedbackOf(body) {
-    var list = Array.isArray(body) ? body : (body && (body.feedback || body.items)) || [];
-    return list;
-  }
+  // FeedbackList.items
+  function feedbackOf(body) { return body.items; }
 
   /* Latest repeat decision between the open petition and a candidate (either direction). */
   function decisionFor(cid) {
@@ -527,9 +497,7 @@
       state.feedback = feedbackOf(body);
     } catch (err) {
       if (err instanceof ApiError && (err.status === 401 || err.status === 403)) throw err;
-      if (err instanceof ApiError && err.status === 404 && state.petition && state.petition.feedback) {
-        state.feedback = feedbackOf(state.petition.feedback);
-      } else if (!(err instanceof ApiError && err.status === 404)) {
+      if (!(err instanceof ApiError && err.status === 404)) {
         showBanner("已记录的判断未能加载：" + err.message, function () { loadFeedback(pid).then(renderAll); });
       }
     }
@@ -676,7 +644,7 @@
             el("span", { class: "muted small", text: "编号 " + c.id }),
           ]),
           el("div", { class: "bar" }, [el("span", { width: Math.round((c.probability || 0) * 100) + "%" })]),
-          o && o.title ? el("div", { class: "cand-title", text: o.title }) : (c.title ? el("div", { class: "cand-title", text: c.title }) : null),
+          o && o.title ? el("div", { class: "cand-title", text: o.title }) : null,
           el("div", { class: "reasons small" }, reasonChips(c)),
           dec ? el("div", { class: "decision " + dec.cls, text: dec.text }) : el("div", { class: "decision pending muted", text: "待判断" }),
         ]),
