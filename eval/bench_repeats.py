@@ -125,7 +125,7 @@ def retrieval(vectors: np.ndarray, ids: list[str], triples, ks=(1, 5, 10), by_id
     sparse = hasattr(vectors, "tocsr")
     index = None if sparse else VectorIndex.rebuild(ids, vectors, vectors.shape[1])
     pos_idx = [i for i, t in enumerate(triples) if t[2] == 1]
-    from xinfang.models.repeat_scorer import connected_components
+    from xinfang.models.disjoint_sets import pair_groups as connected_components
 
     comp = connected_components([(triples[i][0], triples[i][1]) for i in pos_idx])
     members: dict[int, set[str]] = {}
@@ -218,7 +218,7 @@ def as_of_later_message(vectors: np.ndarray, ids: list[str], queries, by_id: dic
     (the index as it stood when it arrived). Queries whose partner came later, or without times, are left out.
 
     Variants (shipped hybrid ranking): plain, and filtered as in `retrieval`."""
-    from xinfang.models.repeat_features import parse_time
+    from xinfang.records import parse_time
 
     times = np.array([(t.timestamp() if (t := parse_time(by_id[i].get("time"))) else np.nan) for i in ids])
     row = {pid: i for i, pid in enumerate(ids)}

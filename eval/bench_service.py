@@ -87,16 +87,18 @@ LIVE: list = []  # servers still running, stopped on exit whatever happens
 
 
 class Server:
-    """`xinfang serve` in a subprocess on a free loopback port."""
+    """`xinfang serve` in a subprocess on a free loopback port; `cmd` (run in `cwd`) instead of this tree's
+    `xinfang serve --data-dir DATA_DIR` for another command that ends in `xinfang serve` (another checkout's)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, data_dir: Path | None, env: dict[str, str], log_path: Path, cmd: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.data_dir, self.port = data_dir, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "a")
         full_env = {**os.environ, **env, "XINFANG_REGISTRY": "off"}
-        self.proc = subprocess.Popen([XINFANG, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--data-dir", str(data_dir), "--log-level", "warning"],
-                                     env=full_env, stdout=self.log, stderr=self.log, start_new_session=True)
+        cmd = cmd or [XINFANG, "serve", "--data-dir", str(data_dir)]
+        self.proc = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                                     cwd=cwd, env=full_env, stdout=self.log, stderr=self.log, start_new_session=True)
         self.started = time.monotonic()
         LIVE.append(self)
 

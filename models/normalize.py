@@ -14,7 +14,7 @@ import threading
 import unicodedata
 from functools import lru_cache
 
-__all__ = ["normalize_text", "petition_text"]
+__all__ = ["join_normalized", "normalize_text", "petition_text"]
 
 # Chinese punctuation that NFKC would turn into ASCII ("，" -> ",", "…" -> "...").
 _PROTECTED = "，！？：；（）…～"
@@ -156,10 +156,10 @@ def normalize_text(text: str | None, max_chars: int = 8000) -> str:
 
 def petition_text(title: str | None, text: str | None, max_chars: int = 8000) -> str:
     """Normalised title and text joined by "\\n"; empty parts skipped, a title repeated in the text once."""
-    t = normalize_text(title, max_chars)
-    x = normalize_text(text, max_chars)
-    if t and x.startswith(t):
-        joined = x
-    else:
-        joined = "\n".join(p for p in (t, x) if p)
+    return join_normalized(normalize_text(title, max_chars), normalize_text(text, max_chars), max_chars)
+
+
+def join_normalized(title: str, text: str, max_chars: int = 8000) -> str:
+    """`petition_text` of an already normalised title and text."""
+    joined = text if title and text.startswith(title) else "\n".join(p for p in (title, text) if p)
     return joined[:max_chars].rstrip()

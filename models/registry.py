@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from xinfang.errors import ModelError, XinfangError
-from xinfang.hashing import sha256_file
+from xinfang.fsutil import atomic_write_json
+from xinfang.hashing import sha256_dir, sha256_file
 from xinfang.records import load_pairs_with_petitions, load_records
 from xinfang.settings import get_settings, load_settings
 
@@ -59,38 +59,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-
-
-def dir_fingerprint(path: Path) -> str:
-    """sha256 over the relative paths and contents of every file in a directory (order-independent)."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(p.relative_to(path).as_posix().encode())
-        h.update(b"\0")
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` atomically: a temp file in the same directory, fsync, os.replace, fsync dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------------------------- bundles
@@ -155,7 +123,7 @@ def inspect_bundle(path: Path, task: str | None = None) -> BundleInfo:
     if isinstance(fingerprint, dict):
         fingerprint = fingerprint.get("sha256") or json.dumps(fingerprint, sort_keys=True)
     manifest = path / "manifest.json"
-    manifest_sha = sha256_file(manifest) if manifest.is_file() else dir_fingerprint(path)
+    manifest_sha = sha256_file(manifest) if manifest.is_file() else sha256_dir(path)
     return BundleInfo(task=REPEAT_TASK, kind="repeat_scorer",
                       metrics=_scalar_metrics(metrics if isinstance(metrics, dict) else {}),
                       data_fingerprint=str(fingerprint) if fingerprint else None, labels=[],
@@ -244,7 +212,7 @@ class Registry:
             try:
                 data = self.load()
                 yield data
-                atomic_write_json(self.index_path, data)
+                atomic_write_json(self.index_path, data, sort_keys=True)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 

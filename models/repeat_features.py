@@ -1,20 +1,20 @@
 """Explainable features of a petition pair, for the repeat scorer and for the reasons caseworkers read.
 
 `pair_features(a, b, similarity)` returns (`features`: dict name -> float in FEATURES order,
-`facts`: what the reasons are written from). Petitions are dicts with `title`, `text` and optionally
-`petitioner` (or `user`) and `time` (mixed formats such as `2019/2/28 11:25:05`, `2017-06-08 17:31:20`).
-Texts are normalised here with `normalize_text`, so raw records can be passed.
+`facts`: what the reasons are written from). Petitions are `models.petition.Petition` values (normalised
+once) or record dicts (`title`, `text`, optionally `petitioner` or `user`, `time` in the data's mixed formats),
+which are read through `Petition.from_record`.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
 
-from xinfang.models.normalize import normalize_text
+from xinfang.models.petition import Petition, as_petition, days_between
 
 FEATURES = [
     "cosine",               # semantic cosine similarity of the embeddings
@@ -66,7 +66,6 @@ _NAME_RES = {
 _CASE_NO = re.compile(r"[（(]\d{4}[）)][\u4e00-\u9fff\d]{1,12}?\d{1,6}号")
 _FOLLOWUP = re.compile(r"再次|又一次|再一次|第[二三四五六七八九十\d]+次|[二三四五六七八九十]问|多次反映|多次投诉|仍未|至今未|还未|依然没有|还是没有|追问")
 _NON_TEXT = re.compile(r"[\s\W_]+")
-_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y%m%d")
 
 
 @dataclass
@@ -80,28 +79,6 @@ class Facts:
     followup: bool = False
     identical: bool = False
     char_overlap: float = 0.0
-
-
-def parse_time(value: object) -> datetime | None:
-    """Parse the data's mixed time formats (`2019/2/28 11:25:05`, `2017-06-08 17:31:20`); None if unknown."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value
-    return _parse_time_str(str(value))
-
-
-@lru_cache(maxsize=65536)
-def _parse_time_str(value: str) -> datetime | None:
-    s = value.strip().replace("/", "-").replace("年", "-").replace("月", "-").replace("日", "")
-    s = re.sub(r"\s+", " ", s)
-    s = re.sub(r"(?<=\d{2}:\d{2}:\d{2})\.\d+$", "", s)
-    for fmt in _TIME_FORMATS:
-        try:
-            return datetime.strptime(s, fmt)
-        except ValueError:
-            continue
-    return None
 
 
 def _clean_name_body(body: str) -> str:
@@ -175,21 +152,11 @@ def _jaccard(x: frozenset[str], y: frozenset[str]) -> float:
     return len(x & y) / len(x | y) if x and y else 0.0
 
 
-def _petitioner(p: dict) -> str | None:
-    v = p.get("petitioner") if p.get("petitioner") not in (None, "") else p.get("user")
-    return str(v).strip() or None if v not in (None, "") else None
-
-
-@lru_cache(maxsize=8192)
-def _normalized(text: str | None) -> str:
-    return normalize_text(text)
-
-
-def pair_features(a: dict, b: dict, similarity: float) -> tuple[dict[str, float], Facts]:
-    """Features (FEATURES order) and the facts behind them for petitions `a`, `b` with embedding cosine
-    `similarity`."""
-    ta, tb = _normalized(a.get("title")), _normalized(b.get("title"))
-    xa, xb = _normalized(a.get("text")), _normalized(b.get("text"))
+def pair_features(a: Petition | Mapping, b: Petition | Mapping, similarity: float) -> tuple[dict[str, float], Facts]:
+    """Features (FEATURES order) and the facts behind them for petitions `a`, `b` (Petition, or a record dict)
+    with embedding cosine `similarity`."""
+    a, b = as_petition(a), as_petition(b)
+    ta, tb, xa, xb = a.norm_title, b.norm_title, a.norm_text, b.norm_text
     full_a, full_b = f"{ta}\n{xa}", f"{tb}\n{xb}"
     bg_a, bg_b = _grams(full_a, 2), _grams(full_b, 2)
     tg_a, tg_b = _grams(full_a, 3), _grams(full_b, 3)
@@ -203,9 +170,8 @@ def pair_features(a: dict, b: dict, similarity: float) -> tuple[dict[str, float]
             kb = sorted(n for k, n in names_b if k == kind)
             if ka and kb:
                 conflict.append((kind, ka[0], kb[0]))
-    pa, pb = _petitioner(a), _petitioner(b)
-    da, db = parse_time(a.get("time")), parse_time(b.get("time"))
-    gap = abs((da - db).total_seconds()) / 86400.0 if da and db else None
+    pa, pb = a.petitioner, b.petitioner
+    gap = days_between(a.received_at, b.received_at)
     followup = bool(_FOLLOWUP.search(full_a) or _FOLLOWUP.search(full_b))
     identical = bool(xa or ta) and (ta, xa) == (tb, xb) or (len(xa) > 20 and xa == xb)
     feats = {

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from xinfang.models.normalize import petition_text
+from xinfang.models.petition import Petition, as_petition
 
 HYBRID_WEIGHT = 0.3
 MIN_FETCH = 50
@@ -53,31 +53,23 @@ def lexical_similarity(a: str, b: str) -> float:
     return sum(w * wb[g] for g, w in wa.items() if g in wb) / (na * nb)
 
 
-@lru_cache(maxsize=65536)
-def _normalised(title: str | None, text: str | None) -> str:
-    return petition_text(title, text)
-
-
-def _text(p: dict) -> str:
-    """Normalised title + text; cached, since the same stored candidates come back query after query."""
-    return _normalised(p.get("title"), p.get("text"))
-
-
-def rerank(query: dict, hits: list[tuple[str, float]], found: dict[str, dict], k: int) -> list[tuple[str, float]]:
-    """The k best of `hits` (id, cosine) by the hybrid score; hits without a stored petition are dropped."""
-    qtext = _text(query)
+def rerank(query: Petition, hits: list[tuple[str, float]], found: dict[str, Petition],
+           k: int) -> list[tuple[str, float]]:
+    """The k best of `hits` (id, cosine) by the hybrid score; hits without a stored petition are dropped.
+    Petitions are Petition values (or record dicts, read through Petition.from_record)."""
+    qtext = as_petition(query).normalized
     scored = []
     for pid, sim in hits:
         other = found.get(pid)
         if other is None:
             continue
-        hybrid = HYBRID_WEIGHT * float(sim) + (1 - HYBRID_WEIGHT) * lexical_similarity(qtext, _text(other))
+        hybrid = HYBRID_WEIGHT * float(sim) + (1 - HYBRID_WEIGHT) * lexical_similarity(qtext, as_petition(other).normalized)
         scored.append((hybrid, pid, float(sim)))
     order = np.argsort([-h for h, _, _ in scored], kind="stable")[:k]
     return [(scored[i][1], scored[i][2]) for i in order]
 
 
-def score_candidates(query: dict, hits: list[tuple[str, float]], found: dict[str, dict], k: int,
+def score_candidates(query: Petition, hits: list[tuple[str, float]], found: dict[str, Petition], k: int,
                      scorer) -> list[dict]:
     """Re-rank `hits`, keep k, score each: [{"id", "similarity", "probability", "is_repeat", "reasons"}],
     probability desc."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import ModelError
+from xinfang.fsutil import atomic_write_json
 from xinfang.models.repeat_features import FEATURES, pair_features, reasons
 
 FORMAT = "xinfang-repeat-scorer/1"
@@ -35,23 +35,6 @@ MIN_PRECISION = 0.95
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
-
-
-def connected_components(pairs: list[tuple[str, str]]) -> list[int]:
-    """Group id per pair: pairs sharing a message (transitively) share a group."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        parent[find(a)] = find(b)
-    roots: dict[str, int] = {}
-    return [roots.setdefault(find(a), len(roots)) for a, _ in pairs]
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = MIN_PRECISION) -> tuple[float, str]:
@@ -192,21 +175,11 @@ class RepeatScorer:
         return {"format": FORMAT, **asdict(self)}
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON atomically (temp file, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        """Write JSON atomically (xinfang.fsutil.atomic_write_json)."""
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, ensure_ascii=False, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            return atomic_write_json(path, self.to_dict())
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise ModelError(f"cannot write repeat scorer to {path}: {exc.strerror or exc}") from exc
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> RepeatScorer:

@@ -2,15 +2,19 @@
 
 Public API (used by the service, keep stable):
 
+    search_candidates(index, petitions, vectors, k, lookup, scorer) -> list[list[dict]]
+        # the one repeat search (CLI, matters, service): [{"id", "similarity", "probability", "is_repeat",
+        # "reasons"}] per petition, probability desc, never the petition itself
     RepeatFinder(embedder, index, scorer)
-    finder.candidates(petition: dict, k: int, lookup: Callable[[list[str]], dict[str, dict]]) -> list[dict]
-        # [{"id", "similarity", "probability", "is_repeat", "reasons"}], probability desc, never the petition
-    finder.candidates_many(petitions, k, lookup) -> list[list[dict]]
+    finder.candidates(petition, k: int, lookup: Callable[[list[str]], dict[str, Petition]]) -> list[dict]
+    finder.candidates_many(petitions, k, lookup) -> list[list[dict]]    # embedded in batches
     finder.candidates_for_vectors(petitions, vectors, k, lookup) -> list[list[dict]]   # embeddings known
-    finder.score_pair(a: dict, b: dict) -> {"probability", "is_repeat", "reasons", "similarity"}
+    finder.score_pair(a, b) -> {"probability", "is_repeat", "reasons", "similarity"}
     build_index(records, embedder, factory="Flat") -> VectorIndex
     index_records(index, records, embedder, replace=False) -> int
     PetitionStore: the petitions behind an index directory (`petitions.jsonl`), `.lookup(ids)`
+
+Petitions are `models.petition.Petition` values or record dicts (read through `Petition.from_record`).
     open_index(directory, embedder, create=True) -> (VectorIndex, PetitionStore)
     save_index(directory, index, store)
 """
@@ -26,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError, IndexError_
-from xinfang.models.normalize import petition_text
+from xinfang.fsutil import atomic_file
+from xinfang.models.petition import Petition, as_petition
 from xinfang.models.repeat_ranking import fetch_size, score_candidates
 from xinfang.models.vector_index import MANIFEST, VectorIndex
 from xinfang.records import read_jsonl
@@ -34,9 +39,8 @@ from xinfang.records import read_jsonl
 log = logging.getLogger(__name__)
 
 STORE_FILE = "petitions.jsonl"
-STORED_FIELDS = ("id", "title", "text", "petitioner", "time")
 
-Lookup = Callable[[list[str]], dict[str, dict]]
+Lookup = Callable[[list[str]], dict[str, Petition]]
 
 
 def _encode(embedder, texts: list[str], progress: Callable[[int], None] | None) -> np.ndarray:
@@ -66,64 +70,48 @@ def embed_cached(embedder, texts: list[str], cache_dir: str | Path | None,
                 progress(len(texts))
             return arr
     arr = _encode(embedder, texts, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    with atomic_file(path, "wb") as fh:
+        np.save(fh, arr)
     return arr
 
 
-def petition_embedding_text(petition: dict) -> str:
+def petition_embedding_text(petition: Petition | dict) -> str:
     """The normalised text embedded for a petition; DataError naming it when title and text are empty."""
-    text = petition_text(petition.get("title"), petition.get("text"))
-    if not text.strip():
-        where = f" (row {petition['_row']})" if petition.get("_row") else ""
-        raise DataError(f"petition {petition.get('id')!r}{where}: empty title and text, nothing to compare")
-    return text
-
-
-def stored_petition(record: dict) -> dict:
-    """The fields kept for a petition in the store (petitioner taken from `petitioner` or `user`)."""
-    out = {k: record.get(k) for k in STORED_FIELDS}
-    out["id"] = str(record["id"])
-    if out["petitioner"] in (None, "") and record.get("user") not in (None, ""):
-        out["petitioner"] = record.get("user")
-    for k in ("petitioner", "time"):
-        if out[k] is not None:
-            out[k] = str(out[k])
-    return out
+    return as_petition(petition).require_text()
 
 
 class PetitionStore:
     """Petitions behind an index (id -> stored fields), persisted as `petitions.jsonl` in the index dir."""
 
-    def __init__(self, petitions: Iterable[dict] = ()) -> None:
-        self._by_id: dict[str, dict] = {}
-        for p in petitions:
-            self._by_id[str(p["id"])] = stored_petition(p)
+    def __init__(self, petitions: Iterable[Petition | dict] = ()) -> None:
+        self._by_id: dict[str, Petition] = {}
+        self.put(petitions)
 
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def put(self, records: Iterable[dict]) -> None:
+    def put(self, records: Iterable[Petition | dict]) -> None:
         for r in records:
-            self._by_id[str(r["id"])] = stored_petition(r)
+            p = as_petition(r)
+            if p.id is None:
+                raise DataError(f"petition{f' in row {p.row}' if p.row else ''} has no id")
+            self._by_id[p.id] = p
 
     def delete(self, ids: Iterable[str]) -> None:
         for i in ids:
             self._by_id.pop(str(i), None)
 
-    def lookup(self, ids: list[str]) -> dict[str, dict]:
+    def lookup(self, ids: list[str]) -> dict[str, Petition]:
         return {i: self._by_id[i] for i in ids if i in self._by_id}
 
-    def all(self) -> list[dict]:
+    def all(self) -> list[Petition]:
         return list(self._by_id.values())
 
     def save(self, directory: str | Path) -> None:
         from xinfang.records import write_jsonl
 
         try:
-            write_jsonl(Path(directory) / STORE_FILE, self._by_id.values())
+            write_jsonl(Path(directory) / STORE_FILE, (p.stored() for p in self._by_id.values()))
         except OSError as exc:
             raise IndexError_(f"cannot write {Path(directory) / STORE_FILE}: {exc.strerror or exc}; "
                               "the previously saved index is unchanged") from exc
@@ -168,16 +156,17 @@ def save_index(directory: str | Path, index: VectorIndex, store: PetitionStore) 
     index.save(directory)
 
 
-def index_records(index: VectorIndex, records: list[dict], embedder, replace: bool = False,
+def index_records(index: VectorIndex, records: list, embedder, replace: bool = False,
                   cache_dir: str | Path | None = None) -> int:
     """Embed and add records to `index` (replace=True overwrites known ids). Nothing is added on error."""
-    ids = [str(r["id"]) for r in records]
+    petitions = [as_petition(r) for r in records]
+    ids = [str(p.id) for p in petitions]
     if not replace:
         known = [i for i in ids if index.contains(i)]
         if known:
             raise IndexError_(f"id already indexed: {known[0]!r} ({len(known)} duplicate(s)); "
                               "pass --replace to overwrite")
-    texts = [petition_embedding_text(r) for r in records]
+    texts = [p.require_text() for p in petitions]
     t0 = time.perf_counter()
     vecs = embed_cached(embedder, texts, cache_dir)
     (index.replace if replace else index.add)(ids, vecs)
@@ -185,13 +174,30 @@ def index_records(index: VectorIndex, records: list[dict], embedder, replace: bo
     return len(ids)
 
 
-def build_index(records: list[dict], embedder, factory: str = "Flat",
+def build_index(records: list, embedder, factory: str = "Flat",
                 cache_dir: str | Path | None = None) -> VectorIndex:
     """A new index over `records` (rebuild from stored petitions: `build_index(store.all(), embedder)`)."""
-    texts = [petition_embedding_text(r) for r in records]
-    vecs = embed_cached(embedder, texts, cache_dir)
-    return VectorIndex.rebuild([str(r["id"]) for r in records], vecs, embedder.dim, factory,
+    petitions = [as_petition(r) for r in records]
+    vecs = embed_cached(embedder, [p.require_text() for p in petitions], cache_dir)
+    return VectorIndex.rebuild([str(p.id) for p in petitions], vecs, embedder.dim, factory,
                                embedder.fingerprint)
+
+
+def search_candidates(index: VectorIndex, petitions: list, vecs: np.ndarray, k: int, lookup: Lookup,
+                      scorer) -> list[list[dict]]:
+    """The repeat search: the index's `fetch_size(k)` nearest by cosine for each vector (never the petition
+    itself), re-ranked with the lexical similarity and scored (repeat_ranking.py); top k per petition,
+    probability desc. `lookup(ids)` gives the stored petitions; ids it lacks (deleted since) are dropped."""
+    if k <= 0:
+        raise DataError(f"k must be positive, got {k}")
+    petitions = [as_petition(p) for p in petitions]
+    own = [{p.id} if p.id is not None else set() for p in petitions]
+    hits = index.search(np.asarray(vecs, dtype=np.float32), fetch_size(k), own)
+    wanted = sorted({pid for row in hits for pid, _ in row})
+    found = lookup(wanted)
+    if len(found) < len(wanted):
+        log.warning("%d indexed ids have no stored petition; skipped", len(wanted) - len(found))
+    return [score_candidates(p, row, found, k, scorer) for p, row in zip(petitions, hits, strict=True)]
 
 
 class RepeatFinder:
@@ -207,34 +213,26 @@ class RepeatFinder:
                         "may be off", scorer.encoder_fingerprint[:12])
         self.embedder, self.index, self.scorer = embedder, index, scorer
 
-    def candidates(self, petition: dict, k: int, lookup: Lookup) -> list[dict]:
+    def candidates(self, petition: Petition | dict, k: int, lookup: Lookup) -> list[dict]:
         """Top-k indexed petitions for `petition` (embedding search re-ranked with lexical similarity, see
         repeat_ranking.py), scored, probability desc; never the petition itself."""
         return self.candidates_many([petition], k, lookup)[0]
 
-    def candidates_many(self, petitions: list[dict], k: int, lookup: Lookup) -> list[list[dict]]:
+    def candidates_many(self, petitions: list, k: int, lookup: Lookup) -> list[list[dict]]:
         """`candidates` for many petitions, embedded in batches."""
         if k <= 0:
             raise DataError(f"k must be positive, got {k}")
-        texts = [petition_embedding_text(p) for p in petitions]
-        return self.candidates_for_vectors(petitions, self.embedder.encode(texts), k, lookup)
+        petitions = [as_petition(p) for p in petitions]
+        vecs = self.embedder.encode([p.require_text() for p in petitions])
+        return search_candidates(self.index, petitions, vecs, k, lookup, self.scorer)
 
-    def candidates_for_vectors(self, petitions: list[dict], vecs: np.ndarray, k: int,
-                               lookup: Lookup) -> list[list[dict]]:
+    def candidates_for_vectors(self, petitions: list, vecs: np.ndarray, k: int, lookup: Lookup) -> list[list[dict]]:
         """`candidates_many` for petitions whose embeddings are already known (stored or cached vectors)."""
-        if k <= 0:
-            raise DataError(f"k must be positive, got {k}")
-        own = [{str(p["id"])} if p.get("id") not in (None, "") else set() for p in petitions]
-        hits = self.index.search(vecs, fetch_size(k), own)
-        found = lookup(sorted({pid for row in hits for pid, _ in row}))
-        missing = {pid for row in hits for pid, _ in row} - set(found)
-        if missing:
-            log.warning("%d indexed ids have no stored petition; skipped", len(missing))
-        return [score_candidates(petition, row, found, k, self.scorer)
-                for petition, row in zip(petitions, hits, strict=True)]
+        return search_candidates(self.index, petitions, vecs, k, lookup, self.scorer)
 
-    def score_pair(self, a: dict, b: dict) -> dict:
+    def score_pair(self, a: Petition | dict, b: Petition | dict) -> dict:
         """Score two petitions directly (no index): {"probability", "is_repeat", "reasons", "similarity"}."""
-        va, vb = self.embedder.encode([petition_embedding_text(a), petition_embedding_text(b)])
+        a, b = as_petition(a), as_petition(b)
+        va, vb = self.embedder.encode([a.require_text(), b.require_text()])
         sim = float(np.dot(va, vb))
         return {**self.scorer.score(a, b, sim), "similarity": round(sim, 4)}

@@ -27,7 +27,6 @@ searches share a lock, so one index object can serve many threads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,8 @@ import faiss
 import numpy as np
 
 from xinfang.errors import IndexError_
+from xinfang.fsutil import fsync_dir, write_durable
+from xinfang.hashing import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -105,29 +106,6 @@ def _train_sample(vectors: np.ndarray, factory: str, per_list: int = 64) -> np.n
         return vectors
     rows = np.sort(np.random.default_rng(0).choice(len(vectors), cap, replace=False))
     return np.ascontiguousarray(vectors[rows])
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    """Write bytes to a new file and fsync it before returning."""
-    with open(path, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class VectorIndex:
@@ -404,7 +382,7 @@ class VectorIndex:
             "factory": self.factory, "active_factory": active, "ivf_min_train": self.ivf_min_train,
             "metric": "inner_product", "encoder_fingerprint": self.fingerprint,
             "files": files,
-            "sha256": {"index": _sha256_bytes(index_bytes), "idmap": _sha256_bytes(idmap_bytes)},
+            "sha256": {"index": sha256_bytes(index_bytes), "idmap": sha256_bytes(idmap_bytes)},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         written: list[Path] = []
@@ -413,14 +391,14 @@ class VectorIndex:
             old = self._manifest_files(directory)
             for key, data in (("index", index_bytes), ("idmap", idmap_bytes)):
                 path = directory / files[key]
-                _write_durable(path, data)
+                write_durable(path, data)
                 written.append(path)
             tmp = directory / f".{MANIFEST}.{gen}.tmp"
-            _write_durable(tmp, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+            write_durable(tmp, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
             written.append(tmp)
             os.replace(tmp, directory / MANIFEST)
             written.remove(tmp)
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as exc:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -478,7 +456,7 @@ class VectorIndex:
                 blobs[key] = path.read_bytes()
             except OSError as exc:
                 raise IndexError_(f"{path}: cannot read index file: {exc.strerror or exc}") from exc
-            if _sha256_bytes(blobs[key]) != m["sha256"][key]:
+            if sha256_bytes(blobs[key]) != m["sha256"][key]:
                 raise IndexError_(f"{path}: checksum mismatch, the index file is corrupt; rebuild the index")
         try:
             faiss_index = faiss.deserialize_index(np.frombuffer(blobs["index"], dtype=np.uint8))

@@ -10,5 +10,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # Pinned CPU build first: an open torch range would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[test,postgres,bench]"
+.venv/bin/python -m pip install -q -e ".[serve,onnx,train,eval,postgres,test]"
 .venv/bin/xinfang encoder prepare

@@ -23,6 +23,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from xinfang.serving.errors import ApiError
 
+ROLES = ("intake", "caseworker", "admin")  # the roles an API key can have (see the module docstring)
+
 bearer = HTTPBearer(auto_error=False, description="An API key from `xinfang keys create`")
 
 
@@ -110,4 +112,3 @@ def require(*roles: str):
     return dependency
 
 
-ANY_ROLE = ("intake", "caseworker", "admin")

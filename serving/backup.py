@@ -37,6 +37,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
 
 from xinfang.errors import XinfangError
+from xinfang.fsutil import atomic_file
 from xinfang.hashing import sha256_file
 from xinfang.serving.config import ServiceConfig, pg_bin_dir
 from xinfang.serving.store import ApiKey, AuditEntry, Feedback, Petition, Store
@@ -308,9 +309,8 @@ def restore(config: ServiceConfig, src: Path) -> dict:
     if dialect == "sqlite":
         dst_path = _sqlite_path(url)
         dst_path.parent.mkdir(parents=True, exist_ok=True)
-        part = dst_path.with_name(f".{dst_path.name}.restoring")
-        shutil.copyfile(src / SQLITE_FILE, part)
-        os.replace(part, dst_path)
+        with atomic_file(dst_path, "wb") as fh, open(src / SQLITE_FILE, "rb") as snapshot:
+            shutil.copyfileobj(snapshot, fh, 1 << 20)
     else:
         _restore_pg(url, src / PG_FILE)
     if (src / "index").is_dir():

@@ -23,7 +23,7 @@ log = logging.getLogger("xinfang.serving.bulk")
 
 
 def _when(value) -> datetime | None:
-    from xinfang.models.repeat_features import parse_time
+    from xinfang.records import parse_time
 
     return parse_time(value) if value not in (None, "") else None
 

@@ -15,29 +15,21 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from xinfang.errors import XinfangError
-from xinfang.models.normalize import petition_text
-from xinfang.models.repeat_ranking import fetch_size, score_candidates
+from xinfang.models.petition import Petition
+from xinfang.models.repeats import search_candidates
 from xinfang.serving import matters_ops
 from xinfang.serving.errors import ApiError
-from xinfang.serving.index_keeper import index_text
 from xinfang.serving.schemas import PetitionCreate, PetitionInput, RepeatSearchRequest
 from xinfang.serving.service import ModelsUnavailable, Service, limit_index_threads
 from xinfang.serving.store import UnknownTarget, request_hash
 
 
-def _time_str(value: datetime | None) -> str | None:
-    """Naive-UTC text for the repeat features' time parser."""
-    if value is None:
-        return None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(sep=" ", timespec="seconds")  # zero-padded years (strftime drops them before 1000)
-
-
-def finder_petition(p: dict) -> dict:
-    """A stored petition in the shape the repeat scorer reads."""
-    return {"id": p["id"], "title": p.get("title"), "text": p.get("text"), "petitioner": p.get("petitioner"),
-            "time": _time_str(p.get("received_at") or p.get("created_at"))}
+def stored_lookup(svc: Service):
+    """The store as the repeat search's lookup: ids -> Petition (received_at, else the time it was stored)."""
+    def lookup(ids: list[str]) -> dict[str, Petition]:
+        return {pid: Petition.from_record(p, default_time=p.get("created_at"))
+                for pid, p in svc.store.get_petitions(ids).items()}
+    return lookup
 
 
 def labels_of(result: dict) -> dict:
@@ -56,17 +48,18 @@ async def _model_call(svc: Service, kind: str, items: list) -> list:
         raise ApiError(422, "invalid_request", str(exc), field="text") from exc
 
 
-def _check_normalizable(title: str | None, text: str, field: str) -> None:
-    if not petition_text(title, text):
+def _check_normalizable(petition: Petition, field: str) -> Petition:
+    if not petition.normalized:
         raise ApiError(422, "invalid_request", f"{field}: nothing left after normalisation "
                        "(only markup, control or formatting characters)", field=field)
+    return petition
 
 
 # ---------------------------------------------------------------------------- classify
 async def classify(svc: Service, petitions: list[PetitionInput]) -> dict:
     items = []
     for i, p in enumerate(petitions):
-        _check_normalizable(p.title, p.text, f"body.petitions.{i}.text")
+        _check_normalizable(Petition(p.id, p.title, p.text), f"body.petitions.{i}.text")
         items.append({"id": p.id, "title": p.title, "text": p.text})
     pairs = await _model_call(svc, "classify", items)
     models = pairs[0][1]
@@ -76,37 +69,35 @@ async def classify(svc: Service, petitions: list[PetitionInput]) -> dict:
 
 
 # ---------------------------------------------------------------------------- repeats
-def score_hits(svc: Service, petitions: list[dict], vectors: np.ndarray, k: int) -> list[list[dict]]:
-    """Search the index with precomputed vectors, re-rank and score the hits (as RepeatFinder.candidates_many does,
-    without embedding again: the vector comes from the caller)."""
+def score_hits(svc: Service, petitions: list[Petition], vectors: np.ndarray, k: int) -> list[list[dict]]:
+    """The repeat search (models/repeats.search_candidates) over the service's index and store, with vectors
+    the caller has already embedded."""
     if svc.scorer is None:
         raise ApiError(503, "unavailable", "repeat scorer not loaded; see /readyz and the server log")
-    own = [{p["id"]} if p.get("id") else set() for p in petitions]
     limit_index_threads(svc.config.index_threads)
-    hits = svc.keeper.index.search(np.asarray(vectors, dtype=np.float32), fetch_size(k), own)
-    ids = sorted({pid for row in hits for pid, _ in row})
-    found = {pid: finder_petition(p) for pid, p in svc.store.get_petitions(ids).items()}
-    # ids missing from `found` were deleted between search and lookup: score_candidates drops them
-    return [score_candidates(petition, row, found, k, svc.scorer) for petition, row in zip(petitions, hits, strict=True)]
+    return search_candidates(svc.keeper.index, petitions, vectors, k, stored_lookup(svc), svc.scorer)
+
+
+async def _embed(svc: Service, petition: Petition) -> np.ndarray:
+    return (await _model_call(svc, "embed", [petition.normalized]))[0]
 
 
 async def repeats_of(svc: Service, pid: str, k: int) -> list[dict]:
     stored = await run_in_threadpool(svc.store.get_petition, pid)
     if stored is None:
         raise ApiError(404, "not_found", f"no petition {pid!r}", field="id")
-    petition = finder_petition(stored)
+    petition = Petition.from_record(stored, default_time=stored.get("created_at"))
     try:
         vector = svc.keeper.index.vector(pid)
     except XinfangError:  # not indexed yet (reconcile pending): embed it now
-        vector = (await _model_call(svc, "embed", [index_text(stored["title"], stored["text"])]))[0]
+        vector = await _embed(svc, petition)
     return (await run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), k))[0]
 
 
 async def search_repeats(svc: Service, req: RepeatSearchRequest) -> list[dict]:
-    _check_normalizable(req.title, req.text, "body.text")
-    vector = (await _model_call(svc, "embed", [index_text(req.title, req.text)]))[0]
-    petition = {"id": None, "title": req.title, "text": req.text, "petitioner": req.petitioner,
-                "time": _time_str(datetime.now(UTC))}
+    petition = _check_normalizable(Petition(None, req.title, req.text, req.petitioner, datetime.now(UTC)),
+                                   "body.text")
+    vector = await _embed(svc, petition)
     return (await run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), req.k))[0]
 
 
@@ -131,15 +122,14 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
         stored = await run_in_threadpool(svc.store.get_petition_row, req.id)
         if stored is not None:
             return _replay(stored, rhash)
-    _check_normalizable(req.title, req.text, "body.text")
     pid = req.id or uuid.uuid4().hex
     now = datetime.now(UTC)
-    petition = {"id": pid, "title": req.title, "text": req.text, "petitioner": req.petitioner,
-                "time": _time_str(req.received_at or now)}
+    petition = _check_normalizable(Petition(pid, req.title, req.text, req.petitioner, req.received_at or now,
+                                            req.channel), "body.text")
     # Embed first, then search the index (thread pool: one thread, memory-bound) while the worker classifies.
-    [vector] = await _model_call(svc, "embed", [index_text(req.title, req.text)])
+    vector = await _embed(svc, petition)
     classified, hits = await asyncio.gather(
-        _model_call(svc, "classify", [petition]),
+        _model_call(svc, "classify", [{"id": pid, "title": req.title, "text": req.text}]),
         _no_repeats() if svc.scorer is None else
         run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), svc.config.repeat_k))
     [(result, models)] = classified
@@ -152,7 +142,7 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
     row = {
         "id": pid, "title": req.title, "text": req.text, "petitioner": req.petitioner,
         "received_at": req.received_at, "channel": req.channel,
-        "text_hash": request_hash({"t": petition_text(req.title, req.text)}), "request_hash": rhash,
+        "text_hash": request_hash({"t": petition.normalized}), "request_hash": rhash,
         "labels": labels, "topic": (labels["topic"] or {}).get("label"),
         "department": (labels["department"] or {}).get("label"),
         "needs_review": labels["needs_review"], "repeat_count": sum(1 for c in repeats if c["is_repeat"]),

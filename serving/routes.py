@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xinfang.errors import XinfangError
 from xinfang.serving import operations as ops
-from xinfang.serving.auth import ANY_ROLE, Principal, require
+from xinfang.serving.auth import ROLES, Principal, require
 from xinfang.serving.config import LIMITS
 from xinfang.serving.errors import ApiError
 from xinfang.serving.matters_ops import matters_of_petitions
@@ -193,7 +193,7 @@ def redact_paths(body: dict) -> dict:
 
 @v1.get("/models", response_model=ModelsResponse, tags=["models"], responses=_err(*AUTH, 503),
         summary="Models being served (any role; file paths for admin keys only)")
-def get_models(request: Request, who: Principal = Depends(require(*ANY_ROLE))) -> dict:
+def get_models(request: Request, who: Principal = Depends(require(*ROLES))) -> dict:
     return _models_body(service(request), admin=who.role == "admin")
 
 
@@ -236,5 +236,5 @@ def readyz(request: Request, response: Response) -> dict:
                                                               "description": "Prometheus text format"},
                                                          **_err(401, 403)},
                 response_class=Response, summary="Prometheus metrics (any role)")
-def metrics(request: Request, _: Principal = Depends(require(*ANY_ROLE))) -> Response:
+def metrics(request: Request, _: Principal = Depends(require(*ROLES))) -> Response:
     return Response(generate_latest(service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

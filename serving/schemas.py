@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from xinfang.models.channel import CHANNELS
+from xinfang.models.feedback import FEEDBACK_KINDS
 from xinfang.serving.config import LIMITS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
@@ -252,8 +253,7 @@ class Deleted(BaseModel):
 
 
 # ---------------------------------------------------------------------------- feedback
-FeedbackKind = Literal["repeat_confirm", "repeat_reject", "topic_correction", "department_correction",
-                       "channel_correction"]
+FeedbackKind = Literal[FEEDBACK_KINDS]  # models/feedback.py
 
 
 class FeedbackIn(_In):

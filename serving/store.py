@@ -22,6 +22,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from xinfang.errors import XinfangError
+from xinfang.models.feedback import FEEDBACK_KINDS
+from xinfang.serving.auth import ROLES
 from xinfang.serving.tables import (  # noqa: F401  (re-exported: the store's tables)
     ApiKey,
     AuditEntry,
@@ -35,9 +37,6 @@ from xinfang.serving.tables import (  # noqa: F401  (re-exported: the store's ta
     utcnow,
 )
 
-ROLES = ("intake", "caseworker", "admin")
-FEEDBACK_KINDS = ("repeat_confirm", "repeat_reject", "topic_correction", "department_correction",
-                  "channel_correction")
 KEY_PREFIX = "xf_"
 
 

@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 
 from xinfang.errors import DataError, IndexError_, ModelError
+from xinfang.models.disjoint_sets import pair_groups
 from xinfang.models.repeat_features import (
     DEFAULT_FEATURES,
     FEATURES,
     extract_names,
     names_match,
     pair_features,
-    parse_time,
     reasons,
 )
-from xinfang.models.repeat_scorer import RepeatScorer, choose_threshold, connected_components
+from xinfang.models.repeat_scorer import RepeatScorer, choose_threshold
 from xinfang.models.vector_index import VectorIndex
+from xinfang.records import parse_time
 
 DIM = 16
 
@@ -167,7 +168,7 @@ def test_index_save_failure_keeps_old_index(tmp_path, monkeypatch):
     d = ix.save(tmp_path / "idx")
     ix.add(["extra"], _vecs(1, seed=3))
     calls = {"n": 0}
-    real = vi._write_durable
+    real = vi.write_durable
 
     def failing(path, data):
         calls["n"] += 1
@@ -175,7 +176,7 @@ def test_index_save_failure_keeps_old_index(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         real(path, data)
 
-    monkeypatch.setattr(vi, "_write_durable", failing)
+    monkeypatch.setattr(vi, "write_durable", failing)
     with pytest.raises(IndexError_, match="Permission denied"):
         ix.save(d)
     assert sorted(os.listdir(d)) == sorted(os.listdir(d))  # no temp files left behind below
@@ -333,7 +334,7 @@ def test_threshold_rule_and_components():
     p = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.9])
     t, rule = choose_threshold(y, p, 0.95)
     assert t == 0.6 and "precision" in rule
-    assert connected_components([("a", "b"), ("c", "d"), ("b", "e"), ("e", "c"), ("x", "y")]) == [0, 0, 0, 0, 1]
+    assert pair_groups([("a", "b"), ("c", "d"), ("b", "e"), ("e", "c"), ("x", "y")]) == [0, 0, 0, 0, 1]
 
 
 def test_default_scorer_loads():

@@ -13,9 +13,6 @@ Rows whose petition (or repeat target) has since been deleted are skipped and co
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from xinfang.errors import DataError
-from xinfang.records import load_records
+from xinfang.models.feedback import LABEL_KINDS, PAIR_KINDS
+from xinfang.records import load_records, write_jsonl
 
-LABEL_KINDS = {"topic_correction": "topic", "department_correction": "department", "channel_correction": "channel"}
-PAIR_KINDS = {"repeat_confirm": 1, "repeat_reject": 0}
 EXPORT_TASKS = ("topic", "department", "channel", "repeats")
 
 
@@ -110,23 +106,6 @@ def pair_rows(feedback: Iterable[dict[str, Any]], petitions: dict[str, dict[str,
     return rows, skipped
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def merge_labelled(base: list[dict[str, Any]], corrections: list[dict[str, Any]], task: str
                    ) -> list[dict[str, Any]]:
     """Base training rows with corrections applied by id (relabelled in place), new ids appended."""
@@ -176,14 +155,14 @@ def export_feedback(store: Any, output: Path, task: str, since: datetime | None 
 
             base_pets = load_records(base_petitions, require_text=False) if base_petitions else []
             rows, pets = merge_pairs(read_jsonl(base), base_pets, rows, pets)
-        write_jsonl_atomic(extra, pets)
+        write_jsonl(extra, pets)
         counts = dict(Counter({1.0: "same", 0.0: "different"}.get(float(r["label"]), "unsure") for r in rows))
     else:
         rows, skipped = labelled_rows(feedback, petitions, task)
         if base is not None:
             rows = merge_labelled(load_records(base, label_column=task), rows, task)
         counts = dict(Counter(str(r[task]) for r in rows))
-    write_jsonl_atomic(output, rows)
+    write_jsonl(output, rows)
     return ExportResult(task=task, path=Path(output), rows=len(rows), skipped_deleted=skipped,
                         feedback_rows=len(feedback), labels=counts, petitions_path=extra)
 

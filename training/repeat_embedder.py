@@ -70,24 +70,18 @@ def cosent_loss(cos, labels, scale: float):
 
 def _setup(base, recipe: EmbedderRecipe, texts: list[str]):
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from xinfang.models.encoder import device as _device
-    from xinfang.models.encoder import encoder_layers as _layers
-    from xinfang.models.encoder import resolve_encoder
+    from xinfang.models.encoder import device, encoder_layers, load_encoder, resolve_encoder
     from xinfang.training.frozen_cache import FrozenCache
 
     path = resolve_encoder(base)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load encoder from {path}: {exc}") from exc
-    n_layers = len(_layers(model))
+    tokenizer, model = load_encoder(path)
+    model.set_attn_implementation("eager")
+    n_layers = len(encoder_layers(model))
     if recipe.trainable_layers < 1:
         raise ModelError(f"trainable_layers must be at least 1, got {recipe.trainable_layers}")
     torch.manual_seed(recipe.seed)
-    model.to(_device())
+    model.to(device())
     cache = FrozenCache(path, n_layers - len(_top_layers(model, recipe)), recipe.max_length, recipe.prefix)
     cache.fill(model, tokenizer, texts, progress=False)
     return model, tokenizer, cache

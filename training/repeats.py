@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from xinfang.errors import DataError
+from xinfang.models.disjoint_sets import pair_groups as connected_components
 from xinfang.models.normalize import petition_text
 from xinfang.models.repeat_features import DEFAULT_FEATURES, FEATURES, pair_features
-from xinfang.models.repeat_scorer import MIN_PRECISION, RepeatScorer, connected_components
+from xinfang.models.repeat_scorer import MIN_PRECISION, RepeatScorer
 from xinfang.models.repeats import embed_cached
 
 log = logging.getLogger(__name__)

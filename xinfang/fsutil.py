@@ -1,14 +1,74 @@
-"""Filesystem helpers shared by everything that writes model directories."""
+"""Filesystem helpers: the one way files and model directories are written atomically, and text files read.
+
+    atomic_file(path, "w"|"wb") as fh   # a temporary sibling, fsynced and renamed over `path` when the block succeeds
+    atomic_write_json(path, data)       # the same for a JSON document
+    write_durable(path, data)           # a new file, fsynced before it returns
+    fsync_dir(directory)                # make a rename in `directory` durable
+    staged_directory(out_dir, marker, kind)   # the same as atomic_file for a whole directory
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from xinfang.errors import DataError, ModelError
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """fsync a directory so that a rename in it survives a crash (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: str | Path, data: bytes) -> None:
+    """Write bytes to a new file (an existing one is an error) and fsync it before returning."""
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write `path` all or nothing: the block writes a temporary file in the same directory ("w": UTF-8 text
+    with "\\n" line ends, "wb": bytes), which is then fsynced and renamed over `path` (and the directory
+    fsynced). On any error the temporary file is removed and `path` is as it was."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with (os.fdopen(fd, "wb") if mode == "wb" else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """`data` as UTF-8 JSON (non-ASCII kept, a final newline), written with `atomic_file`."""
+    with atomic_file(path) as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=indent, sort_keys=sort_keys)
+        fh.write("\n")
+    return Path(path)
 
 
 @contextmanager

@@ -14,14 +14,16 @@ import json
 import logging
 import math
 import os
-import tempfile
+import re
 from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from xinfang.errors import DataError
+from xinfang.fsutil import atomic_file
 
-__all__ = ["AUTO_COLUMNS", "load_records", "read_text", "write_jsonl"]
+__all__ = ["AUTO_COLUMNS", "load_records", "parse_time", "read_text", "write_jsonl"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ AUTO_COLUMNS: dict[str, str] = {
 JSONL_EXTS = {".jsonl", ".jsonlines", ".ndjson", ".json"}
 CSV_EXTS = {".csv", ".tsv"}
 XLSX_EXTS = {".xlsx", ".xlsm"}
+_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y%m%d")
 
 
 def read_text(path: str | Path) -> tuple[str, str]:
@@ -60,6 +63,28 @@ def read_text(path: str | Path) -> tuple[str, str]:
                 f"{path}: cannot decode as UTF-8 (byte {utf8_err.start}, line {_line_at(data, utf8_err.start)}) "
                 f"nor GB18030 (byte {gb_err.start}, line {_line_at(data, gb_err.start)})"
             ) from None
+
+
+def parse_time(value: object) -> dt.datetime | None:
+    """Parse the data's mixed time formats (`2019/2/28 11:25:05`, `2017-06-08 17:31:20`); None if unknown."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value
+    return _parse_time_str(str(value))
+
+
+@lru_cache(maxsize=65536)
+def _parse_time_str(value: str) -> dt.datetime | None:
+    s = value.strip().replace("/", "-").replace("年", "-").replace("月", "-").replace("日", "")
+    s = re.sub(r"\s+", " ", s)
+    s = re.sub(r"(?<=\d{2}:\d{2}:\d{2})\.\d+$", "", s)
+    for fmt in _TIME_FORMATS:
+        try:
+            return dt.datetime.strptime(s, fmt)
+        except ValueError:
+            continue
+    return None
 
 
 def load_records(
@@ -121,21 +146,11 @@ def read_jsonl(path: str | Path, line_key: str | None = None) -> list[dict[str, 
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows as UTF-8 JSON lines atomically (temporary file, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(dict(row), ensure_ascii=False, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write rows as UTF-8 JSON lines atomically (xinfang.fsutil.atomic_file)."""
+    with atomic_file(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(dict(row), ensure_ascii=False, default=str) + "\n")
+    return Path(path)
 
 
 # --- readers: each returns (header, [(row_number, {column: value})], encoding) ---

@@ -52,7 +52,7 @@ def parse_window_date(value: str | None, name: str):
     """A --since/--until value as a datetime (a bare date means its start; --until a date means its end)."""
     from datetime import timedelta
 
-    from xinfang.models.repeat_features import parse_time
+    from xinfang.records import parse_time
 
     if value is None:
         return None
@@ -67,10 +67,10 @@ def parse_window_date(value: str | None, name: str):
 
 def write_hot_issues(out_dir: Path, issues: list[dict]) -> list[Path]:
     """热点问题表.xlsx, 热点问题留言明细表.xlsx and hot_issues.json in `out_dir`."""
-    import json
 
     import openpyxl
 
+    from xinfang.fsutil import atomic_file, atomic_write_json
     from xinfang.models.hot_issues import DETAIL_COLUMNS, ISSUE_COLUMNS, detail_rows, issue_rows
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,15 +83,12 @@ def write_hot_issues(out_dir: Path, issues: list[dict]) -> list[Path]:
         ws.append(columns)
         for row in rows:
             ws.append(row)
-        tmp = out_dir / f".{name}.tmp"
-        wb.save(tmp)
-        tmp.replace(out_dir / name)
+        with atomic_file(out_dir / name, "wb") as fh:
+            wb.save(fh)
         paths.append(out_dir / name)
     doc = [{k: v for k, v in i.items() if k != "members"} | {"members": [str(p["id"]) for p in i["members"]]}
            for i in issues]
-    path = out_dir / "hot_issues.json"
-    path.write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return [*paths, path]
+    return [*paths, atomic_write_json(out_dir / "hot_issues.json", doc)]
 
 
 def register(app: typer.Typer) -> None:

@@ -108,23 +108,22 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from xinfang.models.embedder import Embedder
-        from xinfang.models.repeats import petition_embedding_text
+        from xinfang.models.petition import Petition
         from xinfang.records import write_jsonl
 
-        pairs = _read_pairs(input)
-        for p in pairs:
+        sides: list[Petition] = []  # a, b of each pair in turn
+        for p in _read_pairs(input):
             for side in ("a", "b"):
                 if not isinstance(p[side], dict):
                     raise DataError(f"{input}, line {p['_row']}: field {side!r} must be a petition object")
-                p[side].setdefault("_row", p["_row"])
+                sides.append(Petition.from_record({"_row": p["_row"], **p[side]}))
         embedder = Embedder(encoder)
         sc = _load_scorer(scorer)
-        texts = [petition_embedding_text(p[s]) for p in pairs for s in ("a", "b")]
-        vecs = embedder.encode(texts)
+        vecs = embedder.encode([p.require_text() for p in sides])
         out = []
-        for n, p in enumerate(pairs):
-            sim = float(np.dot(vecs[2 * n], vecs[2 * n + 1]))
-            out.append(sc.score(p["a"], p["b"], sim))
+        for n in range(0, len(sides), 2):
+            sim = float(np.dot(vecs[n], vecs[n + 1]))
+            out.append(sc.score(sides[n], sides[n + 1], sim))
         write_jsonl(output, out)
         typer.echo(f"scored {len(out)} pairs; {sum(o['is_repeat'] for o in out)} repeats; wrote {output}",
                    err=True)
