@@ -23,6 +23,7 @@ from xinfang.errors import DataError, ModelError
 from xinfang.models.channel import ChannelDecider, ChannelTable
 from xinfang.models.classifier import ClassifierBundle, bundle_logits, petition_input
 from xinfang.models.duty_list import DutyList
+from xinfang.models.petition import Petition
 from xinfang.models.router import Router
 
 __all__ = ["ClassificationPipeline"]
@@ -87,14 +88,15 @@ class ClassificationPipeline:
             out["channel_table"] = {"path": str(self.channel.table.path)}
         return out
 
-    def classify(self, petitions: list[dict], batch_size: int = 32, top_k: int = 3,
-                 progress: bool = False) -> list[dict]:
+    def classify(self, petitions: list[dict | Petition], batch_size: int = 32, top_k: int = 3,
+                 progress: bool = False, ids: list[str] | None = None) -> list[dict]:
+        """One answer per petition (a dict with title/text, or a Petition, whose normalised text is used as it
+        is), in input order; `ids` answers with other ids than the petitions' own (default: id, else position)."""
         if not petitions:
             return []
-        texts, ids = [], []
-        for i, p in enumerate(petitions):
-            texts.append(petition_input(p, 8000, f"petition {i + 1}"))
-            ids.append(p["id"] if p.get("id") is not None else str(i + 1))
+        texts = [_model_text(p, i) for i, p in enumerate(petitions)]
+        if ids is None:
+            ids = [_id_of(p) if _id_of(p) is not None else str(i + 1) for i, p in enumerate(petitions)]
         seen: set = set()
         for pid in ids:
             if pid in seen:
@@ -136,3 +138,17 @@ class ClassificationPipeline:
 
     def _pattern_decided(self, text: str) -> bool:
         return bool(self.duty and self.duty.pattern_departments(text))
+
+
+def _id_of(petition: dict | Petition):
+    return petition.id if isinstance(petition, Petition) else petition.get("id")
+
+
+def _model_text(petition: dict | Petition, i: int) -> str:
+    """The normalised model input: a Petition's own (normalised once), else petition_input's."""
+    if isinstance(petition, Petition):
+        if not petition.normalized:
+            raise DataError(f"petition {i + 1}{f' (id {petition.id})' if petition.id else ''}: "
+                            "title and text are both empty or whitespace")
+        return petition.normalized
+    return petition_input(petition, 8000, f"petition {i + 1}")

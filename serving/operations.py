@@ -57,14 +57,12 @@ def _check_normalizable(petition: Petition, field: str) -> Petition:
 
 # ---------------------------------------------------------------------------- classify
 async def classify(svc: Service, petitions: list[PetitionInput]) -> dict:
-    items = []
-    for i, p in enumerate(petitions):
-        _check_normalizable(Petition(p.id, p.title, p.text), f"body.petitions.{i}.text")
-        items.append({"id": p.id, "title": p.title, "text": p.text})
+    items = [_check_normalizable(Petition(p.id, p.title, p.text), f"body.petitions.{i}.text")
+             for i, p in enumerate(petitions)]
     pairs = await _model_call(svc, "classify", items)
     models = pairs[0][1]
     # All items of one request go through one batch, hence one model set.
-    results = [{**labels_of(r), "id": items[i]["id"]} for i, (r, _) in enumerate(pairs)]
+    results = [{**labels_of(r), "id": items[i].id} for i, (r, _) in enumerate(pairs)]
     return {"results": results, "models": models.versions()}
 
 
@@ -129,7 +127,7 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
     # Embed first, then search the index (thread pool: one thread, memory-bound) while the worker classifies.
     vector = await _embed(svc, petition)
     classified, hits = await asyncio.gather(
-        _model_call(svc, "classify", [{"id": pid, "title": req.title, "text": req.text}]),
+        _model_call(svc, "classify", [petition]),
         _no_repeats() if svc.scorer is None else
         run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), svc.config.repeat_k))
     [(result, models)] = classified

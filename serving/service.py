@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from xinfang.errors import ModelError, XinfangError
+from xinfang.models.petition import Petition
 from xinfang.serving.auth import AuthThrottle
 from xinfang.serving.batcher import MicroBatcher
 from xinfang.serving.config import ServiceConfig
@@ -180,14 +181,13 @@ class Service:
         return models
 
     @staticmethod
-    def _classify(models: ModelSet, petitions: list[dict]) -> list[dict]:
+    def _classify(models: ModelSet, petitions: list[Petition]) -> list[dict]:
         """Classify a merged batch: requests from different clients may reuse ids, so the pipeline sees
         positional ids and each result gets its caller's id back."""
-        results = models.pipeline.classify(
-            [{"id": str(i), "title": p.get("title"), "text": p.get("text")} for i, p in enumerate(petitions)])
-        return [{**r, "id": p.get("id")} for r, p in zip(results, petitions, strict=True)]
+        results = models.pipeline.classify(petitions, ids=[str(i) for i in range(len(petitions))])
+        return [{**r, "id": p.id} for r, p in zip(results, petitions, strict=True)]
 
-    def _classify_batch(self, petitions: list[dict]) -> list[tuple[dict, ModelSet]]:
+    def _classify_batch(self, petitions: list[Petition]) -> list[tuple[dict, ModelSet]]:
         models = self._require_models()
         return [(r, models) for r in self._classify(models, petitions)]
 

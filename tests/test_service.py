@@ -678,3 +678,26 @@ def test_keys_cli(tmp_path) -> None:
     assert store.authenticate(key) is None
     assert runner.invoke(app, ["keys", "revoke", "wang", *dd]).exit_code != 0
     store.close()
+
+
+def test_intake_normalises_the_petition_once(env, monkeypatch) -> None:
+    """Embedding, classification, repeat search, matter decision and the stored hash all read one normalised text."""
+    import xinfang.models.normalize as nm
+    import xinfang.models.petition as pm
+
+    client, keys = env
+    title, text = "独一无二的标题七七", "独一无二的正文：某小区门口的路灯坏了三个月无人修理七七。"
+    seen: list[str] = []
+    real = nm.normalize_text
+
+    def counting(value, *args, **kwargs):
+        if value in (title, text):
+            seen.append(value)
+        return real(value, *args, **kwargs)
+
+    monkeypatch.setattr(nm, "normalize_text", counting)
+    monkeypatch.setattr(pm, "normalize_text", counting)
+    pm._normalise.cache_clear()
+    r = client.post("/v1/petitions", json={"title": title, "text": text}, headers=auth(keys["intake"]))
+    assert r.status_code == 201, r.text
+    assert sorted(seen) == sorted([title, text])  # each field once, for everything the intake does
