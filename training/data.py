@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xinfang.errors import DataError
+from xinfang.models.disjoint_sets import DisjointSets
 
 __all__ = ["Examples", "prepare_examples", "group_ids", "group_split", "seeded_group_split", "data_fingerprint",
            "weak_examples", "group_keys"]
@@ -90,27 +91,17 @@ _KEY_STRIP = re.compile(r"[\s\W_]+", re.UNICODE)
 
 def group_ids(titles: list[str], texts: list[str]) -> list[int]:
     """Union-find groups: same normalised title (punctuation/space-insensitive) or same normalised text."""
-    parent = list(range(len(texts)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    sets = DisjointSets(len(texts))
     seen: dict[str, int] = {}
     for i, (title, text) in enumerate(zip(titles, texts, strict=True)):
         for key in (("t:" + _KEY_STRIP.sub("", title)) if title else None, "x:" + _KEY_STRIP.sub("", text)):
             if not key or key in ("t:", "x:"):
                 continue
             if key in seen:
-                a, b = find(i), find(seen[key])
-                if a != b:
-                    parent[a] = b
+                sets.union(i, seen[key])
             else:
                 seen[key] = i
-    roots: dict[int, int] = {}
-    return [roots.setdefault(find(i), len(roots)) for i in range(len(texts))]
+    return sets.labels()
 
 
 def group_split(labels: list[str], groups: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
