@@ -194,22 +194,37 @@ class MatterStore:
     # ------------------------------------------------------------------ writes
     def assign(self, pid: str, matter_id: str | None, via: str | None, probability: float | None,
                reason: str) -> str:
-        """Put a new petition into `matter_id` (or a new matter named after it when None or gone)."""
+        """Put a stored petition into `matter_id` (or a new matter named after it when None or gone), in its
+        own transaction; a petition that already has a matter keeps it."""
         with self.store.session() as s, s.begin():
-            if s.get(MatterMember, pid) is not None:
-                return s.get(MatterMember, pid).matter_id
-            if matter_id is None or s.get(Matter, matter_id) is None:
-                matter_id, via, probability = MATTER_PREFIX + pid, None, None
-                if s.get(Matter, matter_id) is None:
-                    s.add(Matter(id=matter_id))
-            else:
-                s.execute(update(Matter).where(Matter.id == matter_id).values(updated_at=utcnow()))
-            s.add(MatterMember(petition_id=pid, matter_id=matter_id, via=via, probability=probability, reason=reason))
+            mm = s.get(MatterMember, pid)
+            if mm is not None:
+                return mm.matter_id
+            return self.assign_in(s, pid, matter_id, via, probability, reason)
+
+    @staticmethod
+    def assign_in(s, pid: str, matter_id: str | None, via: str | None, probability: float | None,
+                  reason: str) -> str:
+        """The membership of a petition just inserted in the caller's transaction `s` (the intake adds it to
+        the petition's own insert: `Store.insert_petition(row, also=...)`); a membership left over from a
+        deleted petition of the same id is replaced."""
+        if matter_id is None or s.get(Matter, matter_id) is None:
+            matter_id, via, probability = MATTER_PREFIX + pid, None, None
+            if s.get(Matter, matter_id) is None:
+                s.add(Matter(id=matter_id))
+        else:
+            s.execute(update(Matter).where(Matter.id == matter_id).values(updated_at=utcnow()))
+        stale = s.get(MatterMember, pid)
+        if stale is not None:
+            s.delete(stale)
+            s.flush()
+        s.add(MatterMember(petition_id=pid, matter_id=matter_id, via=via, probability=probability, reason=reason))
         return matter_id
 
     def ensure_all(self) -> int:
         """Give every stored petition without a matter its own one, drop memberships of deleted petitions and
-        empty matters (start-up repair after a crash between the petition commit and its membership)."""
+        empty matters (start-up repair: petitions stored without the service, e.g. bulk loads or older stores, and
+        a crash between a petition's delete and its membership's)."""
         with self.store.session() as s, s.begin():
             orphans = list(s.scalars(select(MatterMember.petition_id).where(
                 MatterMember.petition_id.not_in(select(Petition.id)))))
