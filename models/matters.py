@@ -77,24 +77,35 @@ class Link:
 
 
 def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Callable[[list[str]], dict],
-               k: int = DEFAULT_RULE.k, batch: int = 256,
+               k: int = 10, batch: int = 256,
                progress: Callable[[int], None] | None = None) -> list[Link]:
-    """Each petition's top-k repeat candidates among the indexed petitions, as undirected links (the higher
-    probability kept when both directions are found); sorted by (probability desc, a, b)."""
+    """Each petition's top-k repeat candidates among the indexed petitions (the repeat search's candidate set),
+    as undirected links scored once per pair by the scorer (its features are symmetric); sorted by
+    (probability desc, a, b)."""
+    from xinfang.models.repeat_features import pair_features
+
     if len(petitions) != len(vectors):
         raise DataError(f"{len(petitions)} petitions but {len(vectors)} vectors")
+    scorer = finder.scorer
     best: dict[tuple[str, str], Link] = {}
     for start in range(0, len(petitions), batch):
         chunk = petitions[start:start + batch]
-        rows = finder.candidates_for_vectors(chunk, vectors[start:start + batch], k, lookup)
-        for petition, cands in zip(chunk, rows, strict=True):
+        rows, found = finder.neighbours_for_vectors(chunk, vectors[start:start + batch], k, lookup)
+        keys, sims, feats, seen = [], [], [], set()
+        for petition, row in zip(chunk, rows, strict=True):
             pid = str(petition["id"])
-            for c in cands:
-                a, b = sorted((pid, str(c["id"])))
-                old = best.get((a, b))
-                if old is None or c["probability"] > old.probability:
-                    best[(a, b)] = Link(a, b, float(c["probability"]), float(c["similarity"]),
-                                        tuple(c.get("reasons", ())))
+            for cid, sim in row:
+                key = (pid, cid) if pid < cid else (cid, pid)
+                if key in best or key in seen:
+                    continue
+                seen.add(key)
+                keys.append(key)
+                sims.append(sim)
+                feats.append(scorer.features_vector(pair_features(petition, found[cid], sim)[0]))
+        if keys:
+            probs = scorer.probability_from_features(np.asarray(feats))
+            for key, sim, prob in zip(keys, sims, probs, strict=True):
+                best[key] = Link(key[0], key[1], round(float(prob), 4), round(float(sim), 4))
         if progress:
             progress(len(chunk))
     return sorted(best.values(), key=lambda lk: (-lk.probability, lk.a, lk.b))

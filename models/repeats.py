@@ -7,6 +7,7 @@ Public API (used by the service, keep stable):
         # [{"id", "similarity", "probability", "is_repeat", "reasons"}], probability desc, never the petition
     finder.candidates_many(petitions, k, lookup) -> list[list[dict]]
     finder.candidates_for_vectors(petitions, vectors, k, lookup) -> list[list[dict]]   # embeddings known
+    finder.neighbours_for_vectors(petitions, vectors, k, lookup) -> ([[(id, cosine)]], found)  # unscored
     finder.score_pair(a: dict, b: dict) -> {"probability", "is_repeat", "reasons", "similarity"}
     build_index(records, embedder, factory="Flat") -> VectorIndex
     index_records(index, records, embedder, replace=False) -> int
@@ -27,7 +28,7 @@ import numpy as np
 
 from xinfang.errors import DataError, IndexError_
 from xinfang.models.normalize import petition_text
-from xinfang.models.repeat_ranking import fetch_size, score_candidates
+from xinfang.models.repeat_ranking import fetch_size, rerank, score_candidates
 from xinfang.models.vector_index import MANIFEST, VectorIndex
 from xinfang.records import read_jsonl
 
@@ -232,6 +233,17 @@ class RepeatFinder:
             log.warning("%d indexed ids have no stored petition; skipped", len(missing))
         return [score_candidates(petition, row, found, k, self.scorer)
                 for petition, row in zip(petitions, hits, strict=True)]
+
+    def neighbours_for_vectors(self, petitions: list[dict], vecs: np.ndarray, k: int,
+                               lookup: Lookup) -> tuple[list[list[tuple[str, float]]], dict[str, dict]]:
+        """The candidate *set* of `candidates_for_vectors` without scoring: per petition its top-k (id, cosine)
+        by the hybrid re-rank, and the stored petitions they name (for scoring each pair once elsewhere)."""
+        if k <= 0:
+            raise DataError(f"k must be positive, got {k}")
+        own = [{str(p["id"])} if p.get("id") not in (None, "") else set() for p in petitions]
+        hits = self.index.search(vecs, fetch_size(k), own)
+        found = lookup(sorted({pid for row in hits for pid, _ in row}))
+        return [rerank(petition, row, found, k) for petition, row in zip(petitions, hits, strict=True)], found
 
     def score_pair(self, a: dict, b: dict) -> dict:
         """Score two petitions directly (no index): {"probability", "is_repeat", "reasons", "similarity"}."""
