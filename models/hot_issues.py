@@ -90,26 +90,30 @@ def _log_share(x: float, ref: float) -> float:
     return min(1.0, math.log1p(x) / math.log1p(ref))
 
 
-def heat(members: list[dict], end: datetime | None = None, previous: int | None = None) -> dict:
+def heat(members: list[dict], end: datetime | None = None, previous: int | None = None,
+         weights: dict[str, float] | None = None, per_petitioner: int | None = PER_PETITIONER) -> dict:
     """Heat of one matter from its petitions in the window (`members` already filtered to it), the window's end
     (`end`; default its own last petition) and the number of its petitions in the previous window of equal
-    length (`previous`; None when there is no window)."""
+    length (`previous`; None when there is no window). `weights` and `per_petitioner` (None: no cap) are there
+    to compare other settings against HEAT_TERMS; the service and the CLI use the defaults."""
+    weights = weights or HEAT_TERMS
+    cap = per_petitioner or 10**9
     times = [t for t in (petition_time(p) for p in members) if t is not None]
     n = len(members)
     per_person = Counter(_petitioner(p) or f"\0{p.get('id')}" for p in members)
     people = set(per_person)
-    counted = sum(min(c, PER_PETITIONER) for c in per_person.values())
+    counted = sum(min(c, cap) for c in per_person.values())
     votes = sum(likes(p) + dislikes(p) for p in members)
     has_votes = any(p.get(k) not in (None, "") for p in members for k in ("likes", "dislikes", "点赞数", "反对数"))
     end = end or (max(times) if times else None)
     terms: dict[str, dict] = {}
 
     def put(name: str, value: float, reason: str) -> None:
-        w = HEAT_TERMS[name]
+        w = weights[name]
         terms[name] = {"value": round(value, 4), "weight": w, "points": round(100 * w * value, 2), "reason": reason}
 
     put("petitioners", _log_share(len(people), REF_PETITIONS), f"{len(people)} 位不同信访人")
-    capped = "" if counted == n else f"，每位信访人至多计 {PER_PETITIONER} 件，计 {counted} 件"
+    capped = "" if counted == n else f"，每位信访人至多计 {cap} 件，计 {counted} 件"
     put("volume", _log_share(counted, REF_PETITIONS), f"{n} 件留言{capped}（满分参照 {REF_PETITIONS} 件）")
     if has_votes:
         put("support", _log_share(votes, REF_VOTES),
@@ -192,7 +196,7 @@ def describe(members: list[dict]) -> str:
 
 
 def hot_issues(petitions: list[dict], matter_of: dict[str, str], since: datetime | None = None,
-               until: datetime | None = None, top: int | None = None) -> list[dict]:
+               until: datetime | None = None, top: int | None = None, **heat_settings) -> list[dict]:
     """Matters ranked by heat (ties: more petitions, then matter id): [{"rank", "matter", "heat", "terms",
     "first", "last", "place", "description", "members": [petitions, by time then id]}]."""
     if top is not None and top < 1:
@@ -211,7 +215,7 @@ def hot_issues(petitions: list[dict], matter_of: dict[str, str], since: datetime
         hi = max((t for t in (petition_time(p) for p in inside) if t is not None), default=None)
     issues = []
     for m, members in by_matter.items():
-        h = heat(members, hi, prev_counts.get(m, 0) if lo is not None else None)
+        h = heat(members, hi, prev_counts.get(m, 0) if lo is not None else None, **heat_settings)
         times = sorted(t for t in (petition_time(p) for p in members) if t is not None)
         members = sorted(members, key=lambda p: (petition_time(p) or datetime.max, str(p["id"])))
         issues.append({"matter": m, **h, "size": len(members),
