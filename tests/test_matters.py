@@ -193,3 +193,17 @@ def test_cli_matters_build_bad_model_dir(tmp_path, monkeypatch):
               str(tmp_path / "m.jsonl"), "--repeats-model", str(tmp_path)], tmp_path, monkeypatch)
     assert r.exit_code != 0 and "embedder not found" in str(r.exception)
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_repeats_model_embedder_keeps_its_recipe_settings(tmp_path, repeats_model):
+    """A `repeats train` directory is embedded with the prefix and length it was fine-tuned with."""
+    import json
+    import shutil
+
+    from xinfang.commands.matters import load_repeat_model
+
+    model = tmp_path / "R"
+    shutil.copytree(repeats_model, model)
+    (model / "embedder" / "xinfang_embedder.json").write_text(json.dumps({"prefix": "query: ", "max_length": 64}))
+    emb, scorer = load_repeat_model(model)
+    assert (emb.prefix, emb.max_length) == ("query: ", 64) and scorer.threshold > 0
