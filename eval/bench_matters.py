@@ -884,11 +884,12 @@ def render(r: dict) -> str:
                "could join a cluster.", ""] if subset else []),
             "`xinfang repeats train --pairs repeat_pairs_dev.jsonl --petitions attachment3_likes.jsonl --out R` "
             f"({sec.get('train', '?')} s, niced, threads limited, on the shared cores), then `xinfang matters build "
-            f"--input attachment3_likes.jsonl --repeats-model R --output M.jsonl` ({sec.get('build', '?')} s, "
+            f"--input {'LABELLED_SUBSET' if subset else 'attachment3_likes.jsonl'} --repeats-model R --output "
+            f"M.jsonl` ({sec.get('build', '?')} s, "
             f"embedding with R's encoder included) and `xinfang hot-issues ... --repeats-model R --top 5` "
             f"({sec.get('hot', '?')} s, embeddings cached by the build). R's scorer: features {o['features']}, "
-            f"operating threshold {o['scorer_threshold']:.3f} (the matter rule links at p ≥ 0.8 whatever the "
-            "scorer; both are above it); grouped-CV P / R / F1 / AUC "
+            f"operating threshold {o['scorer_threshold']:.3f} (the matter rule links at p ≥ 0.8 with any scorer, "
+            "above this operating threshold); grouped-CV P / R / F1 / AUC "
             + " / ".join(f"{o['scorer_cv'][k]:.3f}" for k in ("precision", "recall", "f1", "roc_auc") if
                          o["scorer_cv"].get(k) is not None) + ".",
             "",
