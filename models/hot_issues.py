@@ -5,14 +5,17 @@ its own petitions, never on the other matters or on the order of the input):
 
 | term | weight | value | why |
 |---|---|---|---|
-| volume | 0.35 | log(1+n) / log(1+50), n = petitions in the window | many petitions on one matter is the first sign of a hot issue |
-| petitioners | 0.25 | log(1+u) / log(1+50), u = distinct petitioners (unknown ones count one each) | many people, not one person writing often |
-| support | 0.15 | log(1+likes+dislikes) / log(1+500) | readers' votes either way show public attention (when the data has them) |
+| petitioners | 0.40 | log(1+u) / log(1+50), u = distinct petitioners (unknown ones count one each) | a hot issue is one many people raise, not one person writing often |
+| volume | 0.15 | log(1+v) / log(1+50), v = petitions, at most 3 counted per petitioner | repeated petitions show the matter is unresolved, but one writer's flood adds little |
+| support | 0.20 | log(1+likes+dislikes) / log(1+500) | readers' votes either way show attention beyond the writers (when the data has them) |
 | recency | 0.15 | 0.5 ** (days from the last petition to the window end / 30) | what is raised now matters more than what was raised once |
-| growth | 0.10 | max(0, log2((1+n) / (1+n_prev))) / log2(1+50), n_prev = petitions in the previous window of equal length | rising matters need attention before they peak |
+| growth | 0.10 | max(0, log2((1+n) / (1+n_prev))) / log2(1+50), n = petitions in the window, n_prev = in the previous window of equal length | rising matters need attention before they peak |
 
-Each term is capped at 1. Petitions without a time count toward volume, petitioners and support only when no
-window is given; a matter none of whose petitions has a time gets no recency or growth (said in its reasons).
+Each term is capped at 1. In a ranking the window end is `until` or, without a window, the last petition of the
+whole input (not each matter's own last petition), so recency puts every matter on one clock. Petitions without a time count
+toward volume, petitioners and support only when no window is given; a matter none of whose petitions has a time
+gets no recency or growth (said in its reasons). The weights were compared on the dev matters
+(eval/reports/matters.md, hot issues).
 
 Public API:
 
@@ -35,7 +38,8 @@ from xinfang.models.repeat_features import extract_names
 from xinfang.models.router import extract_jurisdiction
 from xinfang.records import parse_time
 
-HEAT_TERMS = {"volume": 0.35, "petitioners": 0.25, "support": 0.15, "recency": 0.15, "growth": 0.10}
+HEAT_TERMS = {"petitioners": 0.40, "volume": 0.15, "support": 0.20, "recency": 0.15, "growth": 0.10}
+PER_PETITIONER = 3  # petitions of one petitioner counted toward volume
 REF_PETITIONS = 50
 REF_VOTES = 500
 HALF_LIFE_DAYS = 30.0
@@ -87,24 +91,31 @@ def _log_share(x: float, ref: float) -> float:
     return min(1.0, math.log1p(x) / math.log1p(ref))
 
 
-def heat(members: list[dict], end: datetime | None = None, previous: int | None = None) -> dict:
+def heat(members: list[dict], end: datetime | None = None, previous: int | None = None,
+         weights: dict[str, float] | None = None, per_petitioner: int | None = PER_PETITIONER) -> dict:
     """Heat of one matter from its petitions in the window (`members` already filtered to it), the window's end
     (`end`; default its own last petition) and the number of its petitions in the previous window of equal
-    length (`previous`; None when there is no window)."""
+    length (`previous`; None when there is no window). `weights` and `per_petitioner` (None: no cap) are there
+    to compare other settings against HEAT_TERMS; the service and the CLI use the defaults."""
+    weights = weights or HEAT_TERMS
+    cap = per_petitioner or 10**9
     times = [t for t in (petition_time(p) for p in members) if t is not None]
     n = len(members)
-    people = {_petitioner(p) or f"\0{p.get('id')}" for p in members}
+    per_person = Counter(_petitioner(p) or f"\0{p.get('id')}" for p in members)
+    people = set(per_person)
+    counted = sum(min(c, cap) for c in per_person.values())
     votes = sum(likes(p) + dislikes(p) for p in members)
     has_votes = any(p.get(k) not in (None, "") for p in members for k in ("likes", "dislikes", "点赞数", "反对数"))
     end = end or (max(times) if times else None)
     terms: dict[str, dict] = {}
 
     def put(name: str, value: float, reason: str) -> None:
-        w = HEAT_TERMS[name]
+        w = weights[name]
         terms[name] = {"value": round(value, 4), "weight": w, "points": round(100 * w * value, 2), "reason": reason}
 
-    put("volume", _log_share(n, REF_PETITIONS), f"{n} 件留言（满分参照 {REF_PETITIONS} 件）")
     put("petitioners", _log_share(len(people), REF_PETITIONS), f"{len(people)} 位不同信访人")
+    capped = "" if counted == n else f"，每位信访人至多计 {cap} 件，计 {counted} 件"
+    put("volume", _log_share(counted, REF_PETITIONS), f"{n} 件留言{capped}（满分参照 {REF_PETITIONS} 件）")
     if has_votes:
         put("support", _log_share(votes, REF_VOTES),
             f"点赞 {sum(map(likes, members))}、反对 {sum(map(dislikes, members))}（满分参照 {REF_VOTES} 票）")
@@ -186,7 +197,7 @@ def describe(members: list[dict]) -> str:
 
 
 def hot_issues(petitions: list[dict], matter_of: dict[str, str], since: datetime | None = None,
-               until: datetime | None = None, top: int | None = None) -> list[dict]:
+               until: datetime | None = None, top: int | None = None, **heat_settings) -> list[dict]:
     """Matters ranked by heat (ties: more petitions, then matter id): [{"rank", "matter", "heat", "terms",
     "first", "last", "place", "description", "members": [petitions, by time then id]}]."""
     if top is not None and top < 1:
@@ -205,7 +216,7 @@ def hot_issues(petitions: list[dict], matter_of: dict[str, str], since: datetime
         hi = max((t for t in (petition_time(p) for p in inside) if t is not None), default=None)
     issues = []
     for m, members in by_matter.items():
-        h = heat(members, hi, prev_counts.get(m, 0) if lo is not None else None)
+        h = heat(members, hi, prev_counts.get(m, 0) if lo is not None else None, **heat_settings)
         times = sorted(t for t in (petition_time(p) for p in members) if t is not None)
         members = sorted(members, key=lambda p: (petition_time(p) or datetime.max, str(p["id"])))
         issues.append({"matter": m, **h, "size": len(members),

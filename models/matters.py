@@ -8,20 +8,24 @@ top-k candidates with that probability. Links at or above the threshold are merg
 - `average`: agglomerative, strongest first, two groups merge while the mean probability of the links observed
   between them is at or above the threshold (missing links are unknown, not evidence against).
 
-Cannot-links (pairs a caseworker rejected as repeats) are never put into one matter: a merge that would join
-them is skipped. Everything is deterministic and independent of the input order: links are processed by
+A link between two petitions of one petitioner that share nothing concrete (no specific place, entity or case
+name in common, not the same text) is left out (`MatterRule.same_writer_needs_name`): one person's many
+messages share their writing style, so they look alike without being one matter (a prolific writer's dozens of
+different proposals otherwise became one "hot issue"). Cannot-links (pairs a caseworker rejected as repeats)
+are never put into one matter: a merge that would join them is skipped. Everything is deterministic and independent of the input order: links are processed by
 (probability desc, ids), and a matter is named after its earliest member (time, then id).
 
 Public API:
 
-    MatterRule(linkage="single", threshold=None, k=10)   # threshold None: the scorer's operating threshold
-    DEFAULT_RULE                                          # average linkage, threshold 0.7, k 10 (measured)
+    MatterRule(linkage="single", threshold=None, k=10, same_writer_needs_name=True)  # None: the scorer's threshold
+    DEFAULT_RULE                                          # single linkage, threshold 0.8, k 5 (measured)
     find_links(finder, petitions, vectors, lookup, k, progress=None) -> list[Link]
-    group(ids, links, threshold, linkage="single", cannot_links=()) -> list[list[str]]
+    group(ids, links, threshold, linkage="single", cannot_links=(), same_writer_needs_name=True) -> list[list[str]]
     name_matters(groups, petitions_by_id) -> dict[id, matter_id]
     build_matters(finder, petitions, vectors, lookup, rule=DEFAULT_RULE, cannot_links=(), progress=None)
         -> dict[id, matter_id]
-    join_decision(candidates, matter_of, threshold, blocked=()) -> JoinDecision   # intake: join or open
+    join_decision(candidates, matter_of, threshold, blocked=(), linkage="single", same_writer_needs_name=True)
+        -> JoinDecision                                   # intake: join or open
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class MatterRule:
     linkage: str = "single"
     threshold: float | None = None
     k: int = 10
+    same_writer_needs_name: bool = True
 
     def __post_init__(self) -> None:
         if self.linkage not in LINKAGES:
@@ -61,9 +66,10 @@ class MatterRule:
         return float(scorer.threshold if self.threshold is None else self.threshold)
 
 
-# Chosen on the 13 dev matters with matter-cross-fitted scorers (eval/reports/matters.md): best B-cubed F1 among
-# the rules merging at most 2 % of the hard negatives.
-DEFAULT_RULE = MatterRule(linkage="average", threshold=0.7, k=10)
+# Chosen on the 13 dev matters with matter-cross-fitted scorers (eval/reports/matters.md): best B-cubed F1 of the
+# grid, and the same rule in every leave-one-matter-out selection. Scorers are Platt-calibrated, so a probability
+# threshold carries over between them (0.8 is above the operating threshold of every scorer compared).
+DEFAULT_RULE = MatterRule(linkage="single", threshold=0.8, k=5)
 
 
 @dataclass(frozen=True)
@@ -75,27 +81,41 @@ class Link:
     probability: float
     similarity: float
     reasons: tuple[str, ...] = ()
+    same_writer_only: bool = False  # same petitioner, nothing concrete in common (repeat_features.same_writer_only)
 
 
 def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Callable[[list[str]], dict],
-               k: int = DEFAULT_RULE.k, batch: int = 256,
+               k: int = 10, batch: int = 256,
                progress: Callable[[int], None] | None = None) -> list[Link]:
-    """Each petition's top-k repeat candidates among the indexed petitions, as undirected links (the higher
-    probability kept when both directions are found); sorted by (probability desc, a, b)."""
+    """Each petition's top-k repeat candidates among the indexed petitions (the repeat search's candidate set),
+    as undirected links scored once per pair by the scorer (its features are symmetric); sorted by
+    (probability desc, a, b)."""
+    from xinfang.models.repeat_features import pair_features, same_writer_only
+
     if len(petitions) != len(vectors):
         raise DataError(f"{len(petitions)} petitions but {len(vectors)} vectors")
+    scorer = finder.scorer
     best: dict[tuple[str, str], Link] = {}
     for start in range(0, len(petitions), batch):
         chunk = petitions[start:start + batch]
-        rows = finder.candidates_for_vectors(chunk, vectors[start:start + batch], k, lookup)
-        for petition, cands in zip(chunk, rows, strict=True):
+        rows, found = finder.neighbours_for_vectors(chunk, vectors[start:start + batch], k, lookup)
+        keys, sims, feats, writer, seen = [], [], [], [], set()
+        for petition, row in zip(chunk, rows, strict=True):
             pid = str(petition["id"])
-            for c in cands:
-                a, b = sorted((pid, str(c["id"])))
-                old = best.get((a, b))
-                if old is None or c["probability"] > old.probability:
-                    best[(a, b)] = Link(a, b, float(c["probability"]), float(c["similarity"]),
-                                        tuple(c.get("reasons", ())))
+            for cid, sim in row:
+                key = (pid, cid) if pid < cid else (cid, pid)
+                if key in best or key in seen:
+                    continue
+                seen.add(key)
+                keys.append(key)
+                sims.append(sim)
+                f = pair_features(petition, found[cid], sim)[0]
+                feats.append(scorer.features_vector(f))
+                writer.append(same_writer_only(f))
+        if keys:
+            probs = scorer.probability_from_features(np.asarray(feats))
+            for key, sim, prob, w in zip(keys, sims, probs, writer, strict=True):
+                best[key] = Link(key[0], key[1], round(float(prob), 4), round(float(sim), 4), same_writer_only=w)
         if progress:
             progress(len(chunk))
     return sorted(best.values(), key=lambda lk: (-lk.probability, lk.a, lk.b))
@@ -123,10 +143,11 @@ class _Groups(DisjointSets):
 
 
 def group(ids: Iterable[str], links: Iterable[Link], threshold: float, linkage: str = "single",
-          cannot_links: Iterable[tuple[str, str]] = ()) -> list[list[str]]:
+          cannot_links: Iterable[tuple[str, str]] = (), same_writer_needs_name: bool = True) -> list[list[str]]:
     """Partition `ids` into matters: single linkage joins through links at or above `threshold`; average linkage
     merges groups while the mean of all links observed between them is at or above it. Every id is in exactly
-    one group; groups and their members are sorted by id; links naming unknown ids are ignored."""
+    one group; groups and their members are sorted by id; links naming unknown ids are ignored, and so are
+    same-writer-only links when `same_writer_needs_name`."""
     if linkage not in LINKAGES:
         raise DataError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
     names = sorted(set(map(str, ids)))
@@ -139,6 +160,8 @@ def group(ids: Iterable[str], links: Iterable[Link], threshold: float, linkage: 
     edges: dict[tuple[int, int], float] = {}
     for lk in links:
         if lk.a not in pos or lk.b not in pos or lk.a == lk.b or (linkage == "single" and lk.probability < threshold):
+            continue
+        if same_writer_needs_name and lk.same_writer_only:
             continue
         key = tuple(sorted((pos[lk.a], pos[lk.b])))
         edges[key] = max(edges.get(key, 0.0), lk.probability)
@@ -211,7 +234,7 @@ def build_matters(finder, petitions: list[dict], vectors: np.ndarray, lookup: Ca
     """Matter id per petition id (the petitions must be indexed in `finder.index`)."""
     links = find_links(finder, petitions, vectors, lookup, k=rule.k, progress=progress)
     groups = group([str(p["id"]) for p in petitions], links, rule.resolve(finder.scorer), rule.linkage,
-                   cannot_links)
+                   cannot_links, rule.same_writer_needs_name)
     return name_matters(groups, {str(p["id"]): p for p in petitions})
 
 
@@ -227,16 +250,22 @@ class JoinDecision:
 
 
 def join_decision(candidates: list[dict], matter_of: dict[str, str], threshold: float,
-                  blocked: Iterable[str] = (), linkage: str = "single") -> JoinDecision:
+                  blocked: Iterable[str] = (), linkage: str = "single",
+                  same_writer_needs_name: bool = True) -> JoinDecision:
     """The intake form of the batch rule. `single`: join the matter of the most probable candidate at or above
     `threshold`; `average`: join the matter whose candidates' mean probability (the links observed between the
-    new petition and that matter) is highest and at or above `threshold`. Matters in `blocked` (a cannot-link)
-    are skipped; without a matter to join, a new one is opened."""
+    new petition and that matter) is highest and at or above `threshold`. Candidates of the same petitioner
+    with nothing concrete in common (read from their reasons) do not count when `same_writer_needs_name`.
+    Matters in `blocked` (a cannot-link) are skipped; without a matter to join, a new one is opened."""
+    from xinfang.models.repeat_features import same_writer_only_reasons
+
     if linkage not in LINKAGES:
         raise DataError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
     blocked = set(blocked)
     by_matter: dict[str, list[dict]] = {}
     for c in candidates:
+        if same_writer_needs_name and same_writer_only_reasons(list(c.get("reasons") or ())):
+            continue
         m = matter_of.get(str(c["id"]))
         if m is not None:
             by_matter.setdefault(m, []).append(c)

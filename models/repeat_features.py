@@ -198,6 +198,19 @@ _CONFLICT_LABEL = {"estate": "地点不同", "road": "道路不同", "village": 
                    "school": "学校不同", "hospital": "医院不同", "case": "案号不同"}
 
 
+def same_writer_only(features: dict[str, float]) -> bool:
+    """One petitioner's two petitions with nothing concrete in common (no shared specific name, not the same
+    text): their wording and embeddings share the writer's style, which is no evidence of one matter."""
+    return bool(features["same_petitioner"]) and not features["shared_names"] and not features["identical_text"]
+
+
+def same_writer_only_reasons(reasons_: list[str]) -> bool:
+    """`same_writer_only` read from a candidate's reasons (as `reasons` writes them)."""
+    shared = tuple(f"{label}: " for label in _KIND_LABEL.values())
+    return "同一信访人" in reasons_ and "内容完全相同" not in reasons_ and \
+        not any(r.startswith(shared) for r in reasons_)
+
+
 def reasons(features: dict[str, float], facts: Facts) -> list[str]:
     """Chinese reasons a caseworker reads, e.g. ["同一信访人", "同一地点: 伊景园滨河苑", "文本相似度 0.93",
     "间隔 12 天"]."""

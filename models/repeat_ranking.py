@@ -48,9 +48,8 @@ def lexical_similarity(a: str, b: str) -> float:
     (wa, na), (wb, nb) = _gram_vector(a), _gram_vector(b)
     if not na or not nb:
         return 0.0
-    if len(wb) < len(wa):
-        wa, wb = wb, wa
-    return sum(w * wb[g] for g, w in wa.items() if g in wb) / (na * nb)
+    # fsum: exactly rounded whatever the (hash-seed dependent) order of the shared grams
+    return math.fsum(wa[g] * wb[g] for g in wa.keys() & wb.keys()) / (na * nb)
 
 
 def rerank(query: Petition, hits: list[tuple[str, float]], found: dict[str, Petition],

@@ -9,6 +9,7 @@ Public API (used by the service, keep stable):
     finder.candidates(petition, k: int, lookup: Callable[[list[str]], dict[str, Petition]]) -> list[dict]
     finder.candidates_many(petitions, k, lookup) -> list[list[dict]]    # embedded in batches
     finder.candidates_for_vectors(petitions, vectors, k, lookup) -> list[list[dict]]   # embeddings known
+    finder.neighbours_for_vectors(petitions, vectors, k, lookup) -> ([[(id, cosine)]], found)  # unscored
     finder.score_pair(a, b) -> {"probability", "is_repeat", "reasons", "similarity"}
     build_index(records, embedder, factory="Flat") -> VectorIndex
     index_records(index, records, embedder, replace=False) -> int
@@ -32,7 +33,7 @@ import numpy as np
 from xinfang.errors import DataError, IndexError_
 from xinfang.fsutil import atomic_file
 from xinfang.models.petition import Petition, as_petition
-from xinfang.models.repeat_ranking import fetch_size, score_candidates
+from xinfang.models.repeat_ranking import fetch_size, rerank, score_candidates
 from xinfang.models.vector_index import MANIFEST, VectorIndex
 from xinfang.records import read_jsonl
 
@@ -229,6 +230,18 @@ class RepeatFinder:
     def candidates_for_vectors(self, petitions: list, vecs: np.ndarray, k: int, lookup: Lookup) -> list[list[dict]]:
         """`candidates_many` for petitions whose embeddings are already known (stored or cached vectors)."""
         return search_candidates(self.index, petitions, vecs, k, lookup, self.scorer)
+
+    def neighbours_for_vectors(self, petitions: list, vecs: np.ndarray, k: int,
+                               lookup: Lookup) -> tuple[list[list[tuple[str, float]]], dict[str, Petition]]:
+        """The candidate *set* of `candidates_for_vectors` without scoring: per petition its top-k (id, cosine)
+        by the hybrid re-rank, and the stored petitions they name (for scoring each pair once elsewhere)."""
+        if k <= 0:
+            raise DataError(f"k must be positive, got {k}")
+        petitions = [as_petition(p) for p in petitions]
+        own = [{p.id} if p.id else set() for p in petitions]
+        hits = self.index.search(vecs, fetch_size(k), own)
+        found = lookup(sorted({pid for row in hits for pid, _ in row}))
+        return [rerank(petition, row, found, k) for petition, row in zip(petitions, hits, strict=True)], found
 
     def score_pair(self, a: Petition | dict, b: Petition | dict) -> dict:
         """Score two petitions directly (no index): {"probability", "is_repeat", "reasons", "similarity"}."""

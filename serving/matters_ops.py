@@ -39,7 +39,7 @@ def decide(svc, repeats: list[dict]) -> JoinDecision:
     """Which matter a new petition joins (models/matters.py `join_decision` over its repeat candidates)."""
     ms = matters(svc)
     return join_decision(repeats, ms.matter_of([c["id"] for c in repeats]), threshold(svc),
-                         linkage=DEFAULT_RULE.linkage)
+                         linkage=DEFAULT_RULE.linkage, same_writer_needs_name=DEFAULT_RULE.same_writer_needs_name)
 
 
 def answer_part(pid: str, d: JoinDecision) -> dict:
@@ -50,8 +50,12 @@ def answer_part(pid: str, d: JoinDecision) -> dict:
             "probability": d.probability, "reason": d.reason}
 
 
-async def assign(svc, pid: str, d: JoinDecision) -> str:
-    return await run_in_threadpool(matters(svc).assign, pid, d.matter, d.via, d.probability, d.reason)
+def membership(pid: str, d: JoinDecision):
+    """The intake's membership as a `Store.insert_petition(row, also=...)` hook: written in the petition's own
+    transaction."""
+    def add(session) -> None:
+        MatterStore.assign_in(session, pid, d.matter, d.via, d.probability, d.reason)
+    return add
 
 
 async def before_feedback(svc, pid: str, kind: str, target_id: str | None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from xinfang.models.matters import MATTER_PREFIX
 from xinfang.serving.store import Store, StoreError
@@ -108,7 +108,8 @@ class MatterStore:
             "departments": [d for d, _ in Counter(p.department for p, _ in rows if p.department).most_common()],
             "members": [{"id": p.id, "title": p.title, "received_at": p.received_at, "petitioner": p.petitioner,
                          "via": mm.via, "probability": mm.probability, "reason": mm.reason} for p, mm in rows],
-            "created_at": m.created_at, "updated_at": m.updated_at,
+            "created_at": m.created_at,
+            "updated_at": max([m.updated_at, *(mm.joined_at for _, mm in rows if mm.joined_at is not None)]),
         }
 
     def list(self, *, topic: str | None = None, department: str | None = None, since: datetime | None = None,
@@ -168,22 +169,37 @@ class MatterStore:
     # ------------------------------------------------------------------ writes
     def assign(self, pid: str, matter_id: str | None, via: str | None, probability: float | None,
                reason: str) -> str:
-        """Put a new petition into `matter_id` (or a new matter named after it when None or gone)."""
+        """Put a stored petition into `matter_id` (or a new matter named after it when None or gone), in its
+        own transaction; a petition that already has a matter keeps it."""
         with self.store.session() as s, s.begin():
-            if s.get(MatterMember, pid) is not None:
-                return s.get(MatterMember, pid).matter_id
-            if matter_id is None or s.get(Matter, matter_id) is None:
-                matter_id, via, probability = MATTER_PREFIX + pid, None, None
-                if s.get(Matter, matter_id) is None:
-                    s.add(Matter(id=matter_id))
-            else:
-                s.execute(update(Matter).where(Matter.id == matter_id).values(updated_at=utcnow()))
-            s.add(MatterMember(petition_id=pid, matter_id=matter_id, via=via, probability=probability, reason=reason))
+            mm = s.get(MatterMember, pid)
+            if mm is not None:
+                return mm.matter_id
+            return self.assign_in(s, pid, matter_id, via, probability, reason)
+
+    @staticmethod
+    def assign_in(s, pid: str, matter_id: str | None, via: str | None, probability: float | None,
+                  reason: str) -> str:
+        """The membership of a petition just inserted in the caller's transaction `s` (the intake adds it to
+        the petition's own insert: `Store.insert_petition(row, also=...)`); a membership left over from a
+        deleted petition of the same id is replaced. Plain statements, no ORM loads: it sits on the intake path."""
+        now = utcnow()
+        # a join writes only the membership (its joined_at is the matter's latest change, see _describe), not
+        # the matter row: one page fewer to write and sync on every intake
+        if matter_id is None or s.execute(select(Matter.id).where(Matter.id == matter_id)).first() is None:
+            matter_id, via, probability = MATTER_PREFIX + pid, None, None
+            if s.execute(select(Matter.id).where(Matter.id == matter_id)).first() is None:
+                s.execute(insert(Matter).values(id=matter_id, status="open", created_at=now, updated_at=now))
+        if s.execute(select(MatterMember.petition_id).where(MatterMember.petition_id == pid)).first() is not None:
+            s.execute(delete(MatterMember).where(MatterMember.petition_id == pid))
+        s.execute(insert(MatterMember).values(petition_id=pid, matter_id=matter_id, via=via, probability=probability,
+                                              reason=reason, joined_at=now))
         return matter_id
 
     def ensure_all(self) -> int:
         """Give every stored petition without a matter its own one, drop memberships of deleted petitions and
-        empty matters (start-up repair after a crash between the petition commit and its membership)."""
+        empty matters (start-up repair: petitions stored without the service, e.g. bulk loads or older stores, and
+        a crash between a petition's delete and its membership's)."""
         with self.store.session() as s, s.begin():
             orphans = list(s.scalars(select(MatterMember.petition_id).where(
                 MatterMember.petition_id.not_in(select(Petition.id)))))

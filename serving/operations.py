@@ -146,10 +146,10 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
         "needs_review": labels["needs_review"], "repeat_count": sum(1 for c in repeats if c["is_repeat"]),
         "models": versions, "response": answer, "created_at": now,
     }
-    created, stored = await run_in_threadpool(svc.store.insert_petition, row)
+    created, stored = await run_in_threadpool(svc.store.insert_petition, row,
+                                              matters_ops.membership(pid, decision))
     if not created:  # a concurrent request with the same id won the race
         return _replay(stored, rhash)
-    await matters_ops.assign(svc, pid, decision)
     await run_in_threadpool(svc.keeper.add, pid, vector)
     svc.metrics.petitions_created.inc()
     return 201, answer

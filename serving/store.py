@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -144,18 +144,23 @@ class Store:
         return self._session()
 
     # ------------------------------------------------------------------ petitions
-    def insert_petition(self, row: dict) -> tuple[bool, dict]:
-        """Insert and commit; returns (True, row) or, when the id exists, (False, stored row incl. hashes)."""
+    def insert_petition(self, row: dict, also: Callable[[Session], None] | None = None) -> tuple[bool, dict]:
+        """Insert and commit; returns (True, row) or, when the id exists, (False, stored row incl. hashes).
+        `also(session)` adds rows that belong with the petition (its matter membership) to the same
+        transaction, so both are committed together or not at all."""
         with self.session() as s:
             s.add(Petition(**row))
             try:
+                if also is not None:
+                    s.flush()
+                    also(s)
                 s.commit()
                 return True, row
             except IntegrityError:
                 s.rollback()
         existing = self.get_petition_row(row["id"])
         if existing is None:  # deleted in between: retry once
-            return self.insert_petition(row)
+            return self.insert_petition(row, also)
         return False, existing
 
     def get_petition_row(self, pid: str) -> dict | None:

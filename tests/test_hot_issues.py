@@ -56,12 +56,25 @@ def test_heat_terms_weights_and_reasons():
 def test_heat_ranks_volume_and_people_over_one_writer():
     rows, matter_of = _corpus()
     issues = hot_issues(rows, matter_of)
-    assert [i["matter"] for i in issues] == ["M-a", "M-b", "M-c"]
+    # one writer's five petitions (M-b) count as three and weigh less than another's single, supported one
+    assert [i["matter"] for i in issues] == ["M-a", "M-c", "M-b"]
+    assert "每位信访人至多计 3 件，计 3 件" in issues[2]["terms"]["volume"]["reason"]
     assert issues[0]["size"] == 8 and issues[0]["rank"] == 1
     assert issues[0]["first"].startswith("2019-03-01") and issues[0]["last"].startswith("2019-03-08")
     assert "A2区" in issues[0]["place"] and "丽发新城" in issues[0]["place"] and "业主" in issues[0]["place"]
     assert issues[0]["description"] == "A2区丽发新城搅拌站噪音扰民"
     assert len(hot_issues(rows, matter_of, top=2)) == 2
+
+
+def test_distinct_petitioners_outweigh_one_persons_volume():
+    one = [_p(f"o{i}", "A7县星沙路灯不亮", 10 + i, user="U1", likes=1) for i in range(9)]
+    many = [_p(f"m{i}", "A1区某小区停车费上涨", 10 + i, user=f"V{i}", likes=1) for i in range(3)]
+    issues = hot_issues(one + many, {r["id"]: "M-" + r["id"][0] for r in one + many})
+    assert [i["matter"] for i in issues] == ["M-m", "M-o"]
+    t_one, t_many = issues[1]["terms"], issues[0]["terms"]
+    assert t_one["volume"]["value"] == t_many["volume"]["value"]  # 9 petitions of one person count as 3
+    assert t_many["petitioners"]["points"] > t_one["petitioners"]["points"]
+    assert HEAT_TERMS["petitioners"] > HEAT_TERMS["volume"]
 
 
 def test_heat_does_not_depend_on_input_order():

@@ -93,6 +93,40 @@ def test_join_decision_takes_the_best_allowed_candidate():
     assert join_decision(cands, matter_of, 0.95, linkage="average").matter is None
 
 
+def _writer(pid: str, title: str, text: str) -> dict:
+    return {"id": pid, "title": title, "text": text, "petitioner": "U1", "time": "2019/3/1 10:00:00"}
+
+
+def test_one_writers_generic_messages_are_not_one_matter():
+    from xinfang.models.repeat_features import (
+        pair_features,
+        reasons,
+        same_writer_only,
+        same_writer_only_reasons,
+    )
+
+    rail = _writer("w1", "请A市加快轨道交通建设力度", "地处中部中心城市的A市在高铁和地铁建设极为落后，在国家大力倡导的大背景下刻不容缓。")
+    park = _writer("w2", "请A市加快考古遗址公园建设力度", "地处银杉路旁边的遗址公园已规划多年，在国家大力倡导的大背景下刻不容缓。")
+    same_place = _writer("w3", "A3区西湖街道茶场村五组何时启动拆迁", "A3区西湖街道茶场村五组何时启动拆迁？")
+    again = _writer("w4", "请问A3区西湖街道茶场村五组是如何规划的", "请问A3区西湖街道茶场村五组是如何规划的？")
+    f, facts = pair_features(rail, park, 0.93)
+    assert same_writer_only(f) and same_writer_only_reasons(reasons(f, facts))
+    f2, facts2 = pair_features(same_place, again, 0.93)
+    assert not same_writer_only(f2) and not same_writer_only_reasons(reasons(f2, facts2))
+    assert not same_writer_only(pair_features({**rail, "petitioner": "U2"}, park, 0.93)[0])
+    # grouping: the style-only link is left out, the link through a shared place is kept
+    links = [Link("w1", "w2", 0.9, 0.93, same_writer_only=True), Link("w3", "w4", 0.9, 0.93)]
+    assert group(["w1", "w2", "w3", "w4"], links, 0.8) == [["w1"], ["w2"], ["w3", "w4"]]
+    assert group(["w1", "w2"], links, 0.8, same_writer_needs_name=False) == [["w1", "w2"]]
+    # intake: a candidate of the same writer with nothing concrete in common does not pull it into its matter
+    cands = [{"id": "w1", "probability": 0.95, "reasons": reasons(f, facts)},
+             {"id": "w3", "probability": 0.85, "reasons": reasons(f2, facts2)}]
+    d = join_decision(cands, {"w1": "M-w1", "w3": "M-w3"}, 0.8)
+    assert (d.matter, d.via) == ("M-w3", "w3")
+    assert join_decision(cands, {"w1": "M-w1"}, 0.8).matter is None
+    assert join_decision(cands, {"w1": "M-w1"}, 0.8, same_writer_needs_name=False).matter == "M-w1"
+
+
 def test_bcubed_and_matter_scores():
     gold = {"a": "G1", "b": "G1", "c": "G1", "d": "G2"}
     perfect = {"a": 1, "b": 1, "c": 1, "d": 2, "u": 3}
@@ -159,3 +193,17 @@ def test_cli_matters_build_bad_model_dir(tmp_path, monkeypatch):
               str(tmp_path / "m.jsonl"), "--repeats-model", str(tmp_path)], tmp_path, monkeypatch)
     assert r.exit_code != 0 and "embedder not found" in str(r.exception)
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_repeats_model_embedder_keeps_its_recipe_settings(tmp_path, repeats_model):
+    """A `repeats train` directory is embedded with the prefix and length it was fine-tuned with."""
+    import json
+    import shutil
+
+    from xinfang.commands.matters import load_repeat_model
+
+    model = tmp_path / "R"
+    shutil.copytree(repeats_model, model)
+    (model / "embedder" / "xinfang_embedder.json").write_text(json.dumps({"prefix": "query: ", "max_length": 64}))
+    emb, scorer = load_repeat_model(model)
+    assert (emb.prefix, emb.max_length) == ("query: ", 64) and scorer.threshold > 0

