@@ -360,10 +360,11 @@ class VectorIndex:
                 fetch = min(total, fetch * 4)
 
     # ---------------------------------------------------------------- persistence
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, meta: dict | None = None) -> Path:
         """Persist atomically: new data files are written and fsynced, then manifest.json is replaced.
 
-        A crash or a permission error leaves the previous saved index intact and loadable.
+        A crash or a permission error leaves the previous saved index intact and loadable. `meta` (JSON) is
+        kept in the manifest with the files it describes (the service's change-feed mark): `read_manifest`.
         """
         directory = Path(directory)
         with self._lock.read():
@@ -385,6 +386,8 @@ class VectorIndex:
             "sha256": {"index": sha256_bytes(index_bytes), "idmap": sha256_bytes(idmap_bytes)},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if meta:
+            manifest["meta"] = meta
         written: list[Path] = []
         try:
             directory.mkdir(parents=True, exist_ok=True)

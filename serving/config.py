@@ -76,7 +76,9 @@ class ServiceConfig:
     batch_max_wait_ms: float = 10.0
     index_save_every: int = 500
     index_save_seconds: float = 30.0
-    index_sync_seconds: float = 0.0
+    index_sync_seconds: float = 0.5
+    feed_gap_seconds: float = 30.0
+    ready_max_lag: int = 100
     repeat_k: int = 5
     auth_fail_limit: int = 30
     auth_fail_seconds: float = 60.0
@@ -148,6 +150,7 @@ class ServiceConfig:
             index_factory=s.index.factory, index_search=dict(s.index.search), batch_max_size=s.batching.max_size,
             batch_max_wait_ms=s.batching.max_wait_ms, index_save_every=s.index.save_every,
             index_save_seconds=s.index.save_seconds, index_sync_seconds=s.index.sync_seconds,
+            feed_gap_seconds=s.index.feed_gap_seconds, ready_max_lag=s.index.ready_max_lag,
             repeat_k=s.models.repeat_k, auth_fail_limit=s.security.auth_fail_limit,
             auth_fail_seconds=s.security.auth_fail_seconds, docs=s.runtime.docs,
             limits=Limits.from_settings(s.limits), registry=s.registry.enabled, log_level=s.runtime.log_json,

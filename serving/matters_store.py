@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, insert, or_, select, update
 
 from xinfang.models.matters import MATTER_PREFIX
-from xinfang.serving.store import Store, StoreError
+from xinfang.serving.store import Store, StoreError, record_change
 from xinfang.serving.tables import AuditEntry, CannotLink, Matter, MatterMember, Petition, utcnow
 
 STATUSES = ("open", "resolved")
@@ -175,7 +175,9 @@ class MatterStore:
             mm = s.get(MatterMember, pid)
             if mm is not None:
                 return mm.matter_id
-            return self.assign_in(s, pid, matter_id, via, probability, reason)
+            mid = self.assign_in(s, pid, matter_id, via, probability, reason)
+            record_change(s, "matter", mid)
+            return mid
 
     @staticmethod
     def assign_in(s, pid: str, matter_id: str | None, via: str | None, probability: float | None,
@@ -227,6 +229,8 @@ class MatterStore:
             s.execute(delete(Matter).where(Matter.id == other))
             s.execute(update(Matter).where(Matter.id == keep).values(updated_at=utcnow()))
             s.add(AuditEntry(who=who, action=reason, object_ids=[keep, other]))
+            record_change(s, "matter", keep)
+            record_change(s, "matter", other)
         return keep
 
     def cannot_link(self, a: str, b: str, who: str) -> str | None:
@@ -241,6 +245,7 @@ class MatterStore:
             if ma is not None and mb is not None and ma.matter_id == mb.matter_id:
                 moved = self._split_locked(s, ma.matter_id, [a])
             s.add(AuditEntry(who=who, action="matter.cannot_link", object_ids=[x, y] + ([moved] if moved else [])))
+            record_change(s, "matter", moved or (ma.matter_id if ma is not None else MATTER_PREFIX + a))
         return moved
 
     def split(self, matter_id: str, petition_ids: list[str], who: str) -> str:
@@ -258,6 +263,8 @@ class MatterStore:
                                   [matter_id], field="petition_ids")
             new = self._split_locked(s, matter_id, petition_ids)
             s.add(AuditEntry(who=who, action="matter.split", object_ids=[matter_id, new, *sorted(petition_ids)]))
+            record_change(s, "matter", matter_id)
+            record_change(s, "matter", new)
         return new
 
     def _split_locked(self, s, matter_id: str, petition_ids: list[str]) -> str:
@@ -282,6 +289,7 @@ class MatterStore:
             if not res.rowcount:
                 return False
             s.add(AuditEntry(who=who, action=f"matter.{status}", object_ids=[matter_id]))
+            record_change(s, "matter", matter_id)
         return True
 
     def remove_petition(self, pid: str) -> None:
@@ -292,6 +300,7 @@ class MatterStore:
             if mm is None:
                 return
             mid = mm.matter_id
+            record_change(s, "matter", mid)
             s.delete(mm)
             s.flush()
             if not self._members(s, mid):

@@ -95,6 +95,23 @@ class Metrics:
         self.auth_throttled = Counter("xinfang_auth_throttled", "Requests refused with 429 after too many failed "
                                       "authentications from their address", registry=r)
 
+    def watch_feed(self, keeper) -> None:
+        """The index's change-feed position and lag, read at scrape time."""
+        r = self.registry
+        for name, doc, fn in (
+                ("xinfang_index_version", "Change-feed sequence number the index has applied up to", lambda: keeper.version),
+                ("xinfang_feed_lag_changes", "Committed changes the index has not applied yet",
+                 lambda: keeper.lag_changes),
+                ("xinfang_feed_lag_seconds", "Seconds since the index was last caught up (0: caught up)",
+                 keeper.lag_seconds),
+                ("xinfang_feed_applied", "Changes applied since start", lambda: keeper.applied),
+                ("xinfang_feed_embedded", "Petitions embedded here for want of a stored vector of this embedder",
+                 lambda: keeper.embedded),
+                ("xinfang_feed_gaps", "Sequence numbers awaited (transactions still committing)",
+                 lambda: len(keeper.cursor.gaps)),
+                ("xinfang_feed_tick_ms", "Milliseconds the last change-feed read took", lambda: keeper.last_tick_ms)):
+            Gauge(name, doc, registry=r).set_function(fn)
+
     def on_batch(self, kind: str, size: int, seconds: float) -> None:
         self.batch_size.labels(kind).observe(size)
         self.batch_seconds.labels(kind).observe(seconds)

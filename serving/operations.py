@@ -1,8 +1,10 @@
 """What the routes do, as async functions over a Service: model work is awaited through the micro-batcher,
 store and index work runs in the thread pool, so the event loop never blocks.
 
-Order of a petition write: embed -> repeat search alongside classification -> commit the row (the
-acknowledgement point) -> add to the index. A crash after the commit is repaired by the start-up reconcile.
+Order of a petition write: embed -> repeat search alongside classification -> commit the row with its vector
+and its change-feed row (the acknowledgement point) -> add to this replica's index. Other replicas (and this
+one after a crash) index it from the change feed. Searches say which index version they read
+(`index_version`: every change numbered at or below it was applied).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ async def _embed(svc: Service, petition: Petition) -> np.ndarray:
     return (await _model_call(svc, "embed", [petition.normalized]))[0]
 
 
-async def repeats_of(svc: Service, pid: str, k: int) -> list[dict]:
+async def repeats_of(svc: Service, pid: str, k: int) -> tuple[list[dict], int]:
     stored = await run_in_threadpool(svc.store.get_petition, pid)
     if stored is None:
         raise ApiError(404, "not_found", f"no petition {pid!r}", field="id")
@@ -89,14 +91,16 @@ async def repeats_of(svc: Service, pid: str, k: int) -> list[dict]:
         vector = svc.keeper.index.vector(pid)
     except XinfangError:  # not indexed yet (reconcile pending): embed it now
         vector = await _embed(svc, petition)
-    return (await run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), k))[0]
+    version = svc.keeper.version
+    return (await run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), k))[0], version
 
 
-async def search_repeats(svc: Service, req: RepeatSearchRequest) -> list[dict]:
+async def search_repeats(svc: Service, req: RepeatSearchRequest) -> tuple[list[dict], int]:
     petition = _check_normalizable(Petition(None, req.title, req.text, req.petitioner, datetime.now(UTC)),
                                    "body.text")
     vector = await _embed(svc, petition)
-    return (await run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), req.k))[0]
+    version = svc.keeper.version
+    return (await run_in_threadpool(score_hits, svc, [petition], vector.reshape(1, -1), req.k))[0], version
 
 
 # ---------------------------------------------------------------------------- petitions
@@ -126,6 +130,7 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
                                             req.channel), "body.text")
     # Embed first, then search the index (thread pool: one thread, memory-bound) while the worker classifies.
     vector = await _embed(svc, petition)
+    version = svc.keeper.version
     classified, hits = await asyncio.gather(
         _model_call(svc, "classify", [petition]),
         _no_repeats() if svc.scorer is None else
@@ -136,7 +141,7 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
     versions = models.versions()
     decision = await run_in_threadpool(matters_ops.decide, svc, repeats)
     answer = {"id": pid, "labels": labels, "repeats": repeats, "models": versions, "created_at": now.isoformat(),
-              "matter": matters_ops.answer_part(pid, decision)}
+              "matter": matters_ops.answer_part(pid, decision), "index_version": version}
     row = {
         "id": pid, "title": req.title, "text": req.text, "petitioner": req.petitioner,
         "received_at": req.received_at, "channel": req.channel,
@@ -147,7 +152,8 @@ async def create_petition(svc: Service, req: PetitionCreate) -> tuple[int, dict]
         "models": versions, "response": answer, "created_at": now,
     }
     created, stored = await run_in_threadpool(svc.store.insert_petition, row,
-                                              matters_ops.membership(pid, decision))
+                                              matters_ops.membership(pid, decision), vector,
+                                              svc.embedder.fingerprint)
     if not created:  # a concurrent request with the same id won the race
         return _replay(stored, rhash)
     await run_in_threadpool(svc.keeper.add, pid, vector)

@@ -48,6 +48,8 @@ def _err(*codes: int) -> dict:
 
 
 AUTH = (401, 403, 422)
+# The change-feed position of the index a repeat search read (also the answers' `index_version` field).
+INDEX_VERSION_HEADER = "X-Xinfang-Index-Version"
 PidPath = Annotated[str, PathParam(pattern=ID_PATTERN, description="Petition id")]
 
 v1 = APIRouter(prefix="/v1")
@@ -80,6 +82,8 @@ async def create_petition(body: PetitionCreate, request: Request, response: Resp
                           _: Principal = Depends(require("intake"))) -> dict:
     status, answer = await ops.create_petition(service(request), body)
     response.status_code = status
+    if answer.get("index_version") is not None:
+        response.headers[INDEX_VERSION_HEADER] = str(answer["index_version"])
     _note_ids(request, [answer["id"]])
     return answer
 
@@ -127,21 +131,23 @@ async def delete_petition(pid: PidPath, request: Request, who: Principal = Depen
 
 @v1.get("/petitions/{pid}/repeats", response_model=RepeatsResponse, tags=["repeats"],
         responses=_err(*AUTH, 404, 503), summary="Likely repeats of a stored petition")
-async def petition_repeats(pid: PidPath, request: Request,
+async def petition_repeats(pid: PidPath, request: Request, response: Response,
                            k: Annotated[int, Query(ge=1, le=LIMITS.max_k)] = 5,
                            _: Principal = Depends(require("caseworker"))) -> dict:
-    cands = await ops.repeats_of(service(request), pid, k)
+    cands, version = await ops.repeats_of(service(request), pid, k)
     _note_ids(request, [pid] + [c["id"] for c in cands])
-    return {"id": pid, "candidates": cands}
+    response.headers[INDEX_VERSION_HEADER] = str(version)
+    return {"id": pid, "candidates": cands, "index_version": version}
 
 
 @v1.post("/repeats/search", response_model=RepeatsResponse, tags=["repeats"], responses=_err(*AUTH, 413, 503),
          summary="Likely repeats of a text (nothing stored)")
-async def repeats_search(body: RepeatSearchRequest, request: Request,
+async def repeats_search(body: RepeatSearchRequest, request: Request, response: Response,
                          _: Principal = Depends(require("caseworker"))) -> dict:
-    cands = await ops.search_repeats(service(request), body)
+    cands, version = await ops.search_repeats(service(request), body)
     _note_ids(request, [c["id"] for c in cands])
-    return {"id": None, "candidates": cands}
+    response.headers[INDEX_VERSION_HEADER] = str(version)
+    return {"id": None, "candidates": cands, "index_version": version}
 
 
 @v1.post("/petitions/{pid}/feedback", response_model=FeedbackOut, status_code=201, tags=["feedback"],

@@ -118,3 +118,5 @@ def drop_everything(engine: Engine) -> None:
     Base.metadata.drop_all(engine)
     with engine.begin() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+        if engine.dialect.name == "postgresql":  # the change feed's NOTIFY trigger function (0002)
+            conn.execute(text("DROP FUNCTION IF EXISTS xinfang_notify_change() CASCADE"))

@@ -209,6 +209,9 @@ class PetitionCreated(BaseModel):
     models: dict[str, ModelVersion]
     created_at: datetime
     matter: MatterJoin | None = None
+    index_version: int | None = Field(None, description="Change-feed sequence number the repeat index had "
+                                      "applied up to when it was searched (also the X-Xinfang-Index-Version "
+                                      "header)")
 
 
 class PetitionSummary(BaseModel):
@@ -238,6 +241,9 @@ class PetitionPage(BaseModel):
 class RepeatsResponse(BaseModel):
     id: str | None = Field(None, description="The petition searched for (None for a free-text search)")
     candidates: list[RepeatCandidate]
+    index_version: int | None = Field(None, description="Change-feed sequence number the repeat index had "
+                                      "applied up to when it was searched (also the X-Xinfang-Index-Version "
+                                      "header)")
 
 
 class RepeatSearchRequest(_In):

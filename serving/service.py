@@ -111,7 +111,6 @@ class Service:
         self.keeper: IndexKeeper | None = None
         self.batcher: MicroBatcher | None = None
         self.reload_lock = threading.Lock()
-        self._sync_thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
@@ -137,15 +136,17 @@ class Service:
         self.keeper = IndexKeeper(cfg.index_path, self.embedder.dim, self.embedder.fingerprint, self.store,
                                   save_every=cfg.index_save_every, save_seconds=cfg.index_save_seconds,
                                   on_change=self.metrics.index_size.set, on_save=self.metrics.index_saves.inc,
-                                  factory=cfg.index_factory, search_params=cfg.index_search)
+                                  factory=cfg.index_factory, search_params=cfg.index_search,
+                                  poll_seconds=cfg.index_sync_seconds, gap_seconds=cfg.feed_gap_seconds)
         stats = self.keeper.open(self.embedder.encode)
         self.metrics.index_size.set(len(self.keeper))
+        self.metrics.watch_feed(self.keeper)
         self.batcher = MicroBatcher(
             {"classify": self._classify_batch, "embed": self._embed_batch},
             max_batch=cfg.batch_max_size, max_wait_ms=cfg.batch_max_wait_ms, on_batch=self.metrics.on_batch)
-        if cfg.index_sync_seconds > 0:
-            self._sync_thread = threading.Thread(target=self._sync_loop, name="xinfang-index-sync", daemon=True)
-            self._sync_thread.start()
+        # other replicas' (and processes') writes arrive through the change feed; embedding, when a change has
+        # no vector of this embedder, goes through the micro-batcher like any request
+        self.keeper.start_sync(lambda texts: np.vstack(self.batcher.submit_future("embed", texts).result()))
         log.info("service started", extra={"seconds": round(time.perf_counter() - t0, 2), "index": stats,
                                            "runtime": cfg.runtime, "store": self.store.dialect})
 
@@ -153,25 +154,20 @@ class Service:
         self._stop.set()
         if self.batcher:
             self.batcher.close()
-        if self._sync_thread:
-            self._sync_thread.join(10)
         if self.keeper:
             self.keeper.close()
         self.store.close()
 
-    def _sync_loop(self) -> None:
-        """With several worker processes each holds its own index: re-reconcile with the store periodically."""
-        while not self._stop.wait(self.config.index_sync_seconds):
-            try:
-                self.keeper.reconcile(lambda texts: self.batcher.submit_future("embed", texts).result())
-            except Exception as exc:  # pragma: no cover - logged, retried next period
-                log.error("index sync failed: %s", exc)
-
     # ------------------------------------------------------------------ readiness
     def ready_checks(self) -> dict[str, bool]:
-        return {"models": self.models is not None, "index": self.keeper is not None,
+        """All true: ready. `index_caught_up`: the index has applied the change feed to within
+        XINFANG_READY_MAX_LAG changes (a replica that just started, or fell behind, takes no traffic)."""
+        keeper = self.keeper
+        caught_up = (keeper is not None and keeper.caught_up_at is not None and keeper.feed_error is None
+                     and keeper.lag_changes <= self.config.ready_max_lag)
+        return {"models": self.models is not None, "index": keeper is not None,
                 "embedder": self.embedder is not None, "repeat_scorer": self.scorer is not None,
-                "store": self.store.ping()}
+                "store": self.store.ping(), "index_caught_up": caught_up}
 
     # ------------------------------------------------------------------ batch handlers (worker thread)
     def _require_models(self) -> ModelSet:

@@ -29,10 +29,12 @@ from xinfang.serving.tables import (  # noqa: F401  (re-exported: the store's ta
     AuditEntry,
     Base,
     CannotLink,
+    Change,
     Feedback,
     Matter,
     MatterMember,
     Petition,
+    PetitionVector,
     UTCDateTime,
     utcnow,
 )
@@ -72,6 +74,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def record_change(s: Session, kind: str, object_id: str) -> None:
+    """Number a write in the change feed, inside the writing transaction (`changes`, see tables.Change)."""
+    s.add(Change(kind=kind, object_id=str(object_id)))
+
+
 def petition_dict(p: Petition) -> dict:
     return {
         "id": p.id, "title": p.title, "text": p.text, "petitioner": p.petitioner, "received_at": p.received_at,
@@ -84,6 +91,12 @@ def petition_dict(p: Petition) -> dict:
 def feedback_dict(f: Feedback) -> dict:
     return {"id": f.id, "petition_id": f.petition_id, "kind": f.kind, "target_id": f.target_id,
             "label": f.label, "who": f.who, "created_at": f.created_at}
+
+
+def vector_bytes(vector: Any) -> bytes:
+    import numpy as np
+
+    return np.ascontiguousarray(vector, dtype="<f4").reshape(-1).tobytes()
 
 
 class Store:
@@ -144,23 +157,29 @@ class Store:
         return self._session()
 
     # ------------------------------------------------------------------ petitions
-    def insert_petition(self, row: dict, also: Callable[[Session], None] | None = None) -> tuple[bool, dict]:
+    def insert_petition(self, row: dict, also: Callable[[Session], None] | None = None,
+                        vector: Any = None, fingerprint: str | None = None) -> tuple[bool, dict]:
         """Insert and commit; returns (True, row) or, when the id exists, (False, stored row incl. hashes).
         `also(session)` adds rows that belong with the petition (its matter membership) to the same
-        transaction, so both are committed together or not at all."""
+        transaction, so both are committed together or not at all; so are its `vector` (float32, made by the
+        embedder of `fingerprint`) and its change-feed row."""
         with self.session() as s:
             s.add(Petition(**row))
             try:
+                s.flush()  # the id's uniqueness first: a duplicate numbers no change
+                if vector is not None and fingerprint:
+                    s.add(PetitionVector(petition_id=row["id"], fingerprint=fingerprint,
+                                         vector=vector_bytes(vector)))
                 if also is not None:
-                    s.flush()
                     also(s)
+                record_change(s, "petition", row["id"])
                 s.commit()
                 return True, row
             except IntegrityError:
                 s.rollback()
         existing = self.get_petition_row(row["id"])
         if existing is None:  # deleted in between: retry once
-            return self.insert_petition(row, also)
+            return self.insert_petition(row, also, vector, fingerprint)
         return False, existing
 
     def get_petition_row(self, pid: str) -> dict | None:
@@ -233,9 +252,45 @@ class Store:
             if s.get(Petition, pid) is None:
                 return False
             s.execute(delete(Feedback).where(or_(Feedback.petition_id == pid, Feedback.target_id == pid)))
+            s.execute(delete(PetitionVector).where(PetitionVector.petition_id == pid))
             s.execute(delete(Petition).where(Petition.id == pid))
             s.add(AuditEntry(who=who, action="petition.delete", object_ids=[pid]))
+            record_change(s, "petition", pid)
         return True
+
+    # ------------------------------------------------------------------ change feed
+    def changes_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str, str, datetime]]:
+        """(seq, kind, object_id, created_at) of the committed changes after `seq`, oldest first (an index
+        range scan: its cost does not grow with the store)."""
+        with self.session() as s:
+            rows = s.execute(select(Change.seq, Change.kind, Change.object_id, Change.created_at)
+                             .where(Change.seq > seq).order_by(Change.seq).limit(limit))
+            return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    def changes_in(self, seqs: list[int]) -> list[tuple[int, str, str, datetime]]:
+        """The changes among `seqs` that are committed now (the gaps a reader waits for)."""
+        if not seqs:
+            return []
+        with self.session() as s:
+            rows = s.execute(select(Change.seq, Change.kind, Change.object_id, Change.created_at)
+                             .where(Change.seq.in_(seqs)).order_by(Change.seq))
+            return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    def last_change(self) -> int:
+        """The highest committed sequence number (0 for an empty feed)."""
+        with self.session() as s:
+            return int(s.scalar(select(func.max(Change.seq))) or 0)
+
+    def index_state(self, ids: list[str]) -> dict[str, tuple[str | None, bytes | None]]:
+        """{id: (vector fingerprint, vector bytes)} of the ids stored now; (None, None) when no vector is stored
+        (an absent id is deleted)."""
+        if not ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(select(Petition.id, PetitionVector.fingerprint, PetitionVector.vector)
+                             .outerjoin(PetitionVector, PetitionVector.petition_id == Petition.id)
+                             .where(Petition.id.in_(ids)))
+            return {r[0]: (r[1], r[2]) for r in rows}
 
     # ------------------------------------------------------------------ feedback
     def add_feedback(self, petition_id: str, kind: str, who: str, target_id: str | None = None,
@@ -253,6 +308,7 @@ class Store:
             s.flush()
             ids = [petition_id] + ([target_id] if target_id else [])
             s.add(AuditEntry(who=who, action=f"feedback.{kind}", object_ids=ids + [f"feedback:{fb.id}"]))
+            record_change(s, "feedback", petition_id)
             return feedback_dict(fb)
 
     def list_feedback(self, petition_id: str | None = None, since: datetime | None = None) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The store's tables, all on one `Base`: petitions, feedback, API keys, the audit log and the matters.
+"""The store's tables, all on one `Base`: petitions (and their vectors), feedback, API keys, the audit log, the
+matters and the change feed.
 
 The schema is owned by the migrations in serving/migrations/ (`xinfang db upgrade`); a change here needs a new
 revision there (tests/test_migrations.py checks that the migrated schema equals these definitions).
@@ -9,7 +10,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -114,4 +126,30 @@ class CannotLink(Base):
     a: Mapped[str] = mapped_column(String(128), primary_key=True)
     b: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
     who: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PetitionVector(Base):
+    """The repeat-search vector of a petition (float32 bytes), written in the petition's own transaction, with
+    the fingerprint of the embedder that made it: a replica with the same fingerprint indexes it as is."""
+
+    __tablename__ = "petition_vectors"
+    petition_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# SQLite: INTEGER PRIMARY KEY AUTOINCREMENT (a seq is never reused); PostgreSQL: a BIGINT identity/sequence.
+SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Change(Base):
+    """The change feed: one row per write (petition insert/delete, feedback, matter change), numbered in the
+    writing transaction. `kind` is `petition`, `feedback` or `matter`; `object_id` the petition or matter id."""
+
+    __tablename__ = "changes"
+    __table_args__ = {"sqlite_autoincrement": True}
+    seq: Mapped[int] = mapped_column(SEQ, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[str] = mapped_column(String(140))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -97,7 +97,8 @@ def test_health_needs_no_key(env) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True
-    assert set(r.json()["checks"]) == {"models", "index", "embedder", "repeat_scorer", "store"}
+    assert set(r.json()["checks"]) == {"models", "index", "embedder", "repeat_scorer", "store",
+                                       "index_caught_up"}
 
 
 def test_revoked_key_is_refused(env) -> None:
@@ -463,7 +464,7 @@ def test_reload_good_and_bad_bundles(tmp_path, bundles, tiny_encoder_dir, scorer
 
 
 # ------------------------------------------------------------------------------------------------ restart
-def test_restart_reconciles_index_with_store(tmp_path, bundles, tiny_encoder_dir, scorer) -> None:
+def test_restart_reconciles_index_with_store(tmp_path, bundles, tiny_encoder_dir, scorer, monkeypatch) -> None:
     config = _config(tmp_path / "data", bundles, tiny_encoder_dir, scorer)
     keys = create_keys(config)
     with running_app(config) as client:
@@ -473,7 +474,8 @@ def test_restart_reconciles_index_with_store(tmp_path, bundles, tiny_encoder_dir
     # after a clean shutdown the saved index holds everything
     saved = VectorIndex.load(config.index_path)
     assert sorted(saved.ids()) == [f"r-{i}" for i in range(6)]
-    # simulate crashes: a petition committed but never indexed, and an index entry whose row is gone
+    # writes while it was down: a delete through the store (a change after the saved mark), and a row that
+    # bypassed the change feed (written by hand): the feed applies the first, the start-up count check repairs
     store = Store(config.db_url)
     with store.session() as s, s.begin():
         from xinfang.serving.store import Petition
@@ -482,14 +484,28 @@ def test_restart_reconciles_index_with_store(tmp_path, bundles, tiny_encoder_dir
         s.add(Petition(**{c.name: getattr(row, c.name) for c in Petition.__table__.columns} | {"id": "crash-1"}))
     store.delete_petition("r-1", who="test")
     store.close()
-    saved.add(["ghost"], np.ones((1, saved.dim), dtype=np.float32) / np.sqrt(saved.dim))
-    saved.save(config.index_path)
     with running_app(config) as client:
         idx = client.service.keeper.index
-        assert idx.contains("crash-1") and not idx.contains("ghost") and not idx.contains("r-1")
+        assert idx.contains("crash-1") and not idx.contains("r-1")
         assert sorted(idx.ids()) == sorted(client.service.store.iter_ids())
-        rep = client.get("/v1/petitions/crash-1/repeats", headers=auth(keys["caseworker"])).json()
-        assert rep["candidates"][0]["id"] == "r-0"  # same text, found again
+        rep = client.get("/v1/petitions/crash-1/repeats", headers=auth(keys["caseworker"]))
+        assert rep.json()["candidates"][0]["id"] == "r-0"  # same text, found again
+        assert int(rep.headers["X-Xinfang-Index-Version"]) == rep.json()["index_version"] > 0
+    # an index entry whose row is gone (and counts that agree): `xinfang index reconcile` repairs it
+    saved = VectorIndex.load(config.index_path)
+    saved.remove(["r-2"])
+    saved.add(["ghost"], np.ones((1, saved.dim), dtype=np.float32) / np.sqrt(saved.dim))
+    saved.save(config.index_path, meta=VectorIndex.read_manifest(config.index_path)["meta"])
+    from typer.testing import CliRunner
+
+    from xinfang.cli import app as cli
+
+    for k, v in {"XINFANG_EMBED_ENCODER": str(tiny_encoder_dir), "XINFANG_RUNTIME": "torch"}.items():
+        monkeypatch.setenv(k, v)
+    out = CliRunner().invoke(cli, ["index", "reconcile", "--data-dir", str(config.data_dir)])
+    assert out.exit_code == 0 and "1 added, 1 removed" in out.output, out.output
+    fixed = VectorIndex.load(config.index_path)
+    assert fixed.contains("r-2") and not fixed.contains("ghost")
     # a corrupt persisted index is rebuilt from the store
     (config.index_path / "manifest.json").write_text("{broken", encoding="utf-8")
     with running_app(config) as client:

@@ -18,7 +18,7 @@ app = typer.Typer(
 
 # Each module under xinfang.commands exposes `register(app)`.
 COMMAND_MODULES = ["encoder", "classify", "repeats", "matters", "serve", "keys", "registry", "feedback",
-                   "departments", "backup", "db", "settings"]
+                   "departments", "backup", "db", "index", "settings"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"xinfang.commands.{_name}").register(app)

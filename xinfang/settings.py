@@ -134,9 +134,18 @@ class IndexSettings(Section):
     save_seconds: float = env_field(30.0, env="XINFANG_INDEX_SAVE_SECONDS", ge=0,
                                     description="... or this many seconds after the first unsaved write "
                                                 "(and on shutdown)")
-    sync_seconds: float = env_field(0.0, env="XINFANG_INDEX_SYNC_SECONDS", ge=0, shown_default="0 (2 with --workers > 1)",
-                                    description=">0: re-reconcile the index with the store this often "
-                                                "(`xinfang serve --workers N` sets 2)")
+    sync_seconds: float = env_field(0.5, env="XINFANG_INDEX_SYNC_SECONDS", gt=0,
+                                    description="how often the index polls the store's change feed for writes of "
+                                                "other processes and replicas (on PostgreSQL LISTEN/NOTIFY wakes "
+                                                "it at once; this is the fallback); an idle poll costs the same "
+                                                "at any store size")
+    feed_gap_seconds: float = env_field(30.0, env="XINFANG_FEED_GAP_SECONDS", gt=0,
+                                        description="how long a change-feed sequence number seen missing (a "
+                                                    "transaction still committing, PostgreSQL) is waited for "
+                                                    "before it counts as rolled back")
+    ready_max_lag: int = env_field(100, env="XINFANG_READY_MAX_LAG", ge=0,
+                                   description="/readyz is 503 until the index has caught up with the change "
+                                               "feed once and while more than this many changes are pending")
 
     @field_validator("search", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
                                       "or <repo>/var)."),
         workers: int = typer.Option(1, min=1, max=16, help="Worker processes. 1 is right for 2 cores: one process "
                                     "micro-batches all requests. With more, each process loads its own models and "
-                                    "re-syncs its index copy with the store every XINFANG_INDEX_SYNC_SECONDS (2 s)."),
+                                    "follows the store's change feed with its own index copy."),
         runtime: str = typer.Option(None, help="torch, onnx or onnx-int8 (default: XINFANG_RUNTIME or onnx-int8)."),
         log_level: str = typer.Option("info", help="debug, info, warning, error."),
     ) -> None:
@@ -45,8 +45,6 @@ def register(app: typer.Typer) -> None:
         if runtime:
             runtime_changes["runtime"] = runtime
         base = load_settings(runtime=runtime_changes, **({"data_dir": Path(data_dir).resolve()} if data_dir else {}))
-        if workers > 1 and not base.index.sync_seconds:
-            base = base.with_changes(index={"sync_seconds": 2.0})
         config = ServiceConfig.from_settings(base)
         configure_json_logging(getattr(logging, base.runtime.log_json or "INFO", logging.INFO))
         store = Store(config.db_url)  # refuses an unmigrated or newer database, naming `xinfang db upgrade`
