@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("xinfang.serving")
@@ -45,6 +46,8 @@ def _safe(msg: str) -> str:
 
 
 def install_handlers(app: FastAPI) -> None:
+    from xinfang.serving.store import StoreUnavailable  # the store imports the auth roles, which import this
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         fields = [{"field": exc.field, "message": exc.message}] if exc.field else None
@@ -70,6 +73,15 @@ def install_handlers(app: FastAPI) -> None:
             return error_response(request, 422, "invalid_request", f"body: {msg}", [{"field": "body", "message": msg}])
         code = _CODES.get(exc.status_code, "error")
         return error_response(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("store unreachable: %s", type(exc.__cause__ or exc).__name__)
+        msg = str(exc) if isinstance(exc, StoreUnavailable) else (
+            "the store (database) is unreachable: nothing was written; retry (the service reconnects by itself)")
+        return error_response(request, 503, "store_unavailable", msg, headers={"Retry-After": "2"})
+
     # Any other exception is answered by ServiceMiddleware (500 with the request id, connection kept).
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from xinfang.errors import XinfangError
@@ -40,10 +41,19 @@ from xinfang.serving.tables import (  # noqa: F401  (re-exported: the store's ta
 )
 
 KEY_PREFIX = "xf_"
+KEY_GRACE_SECONDS = 300.0
 
 
 class StoreError(XinfangError):
     """The store cannot be opened or a write violates its rules (the message says which)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database does not answer (down, restarting, network): nothing was written; retry later."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"the store ({where}) is unreachable: nothing was written; retry (the service "
+                         "reconnects by itself)")
 
 
 class UnknownTarget(StoreError):
@@ -120,6 +130,7 @@ class Store:
 
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._verified: dict[str, tuple[str, str, float]] = {}  # key sha256 -> (name, role, last verified)
         if create:
             from xinfang.serving.schema import check
 
@@ -354,11 +365,26 @@ class Store:
         return True
 
     def authenticate(self, key: str) -> tuple[str, str] | None:
-        """(name, role) of an active key, else None."""
-        with self.session() as s:
-            row = s.execute(select(ApiKey.name, ApiKey.role).where(
-                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))).first()
-            return (row[0], row[1]) if row else None
+        """(name, role) of an active key, else None. While the database is unreachable a key this process
+        verified within `KEY_GRACE_SECONDS` still passes (classification keeps working through an outage; a
+        revocation takes effect as soon as the database answers again); others raise StoreUnavailable."""
+        digest = hash_key(key)
+        try:
+            with self.session() as s:
+                row = s.execute(select(ApiKey.name, ApiKey.role).where(
+                    ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
+        except (OperationalError, InterfaceError) as exc:
+            seen = self._verified.get(digest)
+            if seen is not None and time.monotonic() - seen[2] <= KEY_GRACE_SECONDS:
+                return seen[0], seen[1]
+            raise StoreUnavailable(self.safe_url) from exc
+        if row is None:
+            self._verified.pop(digest, None)
+            return None
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified[digest] = (row[0], row[1], time.monotonic())
+        return row[0], row[1]
 
     # ------------------------------------------------------------------ audit
     def audit(self, who: str, action: str, object_ids: list[str]) -> None:

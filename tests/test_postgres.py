@@ -54,3 +54,55 @@ def test_api_on_postgres(pg_config) -> None:
         assert client.service.keeper.index.ids() == ["pg-b"]
         actions = {a["action"] for a in client.service.store.list_audit()}
         assert {"petition.delete", "feedback.repeat_confirm", "key.create"} <= actions
+
+
+def test_database_going_away_and_coming_back(tmp_path, service_models, tiny_encoder_dir) -> None:
+    """Writes answer 503 store_unavailable while the database refuses connections, classification keeps
+    working for keys verified before, /readyz says not ready; all of it recovers without a restart."""
+    import time
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"xf_away_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+    def connections(allow: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}'))
+            if not allow:
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                             {"n": name})
+
+    bundles, scorer = service_models
+    config = make_config(tmp_path / "data", bundles, tiny_encoder_dir, database_url=url, repeat_scorer=scorer,
+                         index_sync_seconds=0.1)
+    keys = create_keys(config)
+    hi = auth(keys["intake"])
+    text_ = "K8县某小区物业违规收取停车费，业主多次反映无果，请求调查处理。"
+    try:
+        with running_app(config) as client:
+            assert client.post("/v1/petitions", json={"id": "away-1", "text": text_}, headers=hi).status_code == 201
+            connections(False)
+            down = client.post("/v1/petitions", json={"id": "away-2", "text": text_ + "二"}, headers=hi)
+            assert down.status_code == 503 and down.json()["error"] == "store_unavailable", down.text
+            assert "unreachable" in down.json()["message"] and down.headers["retry-after"]
+            assert client.post("/v1/classify", json={"petitions": [{"text": text_}]}, headers=hi).status_code == 200
+            assert client.get("/readyz").status_code == 503
+            connections(True)
+            deadline = time.monotonic() + 15
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert client.get("/readyz").status_code == 200
+            again = client.post("/v1/petitions", json={"id": "away-2", "text": text_ + "二"}, headers=hi)
+            assert again.status_code == 201
+            assert sorted(client.service.store.iter_ids()) == ["away-1", "away-2"]
+    finally:
+        connections(True)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
