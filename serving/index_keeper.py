@@ -25,7 +25,7 @@ import numpy as np
 from xinfang.errors import IndexError_
 from xinfang.models.normalize import petition_text
 from xinfang.models.vector_index import VectorIndex
-from xinfang.serving.change_feed import ChangeWaiter, FeedCursor
+from xinfang.serving.change_feed import ChangeWaiter, FeedCursor, FeedReader
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class IndexKeeper:
         self.poll_seconds, self.batch = poll_seconds, batch
         self.index = self._empty()
         self.cursor = FeedCursor(0, gap_seconds)
+        self.reader = FeedReader(store.engine)
         self.applied = 0  # changes applied since start
         self.embedded = 0  # petitions embedded here (no vector of this embedder in the store)
         self.lag_changes = 0
@@ -189,13 +190,14 @@ class IndexKeeper:
         """Apply the changes committed since the last read (one batch); returns how many were read."""
         with self._sync_lock:
             t0 = time.perf_counter()
-            rows = self.cursor.read(self.store, self.batch)
+            rows = self.cursor.read(self.reader, self.batch)
             ids = list(dict.fromkeys(r[2] for r in rows if r[1] == "petition"))
             written = self._index_present(ids, embed) if ids else 0
             if written:
                 self._mark(written)
             self.applied += len(rows)
-            pending = max(0, self.store.last_change() - self.cursor.top)
+            # fewer rows than asked: nothing committed after them (one query per idle tick); a full batch: ask
+            pending = 0 if len(rows) < self.batch else max(0, self.reader.last_change() - self.cursor.top)
             self.lag_changes = pending
             if pending == 0:
                 self.caught_up_at = time.monotonic()
@@ -305,6 +307,7 @@ class IndexKeeper:
             self._sync_thread.join(10)
         if self._waiter:
             self._waiter.close()
+        self.reader.close()
 
     def close(self) -> None:
         self.stop_sync()

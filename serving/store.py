@@ -273,9 +273,9 @@ class Store:
     def changes_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str, str, datetime]]:
         """(seq, kind, object_id, created_at) of the committed changes after `seq`, oldest first (an index
         range scan: its cost does not grow with the store)."""
-        with self.session() as s:
-            rows = s.execute(select(Change.seq, Change.kind, Change.object_id, Change.created_at)
-                             .where(Change.seq > seq).order_by(Change.seq).limit(limit))
+        with self.engine.connect() as conn:  # a plain connection: this runs on every idle tick
+            rows = conn.execute(select(Change.seq, Change.kind, Change.object_id, Change.created_at)
+                                .where(Change.seq > seq).order_by(Change.seq).limit(limit))
             return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def changes_in(self, seqs: list[int]) -> list[tuple[int, str, str, datetime]]:
