@@ -35,7 +35,15 @@ def cluster(tmp_path_factory, service_models, tiny_encoder_dir):
     setup = tiny_setup(service_models, tiny_encoder_dir, XINFANG_INDEX_SAVE_SECONDS="0.3",
                        XINFANG_INDEX_SYNC_SECONDS="0.2")
     with ReplicaCluster(PG_URL, setup, n=2, workdir=tmp_path_factory.mktemp("cluster")) as c:
+        assert c.backend_status() == {0: "UP", 1: "UP"}
         yield c
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_URL)  # the cluster dropped its database
+    with engine.connect() as conn:
+        name = c.database_url.rsplit("/", 1)[1]
+        assert conn.execute(text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": name}).scalar() == 0
+    engine.dispose()
 
 
 def stored_ids(c: ReplicaCluster) -> list[str]:
@@ -124,7 +132,7 @@ def test_kill_9_under_intake_then_restart_catches_up_from_its_mark(cluster) -> N
     ids = stored_ids(cluster)
     assert set(acked) <= set(ids), "acknowledged petitions lost"
     assert len(ids) == len(set(ids)) and len(set(acked)) == len(acked)
-    cluster.restart(0)
+    assert cluster.restart(0) > 0 and cluster.replicas[0].starts == 2 and cluster.backend_status()[0] == "UP"
     starts = [r for r in cluster.log_records(0) if r.get("msg") == "index caught up from its high-water mark"]
     last = starts[-1]
     assert last["from_change"] > 0 and last["changes_applied"] > 0  # from its saved mark, not from zero
