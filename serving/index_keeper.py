@@ -302,9 +302,11 @@ class IndexKeeper:
                 time.sleep(min(self.save_seconds, 5.0))
 
     def stop_sync(self) -> None:
+        """Stop following the feed (idempotent)."""
         self._stop_sync.set()
         if self._sync_thread:
             self._sync_thread.join(10)
+            self._sync_thread = None
         if self._waiter:
             self._waiter.close()
         self.reader.close()

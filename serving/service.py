@@ -152,6 +152,8 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.keeper:
+            self.keeper.stop_sync()  # before the batcher it may be embedding through
         if self.batcher:
             self.batcher.close()
         if self.keeper:
