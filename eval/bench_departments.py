@@ -198,6 +198,10 @@ def run(args: argparse.Namespace) -> dict:
                 rows.setdefault("predict per second " + lever, []).append(
                     {"petitions_per_s": len(te) / max(pred_secs, 1e-9)})
                 if lever == "history":
+                    for tag, use in ABLATIONS.items():
+                        p_abl, thr = _ablation(dept, [hand[i] for i in tr], recipe, k, te_texts, p_dept, duty, use)
+                        add[f"{name} + routing on {tag}"] = _reorder(p_abl, dept.labels, labels)
+                        thresholds[f"{name} + routing on {tag}"] = thr
                     pred = np.argmax(add[name + " + duty-list routing"], 1)
                     for i, j in zip(y[te], pred, strict=True):
                         if i != j:
@@ -216,6 +220,33 @@ def run(args: argparse.Namespace) -> dict:
     report["rows"] = {n: mean_rows(v) for n, v in rows.items()}
     report["seconds"] = time.perf_counter() - t_all
     return report
+
+
+# routing-model evidence subsets refitted on the bundle's own validation split (same bundle, same rows)
+ABLATIONS = {"model only": ("model",), "model + keywords": ("model", "keywords"),
+             "model + keywords + remit": ("model", "keywords", "remit"),
+             "model + level": ("model", "level"), "model + knn": ("model", "knn"),
+             "all but knn": ("model", "keywords", "patterns", "remit", "level"),
+             "all but level": ("model", "keywords", "patterns", "remit", "knn")}
+
+
+def _ablation(dept, train_rows: list[dict], recipe, k: int, te_texts: list[str], p_dept: np.ndarray,
+              duty: DutyList, use: tuple[str, ...]) -> tuple[np.ndarray, float]:
+    """Test-fold routed probabilities of a routing model fitted, as `train_classifier` does, on the bundle's
+    validation split with only the evidence terms `use`; and its review threshold."""
+    from xinfang.models.routing import evidence
+    from xinfang.training.data import prepare_examples, seeded_group_split
+    from xinfang.training.routing import fit_routing
+
+    ex = prepare_examples(train_rows, "department", f"fold {k}", recipe.min_class_count)
+    _, _, va = seeded_group_split(ex, recipe.val_fraction, 13, f"fold {k}")
+    va_texts = [ex.texts[i] for i in va]
+    va_y = [dept.labels.index(ex.labels[i]) for i in va]
+    knn = dept.neighbour_shares if dept.neighbours is not None else None
+    model, _ = fit_routing(va_texts, dept.proba_texts(va_texts), va_y, dept.labels, duty, recipe.target_precision,
+                           13, use=use, knn=knn(va_texts) if knn else None)
+    f = evidence(te_texts, p_dept, dept.labels, duty, knn(te_texts) if knn else None)
+    return model.proba(f), model.threshold
 
 
 def _frozen_cache(recipe):

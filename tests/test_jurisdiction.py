@@ -16,3 +16,30 @@ from xinfang.models.router import extract_jurisdiction
 ])
 def test_extract_jurisdiction(text, expected):
     assert extract_jurisdiction(text) == expected
+
+
+@pytest.mark.parametrize(("text", "levels"), [
+    ("A7县某村道路破损严重", {"county", "township"}),
+    ("枫山村村民小组的账目不公开", {"township"}),
+    ("我们社区的活动中心一直关门", {"township"}),
+    ("A市金帆路停车场收费太高", {"city"}),
+    ("小区门口的超市占道经营", set()),
+])
+def test_names_level(text, levels):
+    from xinfang.models.jurisdiction import names_level
+
+    assert names_level(text) == levels
+
+
+def test_duty_list_level_is_evidence_and_checked(tmp_path):
+    from xinfang.errors import DataError
+    from xinfang.models.duty_list import DutyList
+
+    duty = DutyList.parse("- department: 街道乡镇\n  level: township\n- department: 公安\n  keywords: [派出所]\n")
+    assert duty.level_hits("枫山村村委会不公开账目") == {"街道乡镇": 1.0}
+    assert duty.level_hits("A市金帆路停车场收费太高") == {}
+    p = tmp_path / "d.yaml"
+    p.write_text("- department: 公安\n  keywords: [派出所]\n- department: 街道乡镇\n  level: village\n",
+                 encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 4 \(街道乡镇\): key 'level' must be one of city, county, township"):
+        DutyList.load(p)
