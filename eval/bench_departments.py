@@ -198,8 +198,8 @@ def run(args: argparse.Namespace) -> dict:
                 rows.setdefault("predict per second " + lever, []).append(
                     {"petitions_per_s": len(te) / max(pred_secs, 1e-9)})
                 if lever == "history":
-                    for tag, use in ABLATIONS.items():
-                        p_abl, thr = _ablation(dept, [hand[i] for i in tr], recipe, k, te_texts, p_dept, duty, use)
+                    for tag, (p_abl, thr) in _ablations(dept, [hand[i] for i in tr], recipe, k, te_texts, p_dept,
+                                                        duty).items():
                         add[f"{name} + routing on {tag}"] = _reorder(p_abl, dept.labels, labels)
                         thresholds[f"{name} + routing on {tag}"] = thr
                     pred = np.argmax(add[name + " + duty-list routing"], 1)
@@ -230,10 +230,10 @@ ABLATIONS = {"model only": ("model",), "model + keywords": ("model", "keywords")
              "all but level": ("model", "keywords", "patterns", "remit", "knn")}
 
 
-def _ablation(dept, train_rows: list[dict], recipe, k: int, te_texts: list[str], p_dept: np.ndarray,
-              duty: DutyList, use: tuple[str, ...]) -> tuple[np.ndarray, float]:
-    """Test-fold routed probabilities of a routing model fitted, as `train_classifier` does, on the bundle's
-    validation split with only the evidence terms `use`; and its review threshold."""
+def _ablations(dept, train_rows: list[dict], recipe, k: int, te_texts: list[str], p_dept: np.ndarray,
+               duty: DutyList) -> dict[str, tuple[np.ndarray, float]]:
+    """For each subset of ABLATIONS: test-fold routed probabilities of a routing model fitted, as
+    `train_classifier` does, on the bundle's validation split with only those evidence terms; its threshold."""
     from xinfang.models.routing import evidence
     from xinfang.training.data import prepare_examples, seeded_group_split
     from xinfang.training.routing import fit_routing
@@ -242,11 +242,15 @@ def _ablation(dept, train_rows: list[dict], recipe, k: int, te_texts: list[str],
     _, _, va = seeded_group_split(ex, recipe.val_fraction, 13, f"fold {k}")
     va_texts = [ex.texts[i] for i in va]
     va_y = [dept.labels.index(ex.labels[i]) for i in va]
-    knn = dept.neighbour_shares if dept.neighbours is not None else None
-    model, _ = fit_routing(va_texts, dept.proba_texts(va_texts), va_y, dept.labels, duty, recipe.target_precision,
-                           13, use=use, knn=knn(va_texts) if knn else None)
-    f = evidence(te_texts, p_dept, dept.labels, duty, knn(te_texts) if knn else None)
-    return model.proba(f), model.threshold
+    has = dept.neighbours is not None
+    va_probs, va_knn = dept.proba_texts(va_texts), dept.neighbour_shares(va_texts) if has else None
+    f = evidence(te_texts, p_dept, dept.labels, duty, dept.neighbour_shares(te_texts) if has else None)
+    out = {}
+    for tag, use in ABLATIONS.items():
+        model, _ = fit_routing(va_texts, va_probs, va_y, dept.labels, duty, recipe.target_precision, 13, use=use,
+                               knn=va_knn)
+        out[tag] = (model.proba(f), model.threshold)
+    return out
 
 
 def _frozen_cache(recipe):

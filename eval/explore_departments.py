@@ -24,6 +24,7 @@ import numpy as np
 
 from xinfang.machine import machine_info as machine
 from xinfang.models.duty_list import DutyList
+from xinfang.models.neighbours import Neighbours
 from xinfang.models.normalize import normalize_text, petition_text
 from xinfang.records import load_records
 from xinfang.settings import PROVINCE_DUTY_LIST, REPO_ROOT, SHARED_DATA_DIR
@@ -51,7 +52,6 @@ def tfidf_lr(tr_x, tr_y, te_x, n_lab, w=None):
 def knn_evidence(te_e, tr_e, tr_y, tr_w, n_lab, k=KNN_K):
     """Similarity-weighted share of each label among the k nearest training examples."""
     sims = te_e @ tr_e.T
-    sims = sims.toarray() if hasattr(sims, "toarray") else np.asarray(sims)
     idx = np.argsort(-sims, 1)[:, :k]
     out = np.zeros((len(te_e), n_lab))
     for i in range(len(te_e)):
@@ -166,7 +166,7 @@ def main() -> None:
         p_e5 /= p_e5.sum(1, keepdims=True)
         knn_h = knn_evidence(e_hand[te], e_hand[tr], y[tr], np.ones(len(tr)), n_lab)
         knn_hw = knn_evidence(e_hand[te], et, yt, wt, n_lab)
-        knn_tf = knn_evidence(x_hand[te], xt, yt, wt, n_lab)
+        knn_tf = Neighbours(xt, yt, wt, n_lab, KNN_K).shares(x_hand[te])  # as the bundle does
         return p_tf, p_e5, knn_h, knn_hw, knn_tf
 
     def feats(idx, parts):
