@@ -285,11 +285,13 @@ def _f(x) -> str:
 
 def render(r: dict) -> str:
     m = r["machine"]
+    done = max((len(v["accuracy"]["folds"]) for v in r.get("rows", {}).values() if "accuracy" in v), default=0)
     lines = [f"# Department routing: handling history and duty-list knowledge ({r['date']})", "",
              f"Machine: {m.get('cpu')} × {m.get('nproc')} cores (load {m.get('loadavg_at_start')} at the start: "
              f"other jobs shared the cores, so times are slow); commit {m.get('commit')}, {m.get('date')}. "
-             f"Recipe `{r['args']['recipe']}`, {r['args']['folds']} of 5 grouped folds"
-             + (" (partial: still running)" if r.get("partial") else "") + ". "
+             f"Recipe `{r['args']['recipe']}`, {done} of 5 grouped folds"
+             + (f" (the run was stopped after {done} of the {r['args']['folds']} folds asked for: the shared cores "
+                "were too loaded to finish in time)" if r.get("partial") else "") + ". "
              "Reproduce: `nice -n 5 .venv/bin/python eval/bench_departments.py --recipe "
              f"{r['args']['recipe']} --folds {r['args']['folds']}"
              + (" --skip-hand-bundle" if r["args"].get("skip_hand_bundle") else "")
