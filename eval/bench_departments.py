@@ -82,6 +82,7 @@ _PLACE = re.compile(r"([A-Z][0-9]{0,2})(市|区|县)")
 
 def jurisdiction_figures(hand: list[dict]) -> dict:
     n = agree = none = 0
+    why: Counter = Counter()
     for r in hand:
         places = ["".join(m) for m in _PLACE.findall(r.get("replier") or "")]
         if not places:
@@ -92,7 +93,15 @@ def jurisdiction_figures(hand: list[dict]) -> dict:
         n += 1
         agree += got == want
         none += got is None
+        named = ["".join(m) for m in _PLACE.findall(petition_text(r.get("title"), r.get("text")))]
+        if got != want:
+            why["the message names no place" if got is None else
+                "the message names only the city, the replier is a county unit" if got[-1] == "市" and want[-1] != "市"
+                else "the replier is a city unit, the message names a county" if want[-1] == "市" and want in named
+                else "the message names the replier's place and another one first" if want in named
+                else "the message names another place (or a word read as one)"] += 1
     return {"rows_with_replier_place": n, "agreement": agree / max(n, 1), "no_place_extracted": none / max(n, 1),
+            "disagreements": dict(why.most_common()),
             "rule": "most specific masked place of `replier` (区/县, else 市) vs extract_jurisdiction(message)"}
 
 
@@ -314,7 +323,9 @@ def render(r: dict) -> str:
     lines += ["## 2. Jurisdiction (属地)", "",
               f"On the {j['rows_with_replier_place']} hand-labelled rows whose `replier` names a masked place, the "
               f"place extracted from the message agrees with it on **{j['agreement']:.3f}** (none extracted: "
-              f"{j['no_place_extracted']:.3f}); rule: {j['rule']}.", ""]
+              f"{j['no_place_extracted']:.3f}); rule: {j['rule']}."
+              + (" Disagreements: " + ", ".join(f"{k} {v}" for k, v in j["disagreements"].items()) + "."
+                 if j.get("disagreements") else ""), ""]
     lines += ["## 3. Grouped CV: each lever on the same folds", "",
               "| row | top-1 | top-3 | auto-routed precision | auto coverage |", "|---|---|---|---|---|"]
     for name, v in r.get("rows", {}).items():
@@ -368,9 +379,18 @@ def main() -> None:
     ap.add_argument("--skip-hand-bundle", action="store_true", help="only the + history bundle per fold")
     ap.add_argument("--render-only", action="store_true", help="re-write the markdown from the saved JSON")
     ap.add_argument("--report-name", default="departments", help="eval/reports/NAME.md and .json")
+    ap.add_argument("--refresh-figures", action="store_true",
+                    help="re-measure sections 1-2 (extractor, jurisdiction) into the saved JSON, then re-write")
     args = ap.parse_args()
-    if args.render_only:
-        save(json.loads((REPORTS / f"{args.report_name}.json").read_text(encoding="utf-8")))
+    if args.render_only or args.refresh_figures:
+        report = json.loads((REPORTS / f"{args.report_name}.json").read_text(encoding="utf-8"))
+        if args.refresh_figures:
+            hand = load_records(SHARED_DATA_DIR / "departments_labeled.jsonl", label_column="department")
+            replies = {r["id"]: r for r in load_records(SHARED_DATA_DIR / "attachment4_replies.jsonl")}
+            report["extractor"] = extractor_figures(hand, replies, DutyList.load(PROVINCE_DUTY_LIST))
+            report["jurisdiction"] = jurisdiction_figures(hand) | {"refreshed": {"commit": machine().get("commit"),
+                                                                                 "date": time.strftime("%Y-%m-%d")}}
+        save(report)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not SHARED_DATA_DIR.exists():

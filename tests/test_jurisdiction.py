@@ -43,3 +43,10 @@ def test_duty_list_level_is_evidence_and_checked(tmp_path):
                  encoding="utf-8")
     with pytest.raises(DataError, match=r"line 4 \(街道乡镇\): key 'level' must be one of city, county, township"):
         DutyList.load(p)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("在规划限制区内建房", None), ("星沙经开区的企业", None), ("希望三区的路灯坏了", None), ("全省地州市都有", None),
+    ("利用安置区空地", None), ("感谢泉塘街道", "泉塘街道"), ("配至王坊乡", "王坊乡")])
+def test_zones_and_verbs_are_not_places(text, expected):
+    assert extract_jurisdiction(text) == expected
