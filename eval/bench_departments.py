@@ -161,7 +161,10 @@ def run(args: argparse.Namespace) -> dict:
     decided: Counter = Counter()
     cache = None  # frozen lower-layer states, shared by every fold and lever (they do not depend on training)
     t_all = time.perf_counter()
-    for k, (tr, te) in enumerate(folds[:args.folds]):
+    wanted = [int(x) for x in args.only_folds.split(",")] if args.only_folds else list(range(args.folds))
+    for k, (tr, te) in enumerate(folds):
+        if k not in wanted:
+            continue
         te_keys = set().union(*(_group_keys(titles[i], texts[i]) for i in te))
         weak = [w for w in weak_all if not (_group_keys(normalize_text(w.get("title")),
                                                         petition_text(w.get("title"), w.get("text"))) & te_keys)]
@@ -223,6 +226,7 @@ def run(args: argparse.Namespace) -> dict:
                         {"used": json.loads((res.out_dir / "config.json").read_text())["history"]["used"]})
         for name, p in add.items():
             rows.setdefault(name, []).append(scores(p, y[te], thresholds.get(name)))
+        rows.setdefault("fold", []).append({"index": k})
         log.info("fold %d: %s", k, {n: round(r[-1]["accuracy"], 4) for n, r in rows.items() if "accuracy" in r[-1]})
         report["errors"] = {"confusions": dict(confusion.most_common(15)), "decided_by": dict(decided.most_common())}
         save(report | {"partial": True, "rows": {n: mean_rows(v) for n, v in rows.items()}})
@@ -278,6 +282,32 @@ def _reorder(p: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
     for j, lab in enumerate(want):
         if lab in have:
             out[:, j] = p[:, have.index(lab)]
+    return out
+
+
+def merge_reports(parts: list[dict], name: str) -> dict:
+    """One report from runs over disjoint folds: per-fold values concatenated (in fold order), means recomputed."""
+    def index(p: dict) -> list[int]:  # fold indices of a run (a run without them did folds 0, 1, ...)
+        if "fold" in p["rows"]:
+            return [int(i) for i in p["rows"]["fold"]["index"]["folds"]]
+        return list(range(len(p["rows"]["TF-IDF + LinearSVC, hand labels"]["accuracy"]["folds"])))
+
+    order = sorted(((p, i) for p in parts for i in range(len(index(p)))), key=lambda pi: index(pi[0])[pi[1]])
+    names = [n for n in parts[0]["rows"] if all(n in p["rows"] for p in parts) and n != "fold"]
+    rows = {n: [{k: p["rows"][n][k]["folds"][i] for k in p["rows"][n]} for p, i in order] for n in names}
+    out = dict(parts[0])
+    out["rows"] = {n: mean_rows(v) for n, v in rows.items()}
+    out["merged_from"] = [{"commit": p["machine"].get("commit"), "date": p["machine"].get("date"),
+                           "folds": index(p), "partial": bool(p.get("partial"))}
+                          for p in parts]
+    out["partial"] = any(p.get("partial") for p in parts)
+    out["args"] = {**parts[0]["args"], "report_name": name, "only_folds": None}
+    conf: Counter = Counter()
+    dec: Counter = Counter()
+    for p in parts:
+        conf.update(p.get("errors", {}).get("confusions", {}))
+        dec.update(p.get("errors", {}).get("decided_by", {}))
+    out["errors"] = {"confusions": dict(conf.most_common(15)), "decided_by": dict(dec.most_common())}
     return out
 
 
@@ -364,7 +394,7 @@ def render(r: dict) -> str:
               "- Not tried in this run: self-training on the unlabelled messages of attachments 2 and 3 (no "
               "`--unlabelled` option ships), and the levers on the 256-token `department-long` recipe (about 3× "
               "the cost of `department` per fold on these shared cores).", ""]
-    other = {n: v for n, v in r.get("rows", {}).items() if "accuracy" not in v}
+    other = {n: v for n, v in r.get("rows", {}).items() if "accuracy" not in v and n != "fold"}
     for name, v in other.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {np.mean([x for x in d['folds'] if x is not None]):.3f}"
                                                for k, d in v.items()))
@@ -379,9 +409,16 @@ def main() -> None:
     ap.add_argument("--skip-hand-bundle", action="store_true", help="only the + history bundle per fold")
     ap.add_argument("--render-only", action="store_true", help="re-write the markdown from the saved JSON")
     ap.add_argument("--report-name", default="departments", help="eval/reports/NAME.md and .json")
+    ap.add_argument("--only-folds", default=None, help="comma-separated fold indices (runs split across processes)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="NAME",
+                    help="merge the fold rows of these saved reports into --report-name, then re-write")
     ap.add_argument("--refresh-figures", action="store_true",
                     help="re-measure sections 1-2 (extractor, jurisdiction) into the saved JSON, then re-write")
     args = ap.parse_args()
+    if args.merge:
+        save(merge_reports([json.loads((REPORTS / f"{n}.json").read_text(encoding="utf-8")) for n in args.merge],
+                           args.report_name))
+        return
     if args.render_only or args.refresh_figures:
         report = json.loads((REPORTS / f"{args.report_name}.json").read_text(encoding="utf-8"))
         if args.refresh_figures:
