@@ -302,6 +302,7 @@ def merge_reports(parts: list[dict], name: str) -> dict:
                           for p in parts]
     out["partial"] = any(p.get("partial") for p in parts)
     out["args"] = {**parts[0]["args"], "report_name": name, "only_folds": None}
+    out["merged_names"] = [p["args"].get("report_name") or "departments" for p in parts]
     conf: Counter = Counter()
     dec: Counter = Counter()
     for p in parts:
@@ -331,11 +332,16 @@ def render(r: dict) -> str:
              f"Recipe `{r['args']['recipe']}`, {done} of 5 grouped folds"
              + (f" (the run was stopped after {done} of the {r['args']['folds']} folds asked for: the shared cores "
                 "were too loaded to finish in time)" if r.get("partial") else "") + ". "
-             "Reproduce: `nice -n 5 .venv/bin/python eval/bench_departments.py --recipe "
+             "Reproduce: `nice -n 10 .venv/bin/python eval/bench_departments.py --threads 1 --recipe "
              f"{r['args']['recipe']} --folds {r['args']['folds']}"
              + (" --skip-hand-bundle" if r["args"].get("skip_hand_bundle") else "")
              + (f" --report-name {r['args']['report_name']}" if r["args"].get("report_name", "departments")
-                != "departments" else "") + "`.", ""]
+                != "departments" else "") + "`"
+             + ("; this report merges runs over disjoint folds (`--only-folds`, then `--merge "
+                + " ".join(r.get("merged_names", [])) + "`): " + "; ".join(
+                    f"folds {m['folds']} at commit {m['commit']}" for m in r["merged_from"])
+                + " (the later commits change the jurisdiction extractor and the report, not the routing levers)"
+                if r.get("merged_from") else "") + ".", ""]
     e = r["extractor"]
     lines += ["## 1. Handling unit from the reply, against the 1,370 hand labels", "",
               "| tier | rows | precision | coverage | cumulative precision | cumulative coverage |", "|---|---|---|---|---|---|"]
@@ -391,6 +397,11 @@ def render(r: dict) -> str:
               "examples the bundle keeps, models/neighbours.py; `level`: the duty list's `level: township` named "
               "in the petition); `+ duty-list routing` is the shipped default, all terms. The cheaper lever search "
               "on frozen features (e5 remit similarity, kNN variants) is eval/reports/departments_explore.md.",
+              *(["- The hand-labels-only bundle was not trained in this run (`--skip-hand-bundle`, to fit the time "
+                 "on loaded cores): its gain from history is in the TF-IDF rows here and, for the bundle, in the "
+                 "previous report (0.649 -> 0.661 top-1, 2026-12-01)."] if r["args"].get("skip_hand_bundle") else []),
+              "- Train seconds and predict speed below were measured at nice 10 on cores shared with about ten other "
+              "processes (load 8-13, about 15 % of one core for this run): they are not the product's speed.",
               "- Not tried in this run: self-training on the unlabelled messages of attachments 2 and 3 (no "
               "`--unlabelled` option ships), and the levers on the 256-token `department-long` recipe (about 3× "
               "the cost of `department` per fold on these shared cores).", ""]
