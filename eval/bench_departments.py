@@ -300,7 +300,7 @@ def merge_reports(parts: list[dict], name: str) -> dict:
     out["merged_from"] = [{"commit": p["machine"].get("commit"), "date": p["machine"].get("date"),
                            "folds": index(p), "partial": bool(p.get("partial"))}
                           for p in parts]
-    out["partial"] = any(p.get("partial") for p in parts)
+    out["partial"] = len(order) < int(out["args"].get("folds", 5))
     out["args"] = {**parts[0]["args"], "report_name": name, "only_folds": None}
     out["merged_names"] = [p["args"].get("report_name") or "departments" for p in parts]
     conf: Counter = Counter()
