@@ -227,8 +227,10 @@ def render(r: dict) -> str:
              "Features: frozen e5 = the base encoder's mean-pooled 128-token embedding; keywords = the channel "
              "table's keyword hits per non-信访 channel (capped at 2); definitions = cosine of the message embedding "
              "to each channel's `definition` text (both derived from the channel definitions, not from dev errors). "
-             "Stack = a balanced logistic regression over the log-probabilities of the base models (inner 3-fold "
-             "out-of-fold inside each training fold) and the evidence columns. auto@t: answers whose top "
+             "Stack = a logistic regression (plain or class-balanced, as named) over the log-probabilities of the plain "
+             "char TF-IDF / frozen e5 regressions (inner 3-fold out-of-fold inside each training fold) and the "
+             "standardised evidence columns. 信访 low tier: the 信访 answers of the extractor's low tier added at "
+             "weight 0.5 (the high tier names no 信访). auto@t: answers whose top "
              "probability ≥ t; P = precision of their non-信访 answers (count).", "",
              "| system | accuracy | macro-F1 (4) | 信访 P/R | 依法履职 P/R | 诉讼仲裁复议 P/R | 纪检监察 P/R | non-信访 P "
              "| auto@0.6 cov / P | auto@0.8 cov / P |", "|" + "---|" * 10]
