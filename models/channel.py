@@ -189,6 +189,7 @@ class ChannelTable:
 
 
 MAX_KEYWORD_HITS = 2
+ALWAYS_REVIEW = 1.0  # a review_threshold this high sends every answer of the channel to review
 
 
 def channel_evidence(table: ChannelTable, texts: list[str], emb: np.ndarray | None = None,
@@ -245,8 +246,8 @@ class ChannelDecider:
         if hits.get(label):
             reason += "；关键词：" + "、".join(hits[label][:4])
         need = self.threshold_of(label)
-        unsure = score < need or need >= 1.0
-        if score < need and need < 1.0:
+        unsure = score < need or need >= ALWAYS_REVIEW
+        if score < (self.threshold if need >= ALWAYS_REVIEW else need):
             reason += "；把握不足，需人工甄别"
         elif unsure:
             reason += "；该渠道须人工甄别确认"

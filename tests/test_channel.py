@@ -131,6 +131,8 @@ def test_per_channel_review_thresholds_and_definitions(tmp_path: Path) -> None:
     assert graft["label"] == "纪检监察" and graft["needs_review"] and "须人工甄别确认" in graft["reason"]
     assert graft["body"] == "纪检监察机关"
     assert not dec.decide(np.array([0.02, 0.95, 0.01, 0.02]), "路灯不亮，希望修好。")["needs_review"]
+    unsure = dec.decide(np.array([0.1, 0.6, 0.1, 0.2]), "楼顶违章建筑。")  # 依法履职 under the bundle's 0.55 too
+    assert unsure["label"] == "依法履职" and unsure["needs_review"] and "把握不足" in unsure["reason"]
     assert all(shipped.entries[c].definition for c in shipped.entries)
     text = ("channels:\n  信访: {procedure: a, body: b}\n"
             "  依法履职: {procedure: a, body: b, review_threshold: 0.8, definition: 查处违法行为}\n")
