@@ -23,8 +23,12 @@ channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in
 then mixed with the keyword rule's vote: `(1 - keyword_weight) * p + keyword_weight * onehot(rule)`, where the
 rule names the non-信访 channel with the most hits (else 信访). The model alone never names the rare channels
 (a few dev examples each); the vote lets a clear keyword case reach them, at a score that usually sends it to
-review. The top channel is the answer, and its score decides review with the bundle's threshold. A non-信访 answer
-always names its procedure and body and says why (`reason`: the model's score and the keywords seen).
+review. The top channel is the answer, and its score decides review with the bundle's threshold, raised per
+channel by the entry's `review_threshold` (1 sends every answer of that channel to review: in grouped CV no
+threshold let the non-信访 channels reach the precision 0.90 that an automatic "go to court" needs;
+eval/reports/channels.md). A non-信访 answer always names its procedure and body and says why (`reason`: the
+model's score and the keywords seen). `definition` (what the channel is for) is read by `channel_evidence`, the
+evidence columns eval/explore_channels.py measures.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ import numpy as np
 from xinfang.errors import DataError, ModelError
 from xinfang.fsutil import parse_yaml, read_text
 
-__all__ = ["CHANNELS", "PETITION", "ChannelEntry", "ChannelTable", "ChannelDecider", "check_channel_labels"]
+__all__ = ["CHANNELS", "PETITION", "ChannelEntry", "ChannelTable", "ChannelDecider", "channel_evidence",
+           "check_channel_labels"]
 
 CHANNELS = ("信访", "依法履职", "诉讼仲裁复议", "纪检监察", "其他")
 PETITION = "信访"
-ENTRY_KEYS = {"procedure", "body", "body_from", "keywords", "routes"}
+ENTRY_KEYS = {"procedure", "body", "body_from", "keywords", "routes", "definition", "review_threshold"}
 BODY_FROM = ("department",)
 DEFAULT_BOOST = 0.5
 DEFAULT_WEIGHT = 0.0
@@ -63,6 +68,8 @@ class ChannelEntry:
     body_from: str | None = None
     keywords: list[str] = field(default_factory=list)
     routes: list[ChannelRoute] = field(default_factory=list)
+    definition: str = ""
+    review_threshold: float | None = None  # an answer of this channel under it goes to review
 
     def keyword_hits(self, text: str) -> list[str]:
         return [k for k in self.keywords if k and k in text]
@@ -143,8 +150,16 @@ class ChannelTable:
                     raise DataError(f"{rk}.pattern: invalid regex ({exc})") from exc
                 routes.append(ChannelRoute(pattern, _str(r["procedure"], f"{rk}.procedure"),
                                            _str(r["body"], f"{rk}.body")))
+            definition = item.get("definition") or ""
+            if not isinstance(definition, str):
+                raise DataError(f"{key}.definition: expected a string")
+            review = item.get("review_threshold")
+            if review is not None and (isinstance(review, bool) or not isinstance(review, int | float)
+                                       or not 0 <= review <= 1):
+                raise DataError(f"{key}.review_threshold: expected a number in [0, 1], got {review!r}")
             entries[name] = ChannelEntry(name, _str(item.get("procedure"), f"{key}.procedure"),
-                                         _str(item.get("body"), f"{key}.body"), body_from, list(keywords), routes)
+                                         _str(item.get("body"), f"{key}.body"), body_from, list(keywords), routes,
+                                         definition.strip(), None if review is None else float(review))
         if PETITION not in entries:
             raise DataError(f"{where}: channels.{PETITION} is required")
         return cls(entries, float(boost), path, float(weight))
@@ -173,12 +188,39 @@ class ChannelTable:
         return entry.procedure, entry.body
 
 
+MAX_KEYWORD_HITS = 2
+ALWAYS_REVIEW = 1.0  # a review_threshold this high sends every answer of the channel to review
+
+
+def channel_evidence(table: ChannelTable, texts: list[str], emb: np.ndarray | None = None,
+                     definition_emb: dict[str, np.ndarray] | None = None,
+                     channels: tuple[str, ...] = CHANNELS[1:4]) -> dict[str, np.ndarray]:
+    """Evidence columns per text: `keywords` (n, len(channels)) table keyword hits capped at MAX_KEYWORD_HITS;
+    with embeddings, `definition` (n, len(definition_emb)) cosine of each text to each channel's definition,
+    centred per text (the channel it is closest to stands out)."""
+    kw = np.array([[min(len(table.entries[c].keyword_hits(t)) if c in table.entries else 0, MAX_KEYWORD_HITS)
+                    for c in channels] for t in texts], dtype=np.float64).reshape(len(texts), len(channels))
+    out = {"keywords": kw}
+    if emb is not None and definition_emb:
+        D = np.stack(list(definition_emb.values()))
+        D = D / np.linalg.norm(D, axis=1, keepdims=True)
+        E = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9, None)
+        sim = E @ D.T
+        out["definition"] = sim - sim.mean(1, keepdims=True)
+    return out
+
+
 class ChannelDecider:
     """Model probabilities + table keywords -> the channel answer (see the module docstring)."""
 
     def __init__(self, table: ChannelTable, labels: list[str], threshold: float) -> None:
         table.check_labels(labels, "channel model")
         self.table, self.labels, self.threshold = table, list(labels), float(threshold)
+
+    def threshold_of(self, label: str) -> float:
+        """The review threshold of an answer `label`: the bundle's, raised by the table's entry when it is higher."""
+        own = self.table.entries[label].review_threshold
+        return self.threshold if own is None else max(self.threshold, own)
 
     def fuse(self, probs: np.ndarray, text: str) -> tuple[np.ndarray, dict[str, list[str]]]:
         """Probabilities re-weighted by keyword hits, renormalised; and the hits per channel."""
@@ -203,9 +245,12 @@ class ChannelDecider:
         reason = f"模型 {model_score:.2f}"
         if hits.get(label):
             reason += "；关键词：" + "、".join(hits[label][:4])
-        unsure = score < self.threshold
-        if unsure:
+        need = self.threshold_of(label)
+        unsure = score < need or need >= ALWAYS_REVIEW
+        if score < (self.threshold if need >= ALWAYS_REVIEW else need):
             reason += "；把握不足，需人工甄别"
+        elif unsure:
+            reason += "；该渠道须人工甄别确认"
         procedure, body = self.table.resolve(label, text, department)
         return {"label": label, "score": round(score, 6),
                 "top": [{"label": self.labels[j], "score": round(float(p[j]), 6)} for j in order],

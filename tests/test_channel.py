@@ -4,6 +4,7 @@ the API field, the list filter, channel corrections and their export."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from xinfang.cli import app
 from xinfang.errors import DataError, ModelError
-from xinfang.models.channel import ChannelDecider, ChannelTable, check_channel_labels
+from xinfang.models.channel import ChannelDecider, ChannelTable, channel_evidence, check_channel_labels
 from xinfang.settings import CHANNEL_TABLE, DEMO_DATA_DIR
 from xinfang.training.channel_replies import extract_channel, history_labels
 
@@ -87,9 +88,13 @@ def test_shipped_table_and_errors_naming_the_key(tmp_path: Path) -> None:
         ChannelDecider(small, ["信访", "依法履职"], 0.5)
 
 
+def _without_review_thresholds(table: ChannelTable) -> dict:
+    return {c: replace(e, review_threshold=None) for c, e in table.entries.items()}
+
+
 def test_decision_fuses_keywords_and_names_procedure_and_body() -> None:
     shipped = ChannelTable.load(CHANNEL_TABLE)
-    table = ChannelTable(shipped.entries, 0.5, shipped.path, 0.0)  # keyword re-weighting alone
+    table = ChannelTable(_without_review_thresholds(shipped), 0.5, shipped.path, 0.0)  # keyword re-weighting alone
     labels = ["依法履职", "信访", "纪检监察", "诉讼仲裁复议"]
     dec = ChannelDecider(table, labels, threshold=0.55)
     probs = np.array([0.40, 0.45, 0.05, 0.10])
@@ -109,11 +114,42 @@ def test_decision_fuses_keywords_and_names_procedure_and_body() -> None:
     graft = dec.decide(np.array([0.1, 0.2, 0.6, 0.1]), "村支书贪污扶贫款。")
     assert graft["body"] == "纪检监察机关" and not graft["needs_review"]
     # the keyword rule's vote lets a clear keyword case reach a rare channel the model does not see
-    voted = ChannelDecider(ChannelTable(shipped.entries, 0.0, shipped.path, 0.6), labels, threshold=0.55)
+    voted = ChannelDecider(ChannelTable(_without_review_thresholds(shipped), 0.0, shipped.path, 0.6), labels,
+                           threshold=0.55)
     ans = voted.decide(np.array([0.05, 0.9, 0.02, 0.03]), "举报村支书贪污受贿。")
     assert ans["label"] == "纪检监察" and "贪污" in ans["reason"]
     assert voted.decide(np.array([0.05, 0.9, 0.02, 0.03]), "路灯不亮。")["label"] == "信访"
     assert shipped.rule("举报村支书贪污受贿。") == "纪检监察" and shipped.rule("路灯不亮") == "信访"
+
+
+def test_per_channel_review_thresholds_and_definitions(tmp_path: Path) -> None:
+    shipped = ChannelTable.load(CHANNEL_TABLE)
+    labels = ["依法履职", "信访", "纪检监察", "诉讼仲裁复议"]
+    # the shipped table sends every non-信访 answer to review, however sure, and says so; 信访 keeps the bundle's
+    dec = ChannelDecider(shipped, labels, threshold=0.55)
+    graft = dec.decide(np.array([0.01, 0.01, 0.97, 0.01]), "村支书贪污扶贫款。")
+    assert graft["label"] == "纪检监察" and graft["needs_review"] and "须人工甄别确认" in graft["reason"]
+    assert graft["body"] == "纪检监察机关"
+    assert not dec.decide(np.array([0.02, 0.95, 0.01, 0.02]), "路灯不亮，希望修好。")["needs_review"]
+    unsure = dec.decide(np.array([0.1, 0.6, 0.1, 0.2]), "楼顶违章建筑。")  # 依法履职 under the bundle's 0.55 too
+    assert unsure["label"] == "依法履职" and unsure["needs_review"] and "把握不足" in unsure["reason"]
+    assert all(shipped.entries[c].definition for c in shipped.entries)
+    text = ("channels:\n  信访: {procedure: a, body: b}\n"
+            "  依法履职: {procedure: a, body: b, review_threshold: 0.8, definition: 查处违法行为}\n")
+    own = ChannelTable.parse(text, tmp_path / "t.yaml")
+    d = ChannelDecider(own, ["信访", "依法履职"], threshold=0.5)
+    assert d.threshold_of("依法履职") == 0.8 and d.threshold_of("信访") == 0.5
+    assert d.decide(np.array([0.3, 0.7]), "x")["needs_review"]
+    assert not d.decide(np.array([0.1, 0.9]), "x")["needs_review"]
+    for bad in ("1.5", "yes", "[1]"):
+        with pytest.raises(DataError, match=r"channels\.依法履职\.review_threshold"):
+            ChannelTable.parse(text.replace("0.8", bad), tmp_path / "t.yaml")
+    with pytest.raises(DataError, match=r"channels\.依法履职\.definition"):
+        ChannelTable.parse(text.replace("查处违法行为", "[a]"), tmp_path / "t.yaml")
+    ev = channel_evidence(shipped, ["楼顶违章建筑违法", "路灯不亮"], np.eye(2, 3),
+                          {"信访": np.array([0.0, 1.0, 0.0]), "依法履职": np.array([1.0, 0.0, 0.0])})
+    assert ev["keywords"].tolist()[1] == [0, 0, 0] and ev["keywords"][0, 0] == 2  # capped at 2 hits
+    assert ev["definition"][0, 1] > ev["definition"][0, 0] and ev["definition"][1, 0] > ev["definition"][1, 1]
 
 
 def test_channel_labels_checked_naming_the_row() -> None:
