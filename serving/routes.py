@@ -174,6 +174,9 @@ def _models_body(svc: Service, admin: bool = True) -> dict:
         "repeat_scorer": ({"path": svc.scorer_path, "threshold": scorer.threshold,
                            "created_at": scorer.created_at} if scorer else None),
         "index": svc.keeper.index.info(), "loaded_at": m.loaded_at, "generation": m.generation,
+        "registry": None if svc.registry is None else {
+            "promoted": svc.promoted_seen or {}, "serving": svc.serving_versions(),
+            "refused": svc.rollout_refused, "poll_seconds": svc.config.registry_poll_seconds},
     }
     return body if admin else redact_paths(body)
 
