@@ -1,32 +1,25 @@
 """Coordinated model rollout: the registry lives in the store, every replica follows its promotions.
 
 In one process on SQLite (each step driven by `Service.follow_registry`), and as two `xinfang serve` processes
-with their own data dirs on one PostgreSQL database (XINFANG_TEST_POSTGRES_URL), polling it, under load.
+with their own data dirs on one PostgreSQL database behind HAProxy (eval/replica_harness.py), polling it,
+under load.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
+from replica_fixtures import PG_URL, ReplicaCluster, needs_cluster, tiny_setup
 from service_fixtures import auth, create_keys, make_config, running_app
 
 from xinfang.models.classifier import write_manifest
 from xinfang.serving.registry_db import open_registry
 
-PG_URL = os.environ.get("XINFANG_TEST_POSTGRES_URL")
-XINFANG = str(Path(sys.executable).with_name("xinfang"))
 WRONG_BASE = "0" * 64
 PROBE = {"petitions": [{"id": "q1", "title": "小区停车费", "text": "城东区某小区物业擅自上调停车费，业主多次反映无果。"}]}
 
@@ -107,104 +100,36 @@ def test_one_service_follows_promotions_refuses_what_it_cannot_load_and_rolls_ba
     assert "models.rollout.refused" in actions and actions.count("model.rollback") == 2
 
 
-# ------------------------------------------------------------------------------------ two replicas, PostgreSQL
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ------------------------------------------------------------------------- two replicas, PostgreSQL, HAProxy
+@needs_cluster
+def test_two_replicas_follow_promotion_under_load_through_haproxy(tmp_path, service_models,
+                                                                  tiny_encoder_dir) -> None:
+    bundles, _ = service_models
+    setup = tiny_setup(service_models, tiny_encoder_dir, XINFANG_REGISTRY_POLL_SECONDS="0.5")
+    with ReplicaCluster(PG_URL, setup, n=2, workdir=tmp_path / "cluster") as c:
+        registry = open_registry(tmp_path / "admin-cache", c.database_url, actor="ml-eng")
+        topic_versions(registry, bundles, tmp_path)  # promotes topic-v1 after the replicas started
+        hi = c.auth("intake")
 
-
-@pytest.fixture()
-def pg_database():
-    """A database of its own on the test server (dropped afterwards)."""
-    if not PG_URL:
-        pytest.skip("PostgreSQL tests skipped: XINFANG_TEST_POSTGRES_URL is not set")
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    base, name = make_url(PG_URL), f"xf_rollout_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def replicas(n: int, env: dict[str, str], root: Path):
-    """`n` `xinfang serve` processes, each with its own data dir, ready; yields their base URLs."""
-    procs, urls, logs = [], [], []
-    try:
-        for i in range(n):
-            data_dir = root / f"replica-{i}"
-            data_dir.mkdir(parents=True)
-            port = _free_port()
-            log = open(data_dir / "serve.log", "w")
-            logs.append(log)
-            procs.append(subprocess.Popen([XINFANG, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                           "--data-dir", str(data_dir), "--runtime", "torch"],
-                                          env=env, stdout=log, stderr=subprocess.STDOUT))
-            urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 180
-        for i, url in enumerate(urls):
-            while True:
-                assert procs[i].poll() is None, (root / f"replica-{i}" / "serve.log").read_text()[-3000:]
-                try:
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "xinfang serve did not become ready in 180 s"
-                time.sleep(0.3)
-        yield urls
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                p.kill()
-        for log in logs:
-            log.close()
-
-
-def test_two_replicas_on_postgres_follow_promotion_under_load(tmp_path, pg_database, service_models,
-                                                              tiny_encoder_dir) -> None:
-    bundles, scorer = service_models
-    config = make_config(tmp_path / "admin", [], tiny_encoder_dir, database_url=pg_database)
-    keys = create_keys(config)  # creates the shared store at the migrations' head
-    registry = open_registry(tmp_path / "admin" / "registry", pg_database, actor="ml-eng")
-    topic_versions(registry, bundles, tmp_path)
-    env = {**os.environ, "XINFANG_DATABASE_URL": pg_database, "XINFANG_EMBED_ENCODER": str(tiny_encoder_dir),
-           "XINFANG_MODEL_DIRS": ",".join(str(b) for b in bundles if b.name != "topic"), "XINFANG_THREADS": "1",
-           "XINFANG_REGISTRY_POLL_SECONDS": "0.5", **({"XINFANG_REPEAT_SCORER": str(scorer)} if scorer else {})}
-    hi = auth(keys["intake"])
-    with replicas(2, env, tmp_path) as urls:
-        def serving(url: str) -> dict:
+        def state(url: str) -> dict:
             return httpx.get(url + "/v1/models", headers=hi, timeout=30).json()["registry"]
 
-        def wait_all(version: str, field: str = "serving") -> float:
-            t0, deadline = time.monotonic(), time.monotonic() + 90
-            while not all((serving(u)[field] or {}).get("topic") == version for u in urls):
-                assert time.monotonic() < deadline, [serving(u) for u in urls]
+        def wait_all(version: str, field: str = "serving") -> None:
+            deadline = time.monotonic() + 90
+            while not all((state(u)[field] or {}).get("topic") == version for u in c.replica_urls):
+                assert time.monotonic() < deadline, [state(u) for u in c.replica_urls]
                 time.sleep(0.1)
-            return time.monotonic() - t0
 
-        assert [serving(u)["serving"]["topic"] for u in urls] == ["topic-v1", "topic-v1"]
+        wait_all("topic-v1")
         statuses: list[int] = []
         stop = threading.Event()
 
-        def load(url: str) -> None:
-            with httpx.Client(base_url=url, headers=hi, timeout=60) as c:
+        def load() -> None:  # through HAProxy, round-robin over both replicas
+            with httpx.Client(base_url=c.url, headers=hi, timeout=60) as client:
                 while not stop.is_set():
-                    statuses.append(c.post("/v1/classify", json=PROBE).status_code)
+                    statuses.append(client.post("/v1/classify", json=PROBE).status_code)
 
-        workers = [threading.Thread(target=load, args=(u,)) for u in urls]
+        workers = [threading.Thread(target=load) for _ in range(2)]
         for w in workers:
             w.start()
         try:
@@ -218,22 +143,22 @@ def test_two_replicas_on_postgres_follow_promotion_under_load(tmp_path, pg_datab
                 w.join()
         assert len(statuses) > 10 and set(statuses) == {200}, statuses  # 0 failed requests during the rollout
 
-        registry.promote("topic-v3", forced=True)  # another base: no replica can load it
+        registry.promote("topic-v3", forced=True)  # made on another base: no replica can load it
         wait_all("topic-v3", "promoted")
-        for u in urls:
-            st = serving(u)
+        for u in c.replica_urls:
+            st = state(u)
             assert st["serving"]["topic"] == "topic-v2" and st["refused"]["versions"] == {"topic": "topic-v3"}
             assert "fingerprint" in st["refused"]["error"]
             assert httpx.post(u + "/v1/classify", json=PROBE, headers=hi, timeout=30).status_code == 200
-            assert 'xinfang_rollout_refused{task="topic",version="topic-v3"} 1.0' in httpx.get(u + "/metrics", headers=hi).text
+            metrics = httpx.get(u + "/metrics", headers=hi, timeout=30).text
+            assert 'xinfang_rollout_refused{task="topic",version="topic-v3"} 1.0' in metrics
         registry.rollback("topic")
         registry.rollback("topic")  # topic-v3 -> topic-v2 -> topic-v1
         wait_all("topic-v1")
-        assert all(serving(u)["refused"] is None for u in urls)
-    logs = [(tmp_path / f"replica-{i}" / "serve.log").read_text() for i in range(2)]
-    for text in logs:  # the log says what was loaded or refused, with ids and timings
-        events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        loaded = [e for e in events if e.get("msg") == "promoted models loaded"]
-        refused = [e for e in events if e.get("msg") == "promoted models refused, the served ones stay"]
-        assert any(e["versions"] == {"topic": "topic-v2"} and e["seconds"] >= 0 for e in loaded), text[-2000:]
-        assert refused and refused[0]["versions"] == {"topic": "topic-v3"}
+        assert all(state(u)["refused"] is None for u in c.replica_urls)
+        for i in range(2):  # the log says what was loaded or refused, with ids and timings
+            records = c.log_records(i)
+            loaded = [r for r in records if r.get("msg") == "promoted models loaded"]
+            refused = [r for r in records if r.get("msg") == "promoted models refused, the served ones stay"]
+            assert any(r["versions"] == {"topic": "topic-v2"} and r["seconds"] >= 0 for r in loaded), loaded
+            assert refused and refused[0]["versions"] == {"topic": "topic-v3"}
