@@ -145,6 +145,9 @@ class Service:
         set_threads(cfg.threads)
         if self.registry is not None:
             self.promoted_seen = self.registry.promoted_versions()
+            if not self.promoted_seen and (cfg.registry_cache_dir / "registry.json").is_file():
+                log.warning("a registry kept as files is in %s: import it into the store with `xinfang models "
+                            "import-files %s`", cfg.registry_cache_dir, cfg.registry_cache_dir)
         try:
             self.models = load_models(cfg, None, None, generation=1, registry=self.registry)
             self.metrics.set_models(self.models.info, cfg.runtime)
