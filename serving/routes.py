@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -187,10 +188,16 @@ def _without_paths(value):
     return [_without_paths(v) for v in value] if isinstance(value, list) else value
 
 
+_ABS_PATH = re.compile(r"(?<![\w.])/[^\s:'\"]+")
+
+
 def redact_paths(body: dict) -> dict:
     """The /v1/models answer without server file paths (for intake and caseworker keys)."""
     out = _without_paths({**body, "model_dirs": []})
     out["embedder"].pop("encoder", None)
+    refused = (out.get("registry") or {}).get("refused")
+    if refused:
+        refused["error"] = _ABS_PATH.sub("<path>", refused["error"])
     return out
 
 

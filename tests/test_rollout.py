@@ -81,6 +81,9 @@ def test_one_service_follows_promotions_refuses_what_it_cannot_load_and_rolls_ba
         st = state()
         assert st["serving"]["topic"] == "topic-v2" and st["promoted"]["topic"] == "topic-v3"
         assert st["refused"]["versions"] == {"topic": "topic-v3"} and "fingerprint" in st["refused"]["error"]
+        assert str(tmp_path) not in st["refused"]["error"]  # no server paths for a non-admin key ...
+        admin_error = client.get("/v1/models", headers=ha).json()["registry"]["refused"]["error"]
+        assert str(config.registry_cache_dir) in admin_error  # ... the admin sees where
         assert served_topic() == v2_bundle  # the old model keeps serving
         metrics = client.get("/metrics", headers=hi).text
         assert 'xinfang_rollout_refused{task="topic",version="topic-v3"} 1.0' in metrics

@@ -149,7 +149,8 @@ def register(app: typer.Typer) -> None:
         """Evaluate VERSION against the promoted version without promoting (exit 1 when refused)."""
         from xinfang.training.gate import run_gate
 
-        report = run_gate(_registry(registry, database_url), version, tolerance=tolerance, max_recall_drop=max_recall_drop)
+        report = run_gate(_registry(registry, database_url), version, tolerance=tolerance,
+                          max_recall_drop=max_recall_drop)
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else report.render())
         raise typer.Exit(0 if report.passed else 1)
 
