@@ -125,7 +125,8 @@ class Service:
         self.scorer = None
         self.scorer_path: str | None = None
         self.scorer_version: str | None = None  # its registry version, when it came from the registry
-        self.registry: Registry | None = (open_registry(config.registry_cache_dir, store=self.store)
+        # the service only reads the registry (the actor is never recorded); no environment is read here
+        self.registry: Registry | None = (open_registry(config.registry_cache_dir, store=self.store, actor="service")
                                           if config.registry else None)
         self.promoted_seen: dict[str, str] | None = None  # the promoted versions the follower last acted on
         self.rollout_refused: dict | None = None  # {"versions", "error", "at"} of the last refused promotion
