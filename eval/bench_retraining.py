@@ -27,8 +27,8 @@ from pathlib import Path
 
 from xinfang.machine import cpu_model
 from xinfang.models.normalize import normalize_text, petition_text
-from xinfang.models.registry import JsonlAudit, Registry
 from xinfang.records import load_records
+from xinfang.serving.registry_db import open_registry
 from xinfang.settings import REPO_ROOT, SHARED_DATA_DIR
 from xinfang.training.classifier import train as train_classifier
 from xinfang.training.data import group_ids, group_split
@@ -73,7 +73,7 @@ def main() -> None:
     evalset = [records[i] for i in eval_idx]
 
     work = Path(tempfile.mkdtemp(prefix="xinfang-retrain-"))
-    reg = Registry(work / "registry", audit=JsonlAudit(work / "registry" / "audit.jsonl"), actor="bench")
+    reg = open_registry(work / "registry", f"sqlite:///{work / 'xinfang.db'}", actor="bench")
     write_jsonl(work / "eval.jsonl", evalset)
     reg.set_eval_set("topic", work / "eval.jsonl")
     recipe = recipe_with("default", max_length=args.max_length, trainable_layers=args.trainable_layers,

@@ -1,54 +1,49 @@
 """Model registry: versioned bundles per task, exactly one promoted version each, promote/rollback.
 
-Layout under ``<data dir>/registry/``::
+The registry lives in the service's store (SQLite in the data dir by default, or the shared PostgreSQL), so
+every replica on any machine sees the same promotions. This module owns the format; the database access is
+passed in as a `RegistryStore` (xinfang.serving.registry_db), as the audit sink is::
 
-    registry.json          the index (written atomically: tmp + fsync + os.replace, under ``registry.lock``)
-    registry.lock          an fcntl lock file serialising writers (readers never need it)
-    bundles/<version>/     an immutable copy of every registered bundle
-    eval_sets/<task>.jsonl the fixed evaluation set of a task (copied in, sha256 recorded)
-    audit.jsonl            promotions/rollbacks/registrations when no service store is configured
+    versions  {"topic-v1": {"version", "task", "kind", "bundle_sha256", "bundle_bytes", "metrics",
+                            "data_fingerprint", "labels", "manifest_sha256", "bundle_version", "parent",
+                            "created_at", "registered_by", "source_dir", "note", "gate"}}
+    tasks     {"topic": {"promoted": "topic-v2", "stack": ["topic-v1", "topic-v2"], "next": 3,
+                         "eval_set": {"sha256", "suffix", "rows", "label_column", "source", "set_at"}}}
+    events    [{"at", "action", "task", "version", "previous", "forced", "by", "gate"}]
+    blobs     sha256 -> bytes: each version's bundle as a deterministic tar archive, each evaluation file
 
-``registry.json``::
-
-    {"schema": 1,
-     "versions": {"topic-v1": {"version", "task", "kind", "path", "metrics", "data_fingerprint",
-                               "parent", "created_at", "registered_by", "labels", "manifest_sha256", "note"}},
-     "tasks": {"topic": {"promoted": "topic-v2", "stack": ["topic-v1", "topic-v2"], "next": 3,
-                         "eval_set": {"path", "sha256", "rows", "label_column", "source"}}},
-     "events": [{"at", "action", "task", "version", "previous", "forced", "by", "gate"}]}
-
-Promotion pushes onto the task's ``stack``; rollback pops the current version and re-promotes the one
-below it, so repeated rollbacks walk back through the promotion history.
+Each process extracts what it uses into its cache (default ``<data dir>/registry/``: ``bundles/<version>-<sha>/``
+and ``eval_sets/``), checking the archive's sha256 first. Promotion pushes onto the task's ``stack``; rollback
+pops the current version and re-promotes the one below it. A registry kept as files by earlier versions
+(``registry.json`` + ``bundles/``) is imported with `import_files` (`xinfang models import-files`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import copy
+import hashlib
 import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from xinfang.errors import ModelError, XinfangError
-from xinfang.fsutil import atomic_write_json
 from xinfang.hashing import sha256_dir, sha256_file
 from xinfang.records import load_pairs_with_petitions, load_records
 from xinfang.settings import get_settings, load_settings
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
 CLASSIFIER_TASKS = ("topic", "department", "channel")
 REPEAT_TASK = "repeats"
 TASKS = (*CLASSIFIER_TASKS, REPEAT_TASK)
-MAX_EVENTS = 1000
 
 
 class RegistryError(XinfangError):
@@ -153,7 +148,7 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class AuditSink:
-    """Where promotions and rollbacks are recorded: the service store's audit log, or a JSONL file."""
+    """Where registrations, promotions and rollbacks are recorded (the service store's audit log)."""
 
     description = "none"
 
@@ -161,65 +156,82 @@ class AuditSink:
         raise NotImplementedError
 
 
-class JsonlAudit(AuditSink):
-    """Append-only JSONL audit file (used when the service store is not configured or importable)."""
+class RegistryStore:
+    """Database access the registry needs (xinfang.serving.registry_db implements it on the store)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.description = f"jsonl:{self.path}"
+    description = "none"
 
-    def record(self, action: str, actor: str, target: str, details: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"at": now_iso(), "action": action, "actor": actor, "target": target, "details": details}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+    def read(self) -> dict[str, Any]:
+        """{"versions", "tasks", "events"} as committed."""
+        raise NotImplementedError
+
+    def transaction(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Exclusive, fresh read; the (mutated) document is written when the block succeeds."""
+        raise NotImplementedError
+
+    def promoted(self) -> dict[str, str]:
+        """{task: promoted version} (cheap: what replicas poll)."""
+        raise NotImplementedError
+
+    def has_blob(self, sha256: str) -> bool:
+        raise NotImplementedError
+
+    def put_blob(self, sha256: str, path: Path) -> None:
+        """Store the file's bytes under their (already computed) sha256; a no-op when already there."""
+        raise NotImplementedError
+
+    def read_blob(self, sha256: str, out: IO[bytes]) -> None:
+        """Write the blob's bytes to ``out`` (RegistryError when there is none)."""
+        raise NotImplementedError
+
+
+def pack_bundle(src: Path, out: Path) -> tuple[str, int]:
+    """A deterministic tar of a bundle directory (sorted names, no times or owners): (sha256, bytes)."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(src.rglob("*")):
+            if path.is_dir():
+                continue
+            if path.is_symlink() or not path.is_file():
+                raise ModelError(f"{path}: a bundle holds plain files only")
+            info = tarfile.TarInfo(path.relative_to(src).as_posix())
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
+    return sha256_file(out), out.stat().st_size
+
+
+class _HashingWriter:
+    def __init__(self, fh: IO[bytes]):
+        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
 
 
 class Registry:
-    """The registry in ``root`` (default ``<data dir>/registry``)."""
+    """The registry kept by ``store``, extracting bundles into ``cache_dir`` (default ``<data dir>/registry``)."""
 
-    def __init__(self, root: Path | None = None, audit: AuditSink | None = None, actor: str | None = None):
-        self.root = Path(root) if root else get_settings().data_dir / "registry"
-        self.audit = audit or JsonlAudit(self.root / "audit.jsonl")
+    def __init__(self, store: RegistryStore, cache_dir: Path | None = None, audit: AuditSink | None = None,
+                 actor: str | None = None):
+        self.store = store
+        self.root = Path(cache_dir) if cache_dir else get_settings().data_dir / "registry"
+        if audit is None and not isinstance(store, AuditSink):
+            raise RegistryError("a registry needs an audit sink")
+        self.audit = audit if audit is not None else store  # type: ignore[assignment]
         self.actor = actor or load_settings().registry.actor
-
-    @property
-    def index_path(self) -> Path:
-        return self.root / "registry.json"
 
     @property
     def bundles_dir(self) -> Path:
         return self.root / "bundles"
 
-    # -- reading / writing the index
-
     def load(self) -> dict[str, Any]:
-        if not self.index_path.exists():
-            return {"schema": SCHEMA, "versions": {}, "tasks": {}, "events": []}
-        data = _read_json(self.index_path)
-        if data.get("schema") != SCHEMA:
-            raise RegistryError(f"{self.index_path}: unsupported registry schema {data.get('schema')!r}")
-        return data
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        """Exclusive lock, fresh read, and an atomic write of the (mutated) index on success."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "registry.lock", "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                data = self.load()
-                yield data
-                atomic_write_json(self.index_path, data, sort_keys=True)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        return self.store.read()
 
     def _event(self, data: dict[str, Any], action: str, **fields: Any) -> dict[str, Any]:
         event = {"at": now_iso(), "action": action, "by": self.actor, **fields}
         data.setdefault("events", []).append(event)
-        del data["events"][:-MAX_EVENTS]
         return event
 
     # -- queries
@@ -242,27 +254,65 @@ class Registry:
         return row
 
     def bundle_path(self, version: str) -> Path:
-        return self.root / self.get(version)["path"]
+        """The version's bundle directory in this process's cache (extracted and sha256-checked on first use)."""
+        return self._extract(self.get(version))
 
     def promoted(self, task: str) -> str | None:
-        return self.load()["tasks"].get(task, {}).get("promoted")
+        return self.store.promoted().get(task)
+
+    def promoted_versions(self) -> dict[str, str]:
+        """{task: promoted version}: one small query (what a replica polls)."""
+        return self.store.promoted()
 
     def promoted_paths(self) -> dict[str, Path]:
         """{task: bundle dir} of every promoted version (what a service should load)."""
         data = self.load()
-        out = {}
-        for task, state in data["tasks"].items():
-            version = state.get("promoted")
-            if version:
-                out[task] = self.root / data["versions"][version]["path"]
-        return out
+        return {task: self._extract(data["versions"][state["promoted"]])
+                for task, state in data["tasks"].items() if state.get("promoted")}
 
     def eval_set(self, task: str) -> dict[str, Any] | None:
         return self.load()["tasks"].get(task, {}).get("eval_set")
 
     def eval_set_path(self, task: str) -> Path | None:
         cfg = self.eval_set(task)
-        return self.root / cfg["path"] if cfg else None
+        return self.root / "eval_sets" / f"{task}-{cfg['sha256'][:12]}{cfg['suffix']}" if cfg else None
+
+    # -- the cache
+
+    def _fetch(self, sha256: str, dest: Path, what: str) -> None:
+        """Blob ``sha256`` into the new file ``dest``, refused (and removed) when its bytes do not match."""
+        with open(dest, "wb") as fh:
+            writer = _HashingWriter(fh)
+            self.store.read_blob(sha256, writer)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if writer.digest.hexdigest() != sha256:
+            dest.unlink()
+            raise RegistryError(f"{what}: the stored bytes do not match their sha256 {sha256[:12]} (corrupt)")
+
+    def _extract(self, record: dict[str, Any]) -> Path:
+        sha = record.get("bundle_sha256")
+        if not sha:
+            raise RegistryError(f"{record['version']}: no bundle archive recorded")
+        target = self.bundles_dir / f"{record['version']}-{sha[:12]}"
+        if target.is_dir():
+            return target
+        self.bundles_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=self.bundles_dir))
+        try:
+            archive = staging / "bundle.tar"
+            self._fetch(sha, archive, f"bundle of {record['version']}")
+            with tarfile.open(archive) as tar:
+                tar.extractall(staging / "b", filter="data")
+            try:
+                os.replace(staging / "b", target)
+            except OSError:  # another process extracted it first
+                if not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("extracted %s (%s) into the registry cache", record["version"], sha[:12])
+        return target
 
     # -- changes
 
@@ -275,7 +325,7 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         data_fingerprint: str | None = None,
     ) -> dict[str, Any]:
-        """Copy a bundle into the registry as a new version of its task; return the version record.
+        """Store a bundle in the registry as a new version of its task; return the version record.
 
         ``bundle_dir`` is a classifier bundle directory, or a repeat scorer: a directory holding
         ``scorer.json`` or the scorer's JSON file itself (kept as ``scorer.json``).
@@ -283,8 +333,8 @@ class Registry:
         bundle_dir = Path(bundle_dir).resolve()
         if parent is not None:
             self.get(parent)  # raises for unknown parents
-        self.bundles_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.bundles_dir))
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
         try:
             if bundle_dir.is_file() and bundle_dir.suffix == ".json":
                 (staging / "b").mkdir()
@@ -294,52 +344,45 @@ class Registry:
             else:
                 raise ModelError(f"{bundle_dir}: not a bundle directory or repeat-scorer JSON file")
             info = inspect_bundle(staging / "b", task)
-            with self._locked() as data:
-                state = data["tasks"].setdefault(info.task, {"promoted": None, "stack": [], "next": 1})
+            sha, size = pack_bundle(staging / "b", staging / "bundle.tar")
+            self.store.put_blob(sha, staging / "bundle.tar")
+            with self.store.transaction() as data:
+                state = data["tasks"].setdefault(info.task, _new_task())
                 version = f"{info.task}-v{state['next']}"
                 while version in data["versions"]:
                     state["next"] += 1
                     version = f"{info.task}-v{state['next']}"
                 state["next"] += 1
-                target = self.bundles_dir / version
-                os.replace(staging / "b", target)
                 record = {
-                    "version": version,
-                    "task": info.task,
-                    "kind": info.kind,
-                    "path": target.relative_to(self.root).as_posix(),
+                    "version": version, "task": info.task, "kind": info.kind,
+                    "bundle_sha256": sha, "bundle_bytes": size,
                     "metrics": {**info.metrics, **(metrics or {})},
                     "data_fingerprint": data_fingerprint or info.data_fingerprint,
-                    "labels": info.labels,
-                    "manifest_sha256": info.manifest_sha256,
-                    "bundle_version": info.bundle_version,
-                    "parent": parent,
-                    "created_at": now_iso(),
-                    "registered_by": self.actor,
-                    "source_dir": str(bundle_dir),
-                    "note": note,
+                    "labels": info.labels, "manifest_sha256": info.manifest_sha256,
+                    "bundle_version": info.bundle_version, "parent": parent, "created_at": now_iso(),
+                    "registered_by": self.actor, "source_dir": str(bundle_dir), "note": note,
                 }
                 data["versions"][version] = record
                 self._event(data, "register", task=info.task, version=version, parent=parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.audit.record("model.register", self.actor, version, {"task": info.task, "parent": parent})
-        log.info("registered %s from %s", version, bundle_dir)
+        log.info("registered %s (%s, %d bytes)", version, sha[:12], size)
         return record
 
     def set_gate_result(self, version: str, report: dict[str, Any]) -> None:
-        with self._locked() as data:
+        with self.store.transaction() as data:
             if version not in data["versions"]:
                 raise RegistryError(f"unknown model version {version!r}")
             data["versions"][version]["gate"] = report
 
     def promote(self, version: str, forced: bool = False, gate: dict[str, Any] | None = None) -> dict[str, Any]:
         """Make ``version`` the one promoted version of its task (atomic; audited)."""
-        with self._locked() as data:
+        with self.store.transaction() as data:
             if version not in data["versions"]:
                 raise RegistryError(f"unknown model version {version!r}")
             task = data["versions"][version]["task"]
-            state = data["tasks"].setdefault(task, {"promoted": None, "stack": [], "next": 1})
+            state = data["tasks"].setdefault(task, _new_task())
             previous = state.get("promoted")
             if previous == version:
                 raise RegistryError(f"{version} is already the promoted {task} model")
@@ -348,7 +391,7 @@ class Registry:
             state["stack"] = [*stack, version]
             event = self._event(data, "promote", task=task, version=version, previous=previous, forced=forced,
                                 gate=_gate_summary(gate))
-            # audited before registry.json is replaced: a promotion that cannot be audited does not happen
+            # audited before the change commits: a promotion that cannot be audited does not happen
             self.audit.record("model.promote.forced" if forced else "model.promote", self.actor, version,
                               {"task": task, "previous": previous, "forced": forced, "gate": event["gate"]})
         log.info("promoted %s (previous %s, forced=%s)", version, previous, forced)
@@ -356,7 +399,7 @@ class Registry:
 
     def rollback(self, task: str, to: str | None = None) -> dict[str, Any]:
         """Re-promote the version promoted before the current one (or ``to``); audited."""
-        with self._locked() as data:
+        with self.store.transaction() as data:
             state = data["tasks"].get(task)
             if not state or not state.get("promoted"):
                 raise RegistryError(f"no promoted {task} model to roll back")
@@ -385,7 +428,7 @@ class Registry:
 
     def set_eval_set(self, task: str, data_file: Path, label_column: str | None = None,
                      petitions: Path | None = None) -> dict[str, Any]:
-        """Fix the evaluation set of a task: the file is copied into the registry and its sha256 recorded.
+        """Fix the evaluation set of a task: the file is stored in the registry and its sha256 recorded.
 
         For ``repeats`` the pairs may name petitions by id (resolved against ``petitions``); the copy
         holds them inline so the set stays fixed whatever happens to the petitions file.
@@ -396,65 +439,98 @@ class Registry:
         if not src.is_file():
             raise RegistryError(f"{src}: evaluation file not found")
         suffix = ".jsonl" if task == REPEAT_TASK else ("".join(src.suffixes[-1:]) or ".jsonl")
-        dest_rel = Path("eval_sets") / f"{task}{suffix}"
-        dest = self.root / dest_rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        if task == REPEAT_TASK:
-            rows = load_pairs_with_petitions(src, petitions)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        else:
-            load_records(src, label_column=label_column or task)  # refuse a file training could not read
-            shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        rows = sum(1 for line in open(tmp, "rb") if line.strip()) if suffix in (".jsonl", ".csv") else None
-        with self._locked() as data:
-            os.replace(tmp, dest)
-            cfg = {"path": dest_rel.as_posix(), "sha256": sha256_file(dest), "rows": rows,
-                   "label_column": label_column or ("label" if task == REPEAT_TASK else task),
-                   "source": str(src.resolve()), "set_at": now_iso()}
-            data["tasks"].setdefault(task, {"promoted": None, "stack": [], "next": 1})["eval_set"] = cfg
-            self._event(data, "eval_set", task=task, sha256=cfg["sha256"])
-        self.audit.record("model.eval_set", self.actor, f"eval_set:{cfg['sha256'][:12]}",
-                          {"task": task, "sha256": cfg["sha256"], "rows": rows})
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".eval-", dir=self.root) as tmp_dir:
+            tmp = Path(tmp_dir) / f"eval{suffix}"
+            if task == REPEAT_TASK:
+                rows = load_pairs_with_petitions(src, petitions)
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    for row in rows:
+                        fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            else:
+                load_records(src, label_column=label_column or task)  # refuse a file training could not read
+                shutil.copyfile(src, tmp)
+            n_rows = sum(1 for line in open(tmp, "rb") if line.strip()) if suffix in (".jsonl", ".csv") else None
+            sha = sha256_file(tmp)
+            self.store.put_blob(sha, tmp)
+        cfg = {"sha256": sha, "suffix": suffix, "rows": n_rows,
+               "label_column": label_column or ("label" if task == REPEAT_TASK else task),
+               "source": str(src.resolve()), "set_at": now_iso()}
+        with self.store.transaction() as data:
+            data["tasks"].setdefault(task, _new_task())["eval_set"] = cfg
+            self._event(data, "eval_set", task=task, sha256=sha)
+        self.audit.record("model.eval_set", self.actor, f"eval_set:{sha[:12]}",
+                          {"task": task, "sha256": sha, "rows": n_rows})
         return cfg
 
     def verify_eval_set(self, task: str) -> Path:
-        """Path of the task's fixed evaluation set, after checking it still matches its recorded sha256."""
+        """The task's fixed evaluation set in the cache, its bytes checked against the recorded sha256 (a cached
+        copy that differs is fetched again; stored bytes that differ are refused)."""
         cfg = self.eval_set(task)
         if not cfg:
             raise RegistryError(f"no evaluation set configured for {task}: "
                                 f"xinfang models eval-set --task {task} --data FILE")
-        path = self.root / cfg["path"]
-        if not path.is_file() or sha256_file(path) != cfg["sha256"]:
-            raise RegistryError(f"{path}: the {task} evaluation set is missing or changed since it was fixed")
+        path = self.eval_set_path(task)
+        assert path is not None
+        if path.is_file() and sha256_file(path) == cfg["sha256"]:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._fetch(cfg["sha256"], tmp, f"the {task} evaluation set (changed since it was fixed)")
+        os.replace(tmp, path)
         return path
 
-    def mtime(self) -> float:
-        """Modification time of registry.json (0 when absent): services watch it for promotions."""
-        try:
-            return self.index_path.stat().st_mtime
-        except FileNotFoundError:
-            return 0.0
+
+def _new_task() -> dict[str, Any]:
+    return {"promoted": None, "stack": [], "next": 1}
 
 
-def registry_enabled() -> bool:
-    """``XINFANG_REGISTRY=off`` makes the service ignore the registry (explicit model dirs only)."""
-    return load_settings().registry.enabled
+def import_files(registry: Registry, root: Path) -> list[str]:
+    """Import a registry kept as files (``root/registry.json`` + ``bundles/`` + ``eval_sets/``, schema 1) into
+    ``registry``'s store, keeping version names, promotion stacks, evaluation sets and events. Refused when the
+    store already has any of those versions. Returns the versions imported."""
+    index = Path(root) / "registry.json"
+    data = _read_json(index)
+    if data.get("schema") != 1:
+        raise RegistryError(f"{index}: not a file registry of schema 1 (found {data.get('schema')!r})")
+    clash = sorted(set(data.get("versions", {})) & set(registry.load()["versions"]))
+    if clash:
+        raise RegistryError(f"{index}: versions already in the registry: {', '.join(clash)}")
+    records = {}
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=Path(root)) as tmp_dir:
+        for version, rec in data.get("versions", {}).items():
+            bundle = Path(root) / rec["path"]
+            if not bundle.is_dir():
+                raise RegistryError(f"{bundle}: bundle of {version} missing")
+            sha, size = pack_bundle(bundle, Path(tmp_dir) / f"{version}.tar")
+            registry.store.put_blob(sha, Path(tmp_dir) / f"{version}.tar")
+            records[version] = {**{k: v for k, v in rec.items() if k != "path"}, "bundle_sha256": sha,
+                                "bundle_bytes": size}
+        tasks = copy.deepcopy(data.get("tasks", {}))
+        for task, state in tasks.items():
+            cfg = state.get("eval_set")
+            if cfg:
+                path = Path(root) / cfg.pop("path")
+                if not path.is_file() or sha256_file(path) != cfg["sha256"]:
+                    raise RegistryError(f"{path}: the {task} evaluation set is missing or changed")
+                registry.store.put_blob(cfg["sha256"], path)
+                cfg["suffix"] = "".join(path.suffixes[-1:]) or ".jsonl"
+    with registry.store.transaction() as doc:
+        doc["versions"].update(records)
+        for task, state in tasks.items():
+            mine = doc["tasks"].setdefault(task, _new_task())
+            mine.update({**state, "next": max(int(state.get("next", 1)), int(mine.get("next", 1)))})
+        doc["events"].extend(data.get("events", []))
+        registry._event(doc, "import", source=str(index), versions=sorted(records))
+    registry.audit.record("model.import", registry.actor, f"import:{len(records)}", {"task": None})
+    log.info("imported %d versions from %s", len(records), index)
+    return sorted(records)
 
 
-def serving_model_dirs(data_dir: Path, fallback: list[Path], enabled: bool | None = None) -> list[Path]:
-    """Classifier bundle dirs a service should load: the promoted version of each task in
-    ``<data_dir>/registry``, plus those ``fallback`` dirs whose task has no promoted version.
-    ``enabled=False`` (default: XINFANG_REGISTRY) ignores the registry."""
-    reg_path = Path(data_dir) / "registry" / "registry.json"
-    if not (registry_enabled() if enabled is None else enabled) or not reg_path.exists():
-        return list(fallback)
-    promoted = {t: p for t, p in Registry(reg_path.parent, audit=JsonlAudit(reg_path.parent / "audit.jsonl"))
-                .promoted_paths().items() if t in CLASSIFIER_TASKS}
+def serving_model_dirs(registry: Registry | None, fallback: list[Path]) -> list[Path]:
+    """Classifier bundle dirs a service should load: the promoted version of each task in ``registry``, plus
+    those ``fallback`` dirs whose task has no promoted version (``registry=None``: the fallback only)."""
+    promoted = {t: p for t, p in (registry.promoted_paths() if registry else {}).items() if t in CLASSIFIER_TASKS}
     if not promoted:
         return list(fallback)
     kept = []
@@ -466,14 +542,11 @@ def serving_model_dirs(data_dir: Path, fallback: list[Path], enabled: bool | Non
     return [promoted[t] for t in CLASSIFIER_TASKS if t in promoted] + kept
 
 
-def serving_scorer_path(data_dir: Path, enabled: bool | None = None) -> Path | None:
-    """scorer.json of the promoted repeat-scorer version, or None (``enabled`` as for serving_model_dirs)."""
-    reg_path = Path(data_dir) / "registry" / "registry.json"
-    if not (registry_enabled() if enabled is None else enabled) or not reg_path.exists():
+def serving_scorer_path(registry: Registry | None) -> Path | None:
+    """scorer.json of the promoted repeat-scorer version, or None."""
+    if registry is None or not registry.promoted(REPEAT_TASK):
         return None
-    path = Registry(reg_path.parent, audit=JsonlAudit(reg_path.parent / "audit.jsonl")).promoted_paths().get(
-        REPEAT_TASK)
-    return path / "scorer.json" if path else None
+    return registry.bundle_path(registry.promoted(REPEAT_TASK)) / "scorer.json"
 
 
 def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -6,11 +6,12 @@ A snapshot directory (`xinfang backup --to DIR`):
     store.sqlite    the SQLite store, copied by SQLite's online backup API (one consistent read) -- or
     store.pgdump    pg_dump custom format (one consistent transaction) for PostgreSQL
     index/          the saved FAISS index: its manifest and the files it names, checked against its sha256s
-    registry/       the model registry (registry.json, bundles/, eval_sets/, audit.jsonl), copied under its lock
     models/         <data dir>/models (configured bundles, repeat scorer), when present
     SHA256SUMS      sha256 of every other file, in `sha256sum -c` format
 
-Left out: encoders/ (`xinfang encoder prepare` makes them again) and the onnx/ cache (rebuilt at start-up).
+The model registry (versions, promotions, bundle archives, evaluation sets) is in the store and travels with it.
+Left out: encoders/ (`xinfang encoder prepare` makes them again), the onnx/ cache (rebuilt at start-up) and
+the registry's bundle cache registry/ (extracted again from the store on first use).
 The index is derived data: whatever it lacks or has extra against the store is reconciled at start-up.
 `restore` checks every checksum (and SQLite's integrity check) before writing anything, and refuses a non-empty
 data dir or a non-empty target database.
@@ -19,7 +20,6 @@ data dir or a non-empty target database.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -176,19 +176,6 @@ def _copy_index(index_dir: Path, out: Path, tries: int = 20) -> dict | None:
     raise BackupError(f"{index_dir}: the index kept changing while it was copied; try again")
 
 
-def _copy_registry(root: Path, out: Path) -> bool:
-    if not (root / "registry.json").exists():
-        return False
-    with open(root / "registry.lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # writers hold it too: no registration half-copied
-        try:
-            shutil.copytree(root, out,
-                            ignore=lambda _d, names: [n for n in names if n == "registry.lock" or n.endswith(".tmp")])
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    return True
-
-
 def write_sums(root: Path) -> None:
     lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}" for p in _files(root) if p.name != SUMS
              or p.parent != root]
@@ -196,7 +183,7 @@ def write_sums(root: Path) -> None:
 
 
 def backup(config: ServiceConfig, dest: Path) -> dict:
-    """Take a snapshot of the store, index, registry and models of `config` into the new directory `dest`."""
+    """Take a snapshot of the store (with the registry), the index and the models of `config` into `dest`."""
     store = Store(config.db_url, create=False)
     dialect = store.dialect
     try:
@@ -212,7 +199,6 @@ def backup(config: ServiceConfig, dest: Path) -> dict:
             else:
                 raise BackupError(f"backing up a {dialect} store is not supported (SQLite or PostgreSQL)")
             meta["index"] = _copy_index(config.index_path, tmp / "index")
-            meta["registry"] = _copy_registry(config.data_dir / "registry", tmp / "registry")
             models = config.data_dir / "models"
             meta["models"] = models.is_dir()
             if models.is_dir():
@@ -315,9 +301,8 @@ def restore(config: ServiceConfig, src: Path) -> dict:
         _restore_pg(url, src / PG_FILE)
     if (src / "index").is_dir():
         shutil.copytree(src / "index", config.index_path, dirs_exist_ok=True)
-    for name in ("registry", "models"):
-        if (src / name).is_dir():
-            shutil.copytree(src / name, data_dir / name)
+    if (src / "models").is_dir():
+        shutil.copytree(src / "models", data_dir / "models")
     store = Store(url, create=False)
     try:
         meta["restored_counts"] = _counts(store)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xinfang.errors import XinfangError
 from xinfang.settings import (
@@ -23,6 +24,9 @@ from xinfang.settings import (
     load_settings,
     parse_search_params,
 )
+
+if TYPE_CHECKING:
+    from xinfang.models.registry import Registry
 
 __all__ = ["LIMITS", "RUNTIMES", "Limits", "ServiceConfig", "parse_search_params", "pg_bin_dir"]
 
@@ -85,6 +89,7 @@ class ServiceConfig:
     docs: bool = True
     limits: Limits = field(default_factory=lambda: LIMITS)
     registry: bool = True  # False: ignore the model registry (XINFANG_REGISTRY=off)
+    registry_poll_seconds: float = 2.0  # follow promotions in the store this often (0: never)
     log_level: str | None = None  # JSON-lines logging at this level (XINFANG_LOG_JSON)
 
     def __post_init__(self) -> None:
@@ -114,19 +119,23 @@ class ServiceConfig:
     def scorer_path(self) -> Path:
         return Path(self.repeat_scorer) if self.repeat_scorer else self.data_dir / "models" / "repeat-scorer.json"
 
-    def resolved_model_dirs(self) -> list[Path]:
-        """The configured bundle dirs, with each task's promoted registry version taking its place
-        (`<data dir>/registry`; XINFANG_REGISTRY=off ignores the registry)."""
+    @property
+    def registry_cache_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    def resolved_model_dirs(self, registry: Registry | None = None) -> list[Path]:
+        """The configured bundle dirs, with each task's promoted version in `registry` (the store's) taking its
+        place (XINFANG_REGISTRY=off ignores the registry)."""
         from xinfang.models.registry import serving_model_dirs
 
-        return serving_model_dirs(self.data_dir, self.models, enabled=self.registry)
+        return serving_model_dirs(registry if self.registry else None, self.models)
 
-    def resolved_scorer_path(self) -> Path | None:
-        """The promoted repeat scorer of the registry, else the configured file when it exists, else None
+    def resolved_scorer_path(self, registry: Registry | None = None) -> Path | None:
+        """The promoted repeat scorer of `registry`, else the configured file when it exists, else None
         (the shipped default scorer is used)."""
         from xinfang.models.registry import serving_scorer_path
 
-        promoted = serving_scorer_path(self.data_dir, enabled=self.registry)
+        promoted = serving_scorer_path(registry if self.registry else None)
         if promoted is not None and promoted.exists():
             return promoted
         return self.scorer_path if self.scorer_path.exists() else None
@@ -154,6 +163,7 @@ class ServiceConfig:
             repeat_k=s.models.repeat_k, auth_fail_limit=s.security.auth_fail_limit,
             auth_fail_seconds=s.security.auth_fail_seconds, docs=s.runtime.docs,
             limits=Limits.from_settings(s.limits), registry=s.registry.enabled, log_level=s.runtime.log_json,
+            registry_poll_seconds=s.registry.poll_seconds,
         )
 
     @classmethod

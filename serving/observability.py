@@ -90,6 +90,13 @@ class Metrics:
         self.index_saves = Counter("xinfang_index_saves", "Index saves to disk", registry=r)
         self.petitions_created = Counter("xinfang_petitions_created", "Petitions stored", registry=r)
         self.reloads = Counter("xinfang_model_reloads", "Model reloads", ["result"], registry=r)
+        self.registry_serving = Gauge("xinfang_registry_serving", "Registry versions in service (value 1)",
+                                      ["task", "version"], registry=r)
+        self.rollout_refused = Gauge("xinfang_rollout_refused", "Promoted versions this replica could not load "
+                                     "(value 1; the previous ones stay in service)", ["task", "version"], registry=r)
+        self.rollouts = Counter("xinfang_rollouts", "Promotions followed from the registry", ["result"], registry=r)
+        self.rollout_seconds = Gauge("xinfang_rollout_last_seconds", "Load time of the last promotion followed",
+                                     registry=r)
         self.auth_failures = Counter("xinfang_auth_failures", "Requests with an unknown or revoked API key",
                                      registry=r)
         self.auth_throttled = Counter("xinfang_auth_throttled", "Requests refused with 429 after too many failed "
@@ -121,6 +128,21 @@ class Metrics:
         for task, meta in info.items():
             if isinstance(meta, dict):
                 self.model_info.labels(task, str(meta.get("name", "")), str(meta.get("version", "")), runtime).set(1)
+
+
+    def set_registry(self, serving: dict[str, str], refused: dict | None = None) -> None:
+        self.registry_serving.clear()
+        for task, version in serving.items():
+            self.registry_serving.labels(task, version).set(1)
+        if refused is None:
+            self.rollout_refused.clear()
+
+    def on_rollout(self, result: str, seconds: float, refused: dict[str, str]) -> None:
+        self.rollouts.labels(result).inc()
+        self.rollout_seconds.set(seconds)
+        self.rollout_refused.clear()
+        for task, version in refused.items():
+            self.rollout_refused.labels(task, version).set(1)
 
 
 class ServiceMiddleware:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -180,6 +181,9 @@ def _models_body(svc: Service, admin: bool = True) -> dict:
         "repeat_scorer": ({"path": svc.scorer_path, "threshold": scorer.threshold,
                            "created_at": scorer.created_at} if scorer else None),
         "index": svc.keeper.index.info(), "loaded_at": m.loaded_at, "generation": m.generation,
+        "registry": None if svc.registry is None else {
+            "promoted": svc.promoted_seen or {}, "serving": svc.serving_versions(),
+            "refused": svc.rollout_refused, "poll_seconds": svc.config.registry_poll_seconds},
     }
     return body if admin else redact_paths(body)
 
@@ -190,10 +194,16 @@ def _without_paths(value):
     return [_without_paths(v) for v in value] if isinstance(value, list) else value
 
 
+_ABS_PATH = re.compile(r"(?<![\w.])/[^\s:'\"]+")
+
+
 def redact_paths(body: dict) -> dict:
     """The /v1/models answer without server file paths (for intake and caseworker keys)."""
     out = _without_paths({**body, "model_dirs": []})
     out["embedder"].pop("encoder", None)
+    refused = (out.get("registry") or {}).get("refused")
+    if refused:
+        refused["error"] = _ABS_PATH.sub("<path>", refused["error"])
     return out
 
 

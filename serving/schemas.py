@@ -315,6 +315,8 @@ class ModelsResponse(BaseModel):
     index: dict[str, Any]
     loaded_at: datetime
     generation: int = Field(description="Increases with every successful reload")
+    registry: dict[str, Any] | None = Field(None, description="The registry's promoted versions, those this "
+                                            "replica serves, and the last promotion it refused (and why)")
 
 
 class Health(BaseModel):

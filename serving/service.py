@@ -2,6 +2,11 @@
 
 Model work runs only in the micro-batcher's worker thread. A batch reads `self.models` once, so a reload
 (an atomic reference swap) never changes the model under a batch: requests in flight finish on the old one.
+
+Rollout: the registry lives in the store, so every replica sees a promotion. Each replica polls the promoted
+versions (`XINFANG_REGISTRY_POLL_SECONDS`) and, when they change, reloads in the background (one reload at a
+time, the same swap); a version it cannot load is refused and reported (`GET /v1/models`, /metrics, the log)
+while the old models keep serving, until the promoted versions change again or an admin reloads.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import numpy as np
 
 from xinfang.errors import ModelError, XinfangError
 from xinfang.models.petition import Petition
+from xinfang.models.registry import CLASSIFIER_TASKS, REPEAT_TASK, Registry
 from xinfang.serving.auth import AuthThrottle
 from xinfang.serving.batcher import MicroBatcher
 from xinfang.serving.config import ServiceConfig
 from xinfang.serving.index_keeper import IndexKeeper
 from xinfang.serving.observability import Metrics
+from xinfang.serving.registry_db import open_registry
 from xinfang.serving.store import Store
 
 log = logging.getLogger("xinfang.serving")
@@ -38,6 +45,7 @@ class ModelSet:
     runtime: str
     generation: int
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    registry: dict[str, str] = field(default_factory=dict)  # {task: registry version} of the registry's bundles
 
     def versions(self) -> dict[str, dict]:
         out = {}
@@ -76,25 +84,33 @@ def limit_index_threads(n: int) -> None:
 
 
 def load_models(config: ServiceConfig, model_dirs: list[Path] | None, duty_list: Path | None,
-                generation: int) -> ModelSet:
+                generation: int, registry: Registry | None = None) -> ModelSet:
     """Load a classification pipeline with the configured backend (ONNX files exported/quantized on first use);
-    ModelError when a bundle fails its checks."""
+    ModelError when a bundle fails its checks. Without `model_dirs`: the configured ones, with the promoted
+    versions of `registry` in their place."""
     from xinfang.models.pipeline import ClassificationPipeline
 
-    dirs = [Path(p) for p in (model_dirs or config.resolved_model_dirs())]
+    promoted: dict[str, str] = {}
+    if model_dirs is None and registry is not None and config.registry:
+        promoted = {t: v for t, v in registry.promoted_versions().items() if t in CLASSIFIER_TASKS}
+    dirs = [Path(p) for p in (model_dirs or config.resolved_model_dirs(registry))]
     pipeline = ClassificationPipeline.from_paths(dirs, duty_list=duty_list or config.duty_list,
                                                  channel_table=config.channel_table, backend=config.runtime,
                                                  cache_dir=config.onnx_cache_dir, threads=config.threads)
     info = pipeline.info()
-    return ModelSet(pipeline, info, dirs, config.runtime, generation)
+    return ModelSet(pipeline, info, dirs, config.runtime, generation, registry=promoted)
 
 
-def load_scorer(config: ServiceConfig) -> tuple[Any, str]:
-    """(scorer, where it came from): the registry's promoted one, the configured file, or the shipped default."""
+def load_scorer(config: ServiceConfig, registry: Registry | None = None) -> tuple[Any, str, str | None]:
+    """(scorer, where it came from, its registry version): the registry's promoted one, the configured file,
+    or the shipped default."""
     from xinfang.models.repeat_scorer import RepeatScorer
 
-    path = config.resolved_scorer_path()
-    return (RepeatScorer.load(path), str(path)) if path else (RepeatScorer.default(), "default")
+    version = registry.promoted(REPEAT_TASK) if registry is not None and config.registry else None
+    path = config.resolved_scorer_path(registry)
+    if path is None:
+        return RepeatScorer.default(), "default", None
+    return RepeatScorer.load(path), str(path), version if version and path.is_relative_to(registry.root) else None
 
 
 class Service:
@@ -108,6 +124,13 @@ class Service:
         self.embedder = None
         self.scorer = None
         self.scorer_path: str | None = None
+        self.scorer_version: str | None = None  # its registry version, when it came from the registry
+        # the service only reads the registry (the actor is never recorded); no environment is read here
+        self.registry: Registry | None = (open_registry(config.registry_cache_dir, store=self.store, actor="service")
+                                          if config.registry else None)
+        self.promoted_seen: dict[str, str] | None = None  # the promoted versions the follower last acted on
+        self.rollout_refused: dict | None = None  # {"versions", "error", "at"} of the last refused promotion
+        self._follow_thread: threading.Thread | None = None
         self.keeper: IndexKeeper | None = None
         self.batcher: MicroBatcher | None = None
         self.reload_lock = threading.Lock()
@@ -120,8 +143,13 @@ class Service:
         cfg = self.config
         t0 = time.perf_counter()
         set_threads(cfg.threads)
+        if self.registry is not None:
+            self.promoted_seen = self.registry.promoted_versions()
+            if not self.promoted_seen and (cfg.registry_cache_dir / "registry.json").is_file():
+                log.warning("a registry kept as files is in %s: import it into the store with `xinfang models "
+                            "import-files %s`", cfg.registry_cache_dir, cfg.registry_cache_dir)
         try:
-            self.models = load_models(cfg, None, None, generation=1)
+            self.models = load_models(cfg, None, None, generation=1, registry=self.registry)
             self.metrics.set_models(self.models.info, cfg.runtime)
         except Exception as exc:  # the service still serves reads; /readyz says why it is not ready
             self.model_error = str(exc)
@@ -130,9 +158,10 @@ class Service:
         self.embedder = Embedder(cfg.embed_encoder, backend=cfg.embedder_runtime, cache_dir=cfg.onnx_cache_dir,
                                  threads=cfg.threads)
         try:
-            self.scorer, self.scorer_path = load_scorer(cfg)
+            self.scorer, self.scorer_path, self.scorer_version = load_scorer(cfg, self.registry)
         except Exception as exc:  # repeat routes answer 503 and /readyz says why; intake still stores
             log.error("repeat scorer not loaded: %s", exc)
+        self.metrics.set_registry(self.serving_versions())
         self.keeper = IndexKeeper(cfg.index_path, self.embedder.dim, self.embedder.fingerprint, self.store,
                                   save_every=cfg.index_save_every, save_seconds=cfg.index_save_seconds,
                                   on_change=self.metrics.index_size.set, on_save=self.metrics.index_saves.inc,
@@ -147,6 +176,10 @@ class Service:
         # other replicas' (and processes') writes arrive through the change feed; embedding, when a change has
         # no vector of this embedder, goes through the micro-batcher like any request
         self.keeper.start_sync(lambda texts: np.vstack(self.batcher.submit_future("embed", texts).result()))
+        if self.registry is not None and cfg.registry_poll_seconds > 0:
+            self._follow_thread = threading.Thread(target=self._follow_loop, name="xinfang-registry-follow",
+                                                   daemon=True)
+            self._follow_thread.start()
         log.info("service started", extra={"seconds": round(time.perf_counter() - t0, 2), "index": stats,
                                            "runtime": cfg.runtime, "store": self.store.dialect})
 
@@ -156,9 +189,57 @@ class Service:
             self.keeper.stop_sync()  # before the batcher it may be embedding through
         if self.batcher:
             self.batcher.close()
+        if self._follow_thread:
+            self._follow_thread.join(30)
         if self.keeper:
             self.keeper.close()
         self.store.close()
+
+    # ------------------------------------------------------------------ rollout
+    def serving_versions(self) -> dict[str, str]:
+        """{task: registry version} of the models in service that came from the registry."""
+        out = dict(self.models.registry) if self.models else {}
+        if self.scorer_version:
+            out[REPEAT_TASK] = self.scorer_version
+        return out
+
+    def _follow_loop(self) -> None:
+        while not self._stop.wait(self.config.registry_poll_seconds):
+            try:
+                self.follow_registry()
+            except Exception as exc:  # the store away for a moment: logged, tried again next period
+                log.error("registry check failed: %s", type(exc).__name__)
+
+    def follow_registry(self) -> str:
+        """Load the promoted versions when they changed since last seen: 'same', 'loaded', 'refused' (the old
+        models stay; reported) or 'busy' (another reload running; tried again next period)."""
+        assert self.registry is not None
+        promoted = self.registry.promoted_versions()
+        if promoted == self.promoted_seen:
+            return "same"
+        served = self.serving_versions()
+        changed = {t: v for t, v in sorted(promoted.items()) if served.get(t) != v}
+        t0 = time.perf_counter()
+        try:
+            self.reload(None, None, who="registry")
+        except ReloadBusy:
+            return "busy"
+        except Exception as exc:  # a version this replica cannot load: keep serving the old one, say why
+            seconds = round(time.perf_counter() - t0, 3)
+            self.promoted_seen = promoted
+            self.rollout_refused = {"versions": changed, "error": str(exc)[:1000],
+                                    "at": datetime.now(UTC).isoformat(timespec="seconds")}
+            self.metrics.on_rollout("refused", seconds, changed)
+            log.error("promoted models refused, the served ones stay", extra={
+                "versions": changed, "serving": served, "seconds": seconds, "error": type(exc).__name__})
+            self.store.audit("registry", "models.rollout.refused", [f"{t}:{v}" for t, v in changed.items()])
+            return "refused"
+        seconds = round(time.perf_counter() - t0, 3)
+        self.promoted_seen = promoted
+        self.metrics.on_rollout("ok", seconds, {})
+        log.info("promoted models loaded", extra={"versions": changed, "seconds": seconds,
+                                                  "generation": self.models.generation if self.models else None})
+        return "loaded"
 
     # ------------------------------------------------------------------ readiness
     def ready_checks(self) -> dict[str, bool]:
@@ -201,16 +282,19 @@ class Service:
             old = self.models
             generation = (old.generation + 1) if old else 1
             try:
-                new = load_models(self.config, model_dirs, duty_list, generation)
-                scorer, scorer_path = load_scorer(self.config)
+                new = load_models(self.config, model_dirs, duty_list, generation, registry=self.registry)
+                scorer, scorer_path, scorer_version = load_scorer(self.config, self.registry)
             except Exception as exc:  # any failure (a crafted bundle's pickle included) is a refusal
                 self.metrics.reloads.labels("refused").inc()
                 if isinstance(exc, XinfangError):
                     raise
                 raise ModelError(f"{type(exc).__name__}: {exc}") from exc
             self.models = new
-            self.scorer, self.scorer_path = scorer, scorer_path
+            self.scorer, self.scorer_path, self.scorer_version = scorer, scorer_path, scorer_version
             self.model_error = None
+            if model_dirs is None:  # what the registry promotes is what is served now
+                self.rollout_refused = None
+            self.metrics.set_registry(self.serving_versions(), self.rollout_refused)
             self.metrics.set_models(new.info, self.config.runtime)
             self.metrics.reloads.labels("ok").inc()
             versions = [f"{t}:{v['version']}" for t, v in new.versions().items()]

@@ -1,5 +1,5 @@
 """The store's tables, all on one `Base`: petitions (and their vectors), feedback, API keys, the audit log, the
-matters and the change feed.
+matters, the change feed and the model registry.
 
 The schema is owned by the migrations in serving/migrations/ (`xinfang db upgrade`); a change here needs a new
 revision there (tests/test_migrations.py checks that the migrated schema equals these definitions).
@@ -153,3 +153,50 @@ class Change(Base):
     kind: Mapped[str] = mapped_column(String(16))
     object_id: Mapped[str] = mapped_column(String(140))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# ------------------------------------------------------------------ model registry (models/registry.py's format)
+class RegistryState(Base):
+    """One row: the registry's write lock (every change updates it first) and a revision replicas can poll."""
+
+    __tablename__ = "registry_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RegistryVersion(Base):
+    __tablename__ = "registry_versions"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task: Mapped[str] = mapped_column(String(32), index=True)
+    record: Mapped[dict] = mapped_column(JSON)  # the version record (metrics, bundle sha256, parent, gate...)
+
+
+class RegistryTask(Base):
+    __tablename__ = "registry_tasks"
+    task: Mapped[str] = mapped_column(String(32), primary_key=True)
+    promoted: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[dict] = mapped_column(JSON)  # promotion stack, next version number, evaluation set
+
+
+class RegistryEvent(Base):
+    __tablename__ = "registry_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event: Mapped[dict] = mapped_column(JSON)  # at, action, task, version, previous, by, gate
+
+
+class RegistryBlob(Base):
+    """A bundle archive or evaluation file, content-addressed: its chunks hold the bytes whose sha256 it is."""
+
+    __tablename__ = "registry_blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunks: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RegistryBlobChunk(Base):
+    __tablename__ = "registry_blob_chunks"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

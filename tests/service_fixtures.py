@@ -79,7 +79,8 @@ def make_config(data_dir: Path, bundles: list[Path], encoder_dir: Path, **overri
 
     # torch keeps these API tests free of ONNX exports; the ONNX runtimes have their own tests in test_service.py
     kwargs = dict(data_dir=data_dir, model_dirs=bundles, embed_encoder=str(encoder_dir), threads=1, runtime="torch",
-                  index_save_every=1000, index_save_seconds=60.0, batch_max_wait_ms=2.0)
+                  index_save_every=1000, index_save_seconds=60.0, batch_max_wait_ms=2.0,
+                  registry_poll_seconds=0.0)  # tests that follow promotions set it
     kwargs.update(overrides)
     return ServiceConfig(**kwargs)
 

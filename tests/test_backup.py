@@ -66,13 +66,13 @@ def _state(client, keys, ids: list[str], base_ids: list[str]) -> dict:
 
 
 def _round_trip(tmp_path: Path, service_models, encoder: Path, src_url: str | None, dst_url: str | None) -> None:
-    from xinfang.models.registry import JsonlAudit, Registry
+    from xinfang.serving.registry_db import open_registry
 
     bundles, scorer = service_models
     a_dir, b_dir, snap = tmp_path / "a", tmp_path / "b", tmp_path / "snap"
     a_cfg = make_config(a_dir, bundles, encoder, repeat_scorer=scorer, database_url=src_url, index_save_every=3)
     keys = create_keys(a_cfg)
-    registry = Registry(a_dir / "registry", audit=JsonlAudit(a_dir / "registry" / "audit.jsonl"), actor="test")
+    registry = open_registry(a_dir / "registry", a_cfg.db_url, actor="test")
     registry.register(bundles[0])
     (a_dir / "models").mkdir()
     (a_dir / "models" / "NOTE.txt").write_text("configured bundles live here\n", encoding="utf-8")
@@ -114,7 +114,7 @@ def _round_trip(tmp_path: Path, service_models, encoder: Path, src_url: str | No
         a_ids = sorted(client.service.store.iter_ids())
         a_state = _state(client, keys, a_ids, base_ids)
     assert '"dialect"' in out and (snap / "SHA256SUMS").is_file() and (snap / "index" / "manifest.json").is_file()
-    assert (snap / "registry" / "registry.json").is_file() and (snap / "models" / "NOTE.txt").is_file()
+    assert (snap / "models" / "NOTE.txt").is_file() and not (snap / "registry").exists()  # the registry: in the store
 
     b_db = ["--database-url", dst_url] if dst_url else []
     _invoke("restore", "--from", str(snap), "--data-dir", str(b_dir), *b_db)
@@ -131,7 +131,9 @@ def _round_trip(tmp_path: Path, service_models, encoder: Path, src_url: str | No
         expected = [c for c in a_state["repeats"][pid] if c["id"] in set(b_ids)]
         assert b_state["repeats"][pid] == expected, pid
     assert a_state["repeats"]["base-0"][0]["id"] == "base-1"
-    assert [v["version"] for v in Registry(b_dir / "registry").versions()] == ["topic-v1"]
+    restored = open_registry(b_dir / "registry", b_cfg.db_url)
+    assert [v["version"] for v in restored.versions()] == ["topic-v1"]
+    assert (restored.bundle_path("topic-v1") / "manifest.json").is_file()  # the bundle came with the store
 
 
 def test_round_trip_sqlite(tmp_path, service_models, tiny_encoder_dir) -> None:

@@ -60,7 +60,7 @@ def write_legacy(url: str, tmp_dir: Path | None = None) -> None:
     write_legacy(f"sqlite:///{tmp_dir / 'legacy.db'}")
     src, dst = create_engine(f"sqlite:///{tmp_dir / 'legacy.db'}"), create_engine(url)
     legacy = [t for t in Base.metadata.sorted_tables if t.name in set(inspect(src).get_table_names())]
-    Base.metadata.create_all(dst, tables=legacy)
+    Base.metadata.create_all(dst, tables=legacy)  # the tables that code had, not those added since
     with src.connect() as a, dst.begin() as b:
         for table in legacy:
             rows = [dict(r._mapping) for r in a.execute(table.select())]

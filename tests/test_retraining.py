@@ -11,7 +11,8 @@ import pytest
 from xinfang.errors import ModelError
 from xinfang.hashing import sha256_file
 from xinfang.models.classifier import BUNDLE_FORMAT, manifest_version
-from xinfang.models.registry import JsonlAudit, Registry, RegistryError, serving_model_dirs
+from xinfang.models.registry import AuditSink, Registry, RegistryError, import_files, serving_model_dirs
+from xinfang.serving.registry_db import open_registry
 from xinfang.training.gate import compare_classification, compare_pairs, gate_and_promote
 
 
@@ -33,8 +34,8 @@ def fake_bundle(path: Path, task: str = "topic", macro_f1: float = 0.5, labels=(
 
 @pytest.fixture()
 def registry(tmp_path: Path) -> Registry:
-    root = tmp_path / "registry"
-    return Registry(root, audit=JsonlAudit(root / "audit.jsonl"), actor="tester")
+    """The registry in the default store of the data dir tmp_path (SQLite), its cache in tmp_path/registry."""
+    return open_registry(tmp_path / "registry", f"sqlite:///{tmp_path / 'xinfang.db'}", actor="tester")
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -63,14 +64,59 @@ def test_register_promote_rollback_and_audit(tmp_path: Path, registry: Registry)
     registry.rollback("topic", to="topic-v2")
     assert registry.promoted("topic") == "topic-v2"
 
-    audit = [json.loads(x) for x in (registry.root / "audit.jsonl").read_text("utf-8").splitlines()]
+    from xinfang.serving.store import Store
+
+    audit = Store(f"sqlite:///{tmp_path / 'xinfang.db'}").list_audit()[::-1]  # the store's audit log, ids only
     assert [a["action"] for a in audit] == ["model.register", "model.register", "model.promote",
                                             "model.promote.forced", "model.rollback", "model.rollback"]
-    assert all(a["actor"] == "tester" for a in audit)
-    # the index is plain JSON, written atomically (no temp files left behind)
-    data = json.loads(registry.index_path.read_text("utf-8"))
-    assert data["tasks"]["topic"]["promoted"] == "topic-v2"
-    assert not list(registry.root.glob(".registry.json.*"))
+    assert all(a["who"] == "tester" for a in audit)
+    assert audit[3]["object_ids"] == ["topic-v2", "task:topic", "previous:topic-v1"]
+    # another process (a replica elsewhere) sees the same registry through the database, with its own cache
+    other = open_registry(tmp_path / "other-cache", f"sqlite:///{tmp_path / 'xinfang.db'}")
+    assert other.promoted_versions() == {"topic": "topic-v2"}
+    assert sha256_file(other.bundle_path("topic-v2") / "manifest.json") == v2["manifest_sha256"]
+    assert [e["action"] for e in other.load()["events"]][-2:] == ["rollback", "rollback"]
+    assert not [p for p in registry.bundles_dir.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_corrupt_bundle_archive_is_refused(tmp_path: Path, registry: Registry):
+    from sqlalchemy import update
+
+    from xinfang.serving.tables import RegistryBlobChunk
+
+    rec = registry.register(fake_bundle(tmp_path / "b1"))
+    with registry.store.engine.begin() as conn:
+        conn.execute(update(RegistryBlobChunk).where(RegistryBlobChunk.sha256 == rec["bundle_sha256"])
+                     .values(data=b"not the archive"))
+    with pytest.raises(RegistryError, match="corrupt"):
+        registry.bundle_path("topic-v1")
+    assert not list(registry.bundles_dir.glob("topic-v1-*"))  # nothing half-extracted left to load
+
+
+def test_import_files_keeps_versions_promotions_and_eval_sets(tmp_path: Path, registry: Registry):
+    """A registry kept as files by earlier versions (registry.json schema 1 + bundles/ + eval_sets/)."""
+    old = tmp_path / "old-registry"
+    for i in (1, 2):
+        fake_bundle(old / "bundles" / f"topic-v{i}")
+    (old / "eval_sets").mkdir()
+    (old / "eval_sets" / "topic.jsonl").write_text('{"text": "x", "topic": "a"}\n', "utf-8")
+    eval_cfg = {"path": "eval_sets/topic.jsonl", "sha256": sha256_file(old / "eval_sets" / "topic.jsonl"),
+                "rows": 1, "label_column": "topic", "source": "x", "set_at": "2026-01-01T00:00:00+00:00"}
+    versions = {f"topic-v{i}": {"version": f"topic-v{i}", "task": "topic", "kind": "classifier",
+                                "path": f"bundles/topic-v{i}", "metrics": {}, "created_at": "2026-01-01"}
+                for i in (1, 2)}
+    (old / "registry.json").write_text(json.dumps({
+        "schema": 1, "versions": versions,
+        "tasks": {"topic": {"promoted": "topic-v1", "stack": ["topic-v2", "topic-v1"], "next": 3,
+                            "eval_set": eval_cfg}},
+        "events": [{"at": "2026-01-01", "action": "promote", "task": "topic", "version": "topic-v1"}]}), "utf-8")
+    assert import_files(registry, old) == ["topic-v1", "topic-v2"]
+    assert registry.promoted("topic") == "topic-v1"
+    assert registry.rollback("topic")["version"] == "topic-v2"  # the promotion stack came along
+    assert registry.verify_eval_set("topic").read_text("utf-8").startswith('{"text"')
+    assert registry.register(fake_bundle(tmp_path / "b3"))["version"] == "topic-v3"
+    with pytest.raises(RegistryError, match="already in the registry"):
+        import_files(registry, old)
 
 
 def test_register_errors_and_unknown_versions(tmp_path: Path, registry: Registry):
@@ -84,7 +130,8 @@ def test_register_errors_and_unknown_versions(tmp_path: Path, registry: Registry
     with pytest.raises(ModelError, match="not 'department'"):
         registry.register(fake_bundle(tmp_path / "b"), task="department")
     assert registry.versions() == []
-    assert not [p for p in registry.bundles_dir.iterdir()]  # no half-copied bundle left
+    assert not list(registry.root.iterdir())  # no half-copied bundle left
+    assert registry.store.read()["versions"] == {}
 
 
 def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, registry: Registry):
@@ -93,7 +140,7 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, registry
 
     def work(d: Path) -> None:
         try:
-            Registry(registry.root, audit=registry.audit).register(d)
+            open_registry(registry.root, f"sqlite:///{tmp_path / 'xinfang.db'}").register(d)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -106,31 +153,17 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, registry
     assert sorted(r["version"] for r in registry.versions()) == sorted(f"topic-v{i}" for i in range(1, 7))
 
 
-def test_store_audit_records_promotions(tmp_path: Path):
-    from xinfang.serving.audit import StoreAudit, default_audit
-    from xinfang.serving.store import Store
+def test_serving_model_dirs_prefers_promoted(tmp_path: Path, registry: Registry):
+    from xinfang.serving.config import ServiceConfig
 
-    url = f"sqlite:///{tmp_path / 'xinfang.db'}"
-    Store(url).close()
-    audit = default_audit(tmp_path / "registry")  # the service's default store next to the registry
-    assert isinstance(audit, StoreAudit)
-    reg = Registry(tmp_path / "registry", audit=audit, actor="ml-eng")
-    reg.register(fake_bundle(tmp_path / "b1"))
-    reg.promote("topic-v1")
-    rows = Store(url).list_audit()
-    assert [r["action"] for r in rows][:2] == ["model.promote", "model.register"]
-    assert rows[0]["who"] == "ml-eng" and rows[0]["object_ids"][:2] == ["topic-v1", "task:topic"]
-
-
-def test_serving_model_dirs_prefers_promoted(tmp_path: Path, registry: Registry, monkeypatch):
     dept = fake_bundle(tmp_path / "dept-demo", task="department")
     topic_demo = fake_bundle(tmp_path / "topic-demo")
-    assert serving_model_dirs(tmp_path, [topic_demo, dept]) == [topic_demo, dept]
+    assert serving_model_dirs(registry, [topic_demo, dept]) == [topic_demo, dept]
     registry.register(fake_bundle(tmp_path / "b1"))
     registry.promote("topic-v1")
-    assert serving_model_dirs(tmp_path, [topic_demo, dept]) == [registry.bundle_path("topic-v1"), dept]
-    monkeypatch.setenv("XINFANG_REGISTRY", "off")
-    assert serving_model_dirs(tmp_path, [topic_demo, dept]) == [topic_demo, dept]
+    assert serving_model_dirs(registry, [topic_demo, dept]) == [registry.bundle_path("topic-v1"), dept]
+    off = ServiceConfig(data_dir=tmp_path, model_dirs=[topic_demo, dept], registry=False)  # XINFANG_REGISTRY=off
+    assert off.resolved_model_dirs(registry) == [topic_demo, dept]
 
 
 # ------------------------------------------------------------------------------------------- gate rules
@@ -186,7 +219,7 @@ def test_gate_and_promote_with_injected_predictions(tmp_path: Path, registry: Re
                "topic-v3": lambda r: r["topic"]}
 
     def predictor(bundle_dir: Path, records: list[dict]) -> list[str]:
-        return [answers[bundle_dir.name](r) for r in records]
+        return [answers[bundle_dir.name.rsplit("-", 1)[0]](r) for r in records]  # cache dir: <version>-<sha>
 
     rep, ok = gate_and_promote(registry, "topic-v1", predictor=predictor)
     assert ok and registry.promoted("topic") == "topic-v1"
@@ -198,8 +231,17 @@ def test_gate_and_promote_with_injected_predictions(tmp_path: Path, registry: Re
     registry.rollback("topic")
     rep, ok = gate_and_promote(registry, "topic-v3", predictor=predictor)
     assert ok and rep.new == 1.0 and rep.delta > 0
-    # the fixed evaluation set is checked: editing it afterwards is refused
-    (registry.root / registry.eval_set("topic")["path"]).write_text("{}\n", "utf-8")
+    # the fixed evaluation set is checked: an edited cached copy is fetched again, edited stored bytes refused
+    from sqlalchemy import update
+
+    from xinfang.serving.tables import RegistryBlobChunk
+
+    registry.verify_eval_set("topic").write_text("{}\n", "utf-8")
+    assert sha256_file(registry.verify_eval_set("topic")) == registry.eval_set("topic")["sha256"]
+    with registry.store.engine.begin() as conn:
+        conn.execute(update(RegistryBlobChunk).where(RegistryBlobChunk.sha256 == registry.eval_set("topic")["sha256"])
+                     .values(data=b"{}\n"))
+    registry.verify_eval_set("topic").unlink()
     with pytest.raises(RegistryError, match="changed"):
         registry.verify_eval_set("topic")
 
@@ -341,14 +383,14 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
              enumerate(load_records(eval_file)[:12])]
     with running_app(config) as client:
         models = client.get("/v1/models", headers=auth(keys["admin"])).json()
-        assert str(reg_dir / "bundles" / "topic-v1") in models["model_dirs"]
+        assert models["registry"]["serving"]["topic"] == "topic-v1"
         answers_v1 = _answers(client, keys["intake"], probe)
 
         # v2: the whole pool, a stronger recipe -> passes the gate, promoted, served after a reload
         code, out = _cli("train", "--task", "topic", "--data", pool_file, "--out", tmp_path / "v2", "--base", enc,
                          *STRONG, "--register")
         assert code == 0 and "gate PASS" in out, out
-        v2_gate = Registry(reg_dir).get("topic-v2")["gate"]
+        v2_gate = open_registry(reg_dir).get("topic-v2")["gate"]
         assert v2_gate["delta"] > 0 and v2_gate["baseline_version"] == "topic-v1"
 
         statuses: list[int] = []
@@ -371,7 +413,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
                 w.join()
         assert statuses and set(statuses) == {200}, statuses  # no failed request during the swaps
         models = client.get("/v1/models", headers=auth(keys["admin"])).json()
-        assert str(reg_dir / "bundles" / "topic-v2") in models["model_dirs"]
+        assert models["registry"]["serving"]["topic"] == "topic-v2"
         answers_v2 = _answers(client, keys["intake"], probe)
         assert answers_v2 != answers_v1
 
@@ -379,7 +421,7 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
         code, out = _cli("train", "--task", "topic", "--data", bad_file, "--out", tmp_path / "bad", "--base", enc,
                          "--recipe", "tiny", "--seed", "7", "--register")
         assert code == 1 and "gate REFUSED" in out and "macro-F1 dropped" in out, out
-        assert Registry(reg_dir).promoted("topic") == "topic-v2"
+        assert open_registry(reg_dir).promoted("topic") == "topic-v2"
         # --force overrides (audited); rollback restores topic-v2 and its answers exactly
         code, out = _cli("models", "promote", "topic-v3", "--force", "--registry", reg_dir)
         assert code == 0 and "FORCED" in out, out
@@ -423,13 +465,13 @@ def test_whole_loop_on_demo_data(tmp_path: Path, tiny_encoder_dir: Path, demo_da
     # incremental training from the promoted version: the head grows a row for the new topic
     code, out = _cli("train", "--task", "topic", "--data", tmp_path / "train2.jsonl", "--out", tmp_path / "v4",
                      "--from", "promoted", "--recipe", "tiny", "--seed", "7", "--register")
-    assert code in (0, 1) and "registered topic-v4 (topic, parent topic-v2)" in out and "gate " in out, out
-    parent = Registry(reg_dir).bundle_path("topic-v2")
+    assert code in (0, 1) and "registered topic-v4 (topic, parent topic-v2, bundle " in out and "gate " in out, out
+    parent = open_registry(reg_dir).bundle_path("topic-v2")
     old_labels = json.loads((parent / "labels.json").read_text("utf-8"))
     assert json.loads((tmp_path / "v4" / "labels.json").read_text("utf-8")) == old_labels + [NEW_TOPIC]
     cfg = json.loads((tmp_path / "v4" / "config.json").read_text("utf-8"))
     assert cfg["incremental"]["new_labels"] == [NEW_TOPIC] and cfg["parent"]["registry_version"] == "topic-v2"
-    rec = Registry(reg_dir).get("topic-v4")
+    rec = open_registry(reg_dir).get("topic-v4")
     assert NEW_TOPIC in rec["labels"] and rec["parent"] == "topic-v2" and rec["gate"]["baseline_version"] == "topic-v2"
 
 
@@ -483,14 +525,14 @@ def test_repeat_scorer_retraining_through_registry_and_gate(tmp_path: Path, tiny
     assert code == 0 and "promoted repeats-v1" in out and "pair_f1" in out, out
     code, out = _cli("models", "register", bad, "--promote", "--registry", reg_dir)
     assert code == 1 and "pair F1 dropped" in out, out
-    reg = Registry(reg_dir)
+    reg = open_registry(reg_dir)
     assert reg.promoted("repeats") == "repeats-v1"
     gate = reg.get("repeats-v2")["gate"]
     assert gate["metric"] == "pair_f1" and gate["new"] < gate["baseline"]
     # the service picks the promoted scorer from the registry
     from xinfang.models.registry import serving_scorer_path
 
-    assert serving_scorer_path(tmp_path) == reg.bundle_path("repeats-v1") / "scorer.json"
+    assert serving_scorer_path(reg) == reg.bundle_path("repeats-v1") / "scorer.json"
 
 
 def test_promotion_that_cannot_be_audited_does_not_happen(tmp_path: Path, registry: Registry):
@@ -498,11 +540,11 @@ def test_promotion_that_cannot_be_audited_does_not_happen(tmp_path: Path, regist
     registry.register(fake_bundle(tmp_path / "b2"))
     registry.promote("topic-v1")
 
-    class Down(JsonlAudit):
+    class Down(AuditSink):
         def record(self, *a, **k):
             raise OSError("audit store down")
 
-    broken = Registry(registry.root, audit=Down(tmp_path / "x"))
+    broken = Registry(registry.store, registry.root, audit=Down())
     with pytest.raises(OSError):
         broken.promote("topic-v2")
     assert registry.promoted("topic") == "topic-v1"

@@ -191,6 +191,10 @@ class RegistrySettings(Section):
                                           "only)")
     actor: str = env_field(_default_actor, env="XINFANG_ACTOR", shown_default="(the login name)",
                            description="who registry commands record in the audit log")
+    poll_seconds: float = env_field(2.0, env="XINFANG_REGISTRY_POLL_SECONDS", ge=0,
+                                    description="the service checks the registry (in its store) for newly "
+                                                "promoted versions this often and loads them in the background; "
+                                                "0: only at start-up and on `POST /v1/models/reload`")
 
 
 class _FlatEnvSource(PydanticBaseSettingsSource):

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import typer
 
-REGISTRY_HELP = "Registry dir (default: <data dir>/registry)."
+REGISTRY_HELP = "The registry's local cache of bundles (default: <data dir>/registry)."
 
 
 def _registry(registry_dir: Path | None, database_url: str | None = None):
-    from xinfang.models.registry import Registry
-    from xinfang.serving.audit import default_audit
-    from xinfang.settings import get_settings
+    from xinfang.serving.registry_db import open_registry
 
-    root = Path(registry_dir) if registry_dir else get_settings().data_dir / "registry"
-    return Registry(root, audit=default_audit(root, database_url))
+    return open_registry(registry_dir, database_url)
 
 
 def _print_gate(report, promoted: bool) -> None:
@@ -56,7 +53,7 @@ def register_trained(out: Path, task: str, parent: str | None, force: bool,
     promote it when it passes (or with --force); exit 1 when the gate refuses."""
     reg = _registry(registry_dir)
     rec = reg.register(out, task=task, parent=parent)
-    typer.echo(f"registered {rec['version']} ({task}, parent {parent or '-'}) -> {reg.root / rec['path']}")
+    typer.echo(f"registered {rec['version']} ({task}, parent {parent or '-'}, bundle {rec['bundle_sha256'][:12]})")
     _promote_cli(reg, rec["version"], force)
 
 
@@ -82,15 +79,14 @@ def register(app: typer.Typer) -> None:
     models_app = typer.Typer(help="Model registry: versions, evaluation gate, promote and rollback.",
                              no_args_is_help=True)
     opt_registry = typer.Option(None, "--registry", help=REGISTRY_HELP)
-    opt_db = typer.Option(None, "--database-url", help="Store whose audit log records promotions "
-                          "(default: XINFANG_DATABASE_URL, else <data dir>/xinfang.db if present, else "
-                          "<registry>/audit.jsonl).")
+    opt_db = typer.Option(None, "--database-url", help="The store that keeps the registry and its audit log "
+                          "(default: XINFANG_DATABASE_URL, else xinfang.db beside the registry cache).")
 
     @models_app.command("list")
     def list_(task: str = typer.Option(None, help="Only this task."), registry: Path = opt_registry,
-              as_json: bool = typer.Option(False, "--json")) -> None:
+              database_url: str = opt_db, as_json: bool = typer.Option(False, "--json")) -> None:
         """Registered versions, newest last; * marks the promoted version of each task."""
-        rows = _registry(registry).versions(task)
+        rows = _registry(registry, database_url).versions(task)
         if as_json:
             typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
             return
@@ -109,9 +105,9 @@ def register(app: typer.Typer) -> None:
                        f"parent={r.get('parent') or '-'} {headline}{g}")
 
     @models_app.command("show")
-    def show(version: str, registry: Path = opt_registry) -> None:
+    def show(version: str, registry: Path = opt_registry, database_url: str = opt_db) -> None:
         """Everything recorded about one version (JSON)."""
-        reg = _registry(registry)
+        reg = _registry(registry, database_url)
         row = reg.get(version)
         row["bundle_dir"] = str(reg.bundle_path(version))
         typer.echo(json.dumps(row, ensure_ascii=False, indent=2))
@@ -126,10 +122,11 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, help="With --promote: promote even if the gate refuses (audited)."),
         registry: Path = opt_registry, database_url: str = opt_db,
     ) -> None:
-        """Copy a bundle into the registry as a new version."""
+        """Store a bundle in the registry (the store's database) as a new version."""
         reg = _registry(registry, database_url)
         rec = reg.register(bundle_dir, task=task, parent=parent, note=note)
-        typer.echo(f"registered {rec['version']} ({rec['task']}) -> {reg.root / rec['path']}")
+        typer.echo(f"registered {rec['version']} ({rec['task']}, bundle {rec['bundle_sha256'][:12]}, "
+                   f"{rec['bundle_bytes'] / 1e6:.1f} MB)")
         if promote:
             _promote_cli(reg, rec["version"], force)
 
@@ -141,17 +138,19 @@ def register(app: typer.Typer) -> None:
         label_column: str = typer.Option(None, help="Label field (default: the task name; repeats: label)."),
         registry: Path = opt_registry, database_url: str = opt_db,
     ) -> None:
-        """Fix the evaluation set the gate uses for a task (copied into the registry, sha256 recorded)."""
+        """Fix the evaluation set the gate uses for a task (stored in the registry, sha256 recorded)."""
         cfg = _registry(registry, database_url).set_eval_set(task, data, label_column, petitions)
         typer.echo(f"{task} evaluation set: {cfg['rows']} rows, sha256 {cfg['sha256'][:12]}")
 
     @models_app.command("gate")
     def gate(version: str, tolerance: float = typer.Option(0.01), max_recall_drop: float = typer.Option(0.15),
-             registry: Path = opt_registry, as_json: bool = typer.Option(False, "--json")) -> None:
+             registry: Path = opt_registry, database_url: str = opt_db,
+             as_json: bool = typer.Option(False, "--json")) -> None:
         """Evaluate VERSION against the promoted version without promoting (exit 1 when refused)."""
         from xinfang.training.gate import run_gate
 
-        report = run_gate(_registry(registry), version, tolerance=tolerance, max_recall_drop=max_recall_drop)
+        report = run_gate(_registry(registry, database_url), version, tolerance=tolerance,
+                          max_recall_drop=max_recall_drop)
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else report.render())
         raise typer.Exit(0 if report.passed else 1)
 
@@ -175,6 +174,18 @@ def register(app: typer.Typer) -> None:
         """Re-promote the previously promoted version of TASK (audited)."""
         ev = _registry(registry, database_url).rollback(task, to=to)
         typer.echo(f"rolled back {task}: {ev['previous']} -> {ev['version']}")
+
+    @models_app.command("import-files")
+    def import_files_(
+        source: Path = typer.Argument(..., help="A registry kept as files: the directory holding registry.json."),
+        registry: Path = opt_registry, database_url: str = opt_db,
+    ) -> None:
+        """Import a file registry (registry.json + bundles/ + eval_sets/) into the store's registry, keeping
+        version names, promotions, evaluation sets and events."""
+        from xinfang.models.registry import import_files
+
+        versions = import_files(_registry(registry, database_url), source)
+        typer.echo(f"imported {len(versions)} versions: {', '.join(versions) or '-'}")
 
     @models_app.command("convert")
     def convert(old: Path, new: Path,
