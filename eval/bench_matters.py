@@ -465,7 +465,8 @@ def intake_cost(n: int = 100_000, trials: int = 300) -> dict:
 
 def build_cost(emb, vecs: np.ndarray, data: dict, n: int, rule) -> dict:
     """`matters build`'s linking and grouping over n petitions with their vectors known (the service's stored
-    vectors; the embedding itself is not timed): real messages repeated with noise-perturbed vectors."""
+    vectors; the embedding itself is not timed): real messages repeated with noise-perturbed vectors, each copy's
+    text made unique (its number appended), so no per-text cache is shared between copies."""
     from xinfang.models.matters import build_matters
     from xinfang.models.vector_index import VectorIndex
 
@@ -474,7 +475,8 @@ def build_cost(emb, vecs: np.ndarray, data: dict, n: int, rule) -> dict:
     rows, idx = [], []
     for i in range(n):
         r = recs[i % len(recs)]
-        rows.append({**r, "id": f"{r['id']}#{i // len(recs)}"})
+        copy = i // len(recs)
+        rows.append({**r, "id": f"{r['id']}#{copy}", "text": f"{r.get('text') or ''} {copy}" if copy else r.get("text")})
         idx.append(i % len(recs))
     V = vecs[idx] + (rng.standard_normal((n, vecs.shape[1])).astype(np.float32) * 0.02 * (np.arange(n) >= len(recs))[:, None])
     V /= np.linalg.norm(V, axis=1, keepdims=True)
