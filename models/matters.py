@@ -38,6 +38,7 @@ import numpy as np
 
 from xinfang.errors import DataError
 from xinfang.models.disjoint_sets import DisjointSets
+from xinfang.models.petition import as_petition
 from xinfang.records import parse_time
 
 LINKAGES = ("single", "average")
@@ -91,17 +92,20 @@ def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Calla
     as undirected links scored once per pair by the scorer (its features are symmetric); sorted by
     (probability desc, a, b)."""
     from xinfang.models.repeat_features import pair_features, same_writer_only
+    from xinfang.models.repeat_ranking import GramMatrix
 
     if len(petitions) != len(vectors):
         raise DataError(f"{len(petitions)} petitions but {len(vectors)} vectors")
+    petitions = [as_petition(p) for p in petitions]  # normalised once
+    grams = GramMatrix(petitions)
     scorer = finder.scorer
     best: dict[tuple[str, str], Link] = {}
     for start in range(0, len(petitions), batch):
         chunk = petitions[start:start + batch]
-        rows, found = finder.neighbours_for_vectors(chunk, vectors[start:start + batch], k, lookup)
+        rows, found = finder.neighbours_for_vectors(chunk, vectors[start:start + batch], k, lookup, grams)
         keys, sims, feats, writer, seen = [], [], [], [], set()
         for petition, row in zip(chunk, rows, strict=True):
-            pid = str(petition["id"])
+            pid = str(petition.id)
             for cid, sim in row:
                 key = (pid, cid) if pid < cid else (cid, pid)
                 if key in best or key in seen:

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
+
+from xinfang.models.char_grams import gram_set, overlap
 from xinfang.models.petition import Petition, as_petition, days_between
 
 FEATURES = [
@@ -88,7 +91,7 @@ def _clean_name_body(body: str) -> str:
     return body
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=32768)
 def extract_names(text: str) -> frozenset[tuple[str, str]]:
     """Specific names in a normalised text: {(kind, name)} for estates, roads, villages, companies, schools,
     hospitals and case numbers. Generic mentions (本小区, 该公司, 市政府) are dropped."""
@@ -142,14 +145,17 @@ def _shared_names(names_a: frozenset, names_b: frozenset) -> list[tuple[str, str
     return [kn for kn in shared if not any(kn[1] != o[1] and kn[1] in o[1] for o in shared)]
 
 
-@lru_cache(maxsize=2048)  # a query's grams are reused over its candidates; sets are ~30 kB, so kept few
-def _grams(text: str, n: int) -> frozenset[str]:
-    s = _NON_TEXT.sub("", text)
-    return frozenset({s[i:i + n] for i in range(len(s) - n + 1)} if len(s) >= n else ({s} if s else set()))
+@lru_cache(maxsize=32768)  # a query's grams are reused over its candidates; ~3 kB each
+def _grams(text: str, n: int) -> np.ndarray:
+    """Sorted unique char n-gram keys of the text without spaces and punctuation (char_grams.py)."""
+    return gram_set(_NON_TEXT.sub("", text), n)
 
 
-def _jaccard(x: frozenset[str], y: frozenset[str]) -> float:
-    return len(x & y) / len(x | y) if x and y else 0.0
+def _jaccard(x: np.ndarray, y: np.ndarray) -> float:
+    if not len(x) or not len(y):
+        return 0.0
+    shared = overlap(x, y)
+    return shared / (len(x) + len(y) - shared)
 
 
 def pair_features(a: Petition | Mapping, b: Petition | Mapping, similarity: float) -> tuple[dict[str, float], Facts]:
@@ -160,7 +166,7 @@ def pair_features(a: Petition | Mapping, b: Petition | Mapping, similarity: floa
     full_a, full_b = f"{ta}\n{xa}", f"{tb}\n{xb}"
     bg_a, bg_b = _grams(full_a, 2), _grams(full_b, 2)
     tg_a, tg_b = _grams(full_a, 3), _grams(full_b, 3)
-    containment = len(tg_a & tg_b) / min(len(tg_a), len(tg_b)) if tg_a and tg_b else 0.0
+    containment = overlap(tg_a, tg_b) / min(len(tg_a), len(tg_b)) if len(tg_a) and len(tg_b) else 0.0
     names_a, names_b = extract_names(full_a), extract_names(full_b)
     shared = _shared_names(names_a, names_b)
     conflict: list[tuple[str, str, str]] = []

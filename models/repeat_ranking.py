@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
 
+from xinfang.models.char_grams import codepoints, gram_keys
 from xinfang.models.petition import Petition, as_petition
 
 HYBRID_WEIGHT = 0.3
@@ -52,17 +54,70 @@ def lexical_similarity(a: str, b: str) -> float:
     return math.fsum(wa[g] * wb[g] for g in wa.keys() & wb.keys()) / (na * nb)
 
 
+class GramMatrix:
+    """The char 2/3-gram vectors of many petitions, L2-normalised rows of one sparse matrix, so a batch job
+    over a large store derives each petition's grams once (not again for each of the ~50 queries that meet it
+    as a neighbour) and a query's lexical similarities to its neighbours are one gather: the same values as
+    `lexical_similarity` up to float rounding."""
+
+    def __init__(self, petitions: Iterable[Petition | Mapping]) -> None:
+        keys, weights, lengths, self.row = [], [], [], {}
+        for p in petitions:
+            k, w = _gram_weights(as_petition(p).normalized)
+            keys.append(k)
+            weights.append(w)
+            lengths.append(len(k))
+            self.row[as_petition(p).id] = len(self.row)
+        vocab, columns = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_inverse=True)
+        self.indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.indices = columns.astype(np.int64)
+        self.data = np.concatenate(weights) if weights else np.zeros(0)
+        self._buffer = np.zeros(max(len(vocab), 1))
+
+    def query_similarities(self, query_id: str, ids: Sequence[str]) -> np.ndarray:
+        """Lexical similarity of the query to each of `ids` (all must be rows)."""
+        q = self.row[query_id]
+        qs, qe = self.indptr[q], self.indptr[q + 1]
+        rows = np.asarray([self.row[i] for i in ids], dtype=np.int64)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        lengths = ends - starts
+        if not len(rows) or not lengths.sum():
+            return np.zeros(len(rows))
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        at = np.repeat(starts - offsets, lengths) + np.arange(lengths.sum())
+        self._buffer[self.indices[qs:qe]] = self.data[qs:qe]
+        products = self._buffer[self.indices[at]] * self.data[at]
+        self._buffer[self.indices[qs:qe]] = 0.0
+        out, filled = np.zeros(len(rows)), lengths > 0
+        out[filled] = np.add.reduceat(products, offsets[filled])
+        return out
+
+
+def _gram_weights(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """`_gram_vector` as arrays: sorted gram keys and their L2-normalised sublinear-tf weights."""
+    c = codepoints(_NON_TEXT.sub(" ", text))
+    space = c == 32
+    found = [gram_keys(c, 2)[~(space[:-1] | space[1:])] if len(c) >= 2 else np.zeros(0, np.int64),
+             gram_keys(c, 3)[~(space[:-2] | space[1:-1] | space[2:])] if len(c) >= 3 else np.zeros(0, np.int64)]
+    keys, counts = np.unique(np.concatenate(found), return_counts=True)
+    w = 1.0 + np.log(counts)
+    norm = math.sqrt(float(w @ w)) if len(w) else 0.0
+    return keys, (w / norm if norm else w)
+
+
 def rerank(query: Petition, hits: list[tuple[str, float]], found: dict[str, Petition],
-           k: int) -> list[tuple[str, float]]:
+           k: int, lexical: Sequence[float] | None = None) -> list[tuple[str, float]]:
     """The k best of `hits` (id, cosine) by the hybrid score; hits without a stored petition are dropped.
-    Petitions are Petition values (or record dicts, read through Petition.from_record)."""
+    Petitions are Petition values (or record dicts, read through Petition.from_record). `lexical`: the hits'
+    lexical similarities when already known (GramMatrix), aligned with `hits`."""
     qtext = as_petition(query).normalized
     scored = []
-    for pid, sim in hits:
+    for i, (pid, sim) in enumerate(hits):
         other = found.get(pid)
         if other is None:
             continue
-        hybrid = HYBRID_WEIGHT * float(sim) + (1 - HYBRID_WEIGHT) * lexical_similarity(qtext, as_petition(other).normalized)
+        lex = lexical[i] if lexical is not None else lexical_similarity(qtext, as_petition(other).normalized)
+        hybrid = HYBRID_WEIGHT * float(sim) + (1 - HYBRID_WEIGHT) * lex
         scored.append((hybrid, pid, float(sim)))
     order = np.argsort([-h for h, _, _ in scored], kind="stable")[:k]
     return [(scored[i][1], scored[i][2]) for i in order]

@@ -33,7 +33,7 @@ import numpy as np
 from xinfang.errors import DataError, IndexError_
 from xinfang.fsutil import atomic_file
 from xinfang.models.petition import Petition, as_petition
-from xinfang.models.repeat_ranking import fetch_size, rerank, score_candidates
+from xinfang.models.repeat_ranking import GramMatrix, fetch_size, lexical_similarity, rerank, score_candidates
 from xinfang.models.vector_index import MANIFEST, VectorIndex
 from xinfang.records import read_jsonl
 
@@ -201,6 +201,15 @@ def search_candidates(index: VectorIndex, petitions: list, vecs: np.ndarray, k: 
     return [score_candidates(p, row, found, k, scorer) for p, row in zip(petitions, hits, strict=True)]
 
 
+def _lexical(grams: GramMatrix, query: Petition, row: list[tuple[str, float]],
+             found: dict[str, Petition]) -> list[float]:
+    """Lexical similarity of the query to each hit: from the gram matrix where both are rows, else directly."""
+    if query.id not in grams.row or any(pid not in grams.row for pid, _ in row):
+        return [lexical_similarity(query.normalized, as_petition(found[pid]).normalized) if pid in found else 0.0
+                for pid, _ in row]
+    return grams.query_similarities(query.id, [pid for pid, _ in row]).tolist()
+
+
 class RepeatFinder:
     """Candidates for 'same matter' among indexed petitions, each with probability and reasons."""
 
@@ -231,17 +240,23 @@ class RepeatFinder:
         """`candidates_many` for petitions whose embeddings are already known (stored or cached vectors)."""
         return search_candidates(self.index, petitions, vecs, k, lookup, self.scorer)
 
-    def neighbours_for_vectors(self, petitions: list, vecs: np.ndarray, k: int,
-                               lookup: Lookup) -> tuple[list[list[tuple[str, float]]], dict[str, Petition]]:
+    def neighbours_for_vectors(self, petitions: list, vecs: np.ndarray, k: int, lookup: Lookup,
+                               grams: GramMatrix | None = None
+                               ) -> tuple[list[list[tuple[str, float]]], dict[str, Petition]]:
         """The candidate *set* of `candidates_for_vectors` without scoring: per petition its top-k (id, cosine)
-        by the hybrid re-rank, and the stored petitions they name (for scoring each pair once elsewhere)."""
+        by the hybrid re-rank, and the stored petitions they name (for scoring each pair once elsewhere).
+        `grams`: the petitions' and their neighbours' gram vectors, for one vectorised lexical step (batch jobs)."""
         if k <= 0:
             raise DataError(f"k must be positive, got {k}")
         petitions = [as_petition(p) for p in petitions]
         own = [{p.id} if p.id else set() for p in petitions]
         hits = self.index.search(vecs, fetch_size(k), own)
         found = lookup(sorted({pid for row in hits for pid, _ in row}))
-        return [rerank(petition, row, found, k) for petition, row in zip(petitions, hits, strict=True)], found
+        lexical: list[list[float] | None] = [None] * len(petitions)
+        if grams is not None:
+            lexical = [_lexical(grams, p, row, found) for p, row in zip(petitions, hits, strict=True)]
+        return [rerank(petition, row, found, k, lex)
+                for petition, row, lex in zip(petitions, hits, lexical, strict=True)], found
 
     def score_pair(self, a: Petition | dict, b: Petition | dict) -> dict:
         """Score two petitions directly (no index): {"probability", "is_repeat", "reasons", "similarity"}."""

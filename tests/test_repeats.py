@@ -630,3 +630,34 @@ def test_attention_mask_across_transformers_signatures():
     assert _attention_mask(New(), mask, hidden) == ("self", 2)
     assert _attention_mask(Newer(), mask, hidden) == ("self", 2)
     assert _attention_mask(Unknown(), mask, hidden) == ("extended", (1, 3))
+
+
+def test_gram_matrix_matches_lexical_similarity():
+    """The batch path's vectorised lexical similarity gives the per-pair function's values."""
+    from xinfang.models.petition import Petition
+    from xinfang.models.repeat_ranking import GramMatrix, lexical_similarity
+    from xinfang.records import load_records
+    from xinfang.settings import DEMO_DATA_DIR
+
+    demo = [Petition.from_record(r) for r in load_records(DEMO_DATA_DIR / "petitions.jsonl")[:60]]
+    demo.append(Petition(id="short", title="路", text=None))
+    grams = GramMatrix(demo)
+    for q in demo[:10] + [demo[-1]]:
+        got = grams.query_similarities(q.id, [p.id for p in demo])
+        want = [lexical_similarity(q.normalized, p.normalized) for p in demo]
+        assert np.allclose(got, want, atol=1e-12)
+
+
+def test_gram_overlaps_match_string_sets():
+    """Pair features' gram overlaps on int keys equal those on the gram strings themselves."""
+    from xinfang.models.char_grams import gram_set, overlap
+
+    def strings(s: str, n: int) -> set[str]:
+        return {s[i:i + n] for i in range(len(s) - n + 1)} if len(s) >= n else ({s} if s else set())
+
+    texts = ["伊景园滨河苑捆绑销售车位", "滨河苑车位捆绑", "路", "", "A市𠀋字测试"]
+    for a in texts:
+        for b in texts:
+            for n in (2, 3):
+                assert overlap(gram_set(a, n), gram_set(b, n)) == len(strings(a, n) & strings(b, n))
+                assert len(gram_set(a, n)) == len(strings(a, n))

@@ -49,7 +49,12 @@ def group_records(records: list[dict], embedder, scorer, rule=None, progress: bo
     with tqdm(total=len(texts), desc="embed", unit="petition", disable=not progress) as bar:
         vecs = embed_cached(embedder, texts, get_settings().data_dir / "cache", progress=bar.update)
     ids = [str(r["id"]) for r in records]
-    index = VectorIndex.rebuild(ids, vecs, embedder.dim, "Flat", embedder.fingerprint)
+    # the service's index kind (XINFANG_INDEX_FACTORY / _SEARCH): exact by default; an IVF index for large
+    # stores, where an exact all-pairs search grows with the square of the store (eval/reports/matters.md)
+    settings = get_settings().index
+    index = VectorIndex.rebuild(ids, vecs, embedder.dim, settings.factory, embedder.fingerprint)
+    if settings.search:
+        index.set_search_params(**settings.search)
     finder = RepeatFinder(embedder, index, scorer)
     with tqdm(total=len(records), desc="link", unit="petition", disable=not progress) as bar:
         return build_matters(finder, records, vecs, PetitionStore(records).lookup, rule, progress=bar.update)
