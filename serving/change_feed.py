@@ -107,12 +107,17 @@ class FeedReader:
         return int(self._run(self._last)[0][0] or 0)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # pragma: no cover - already broken
-                pass
-            self._conn = None
+        _close_quietly(self._conn)
+        self._conn = None
+
+
+def _close_quietly(conn) -> None:
+    """Close a held connection that may already be broken."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # pragma: no cover - already broken
+            pass
 
 
 class ChangeWaiter:
@@ -143,11 +148,7 @@ class ChangeWaiter:
 
     def _drop(self) -> None:
         self.listening = False
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # pragma: no cover - already broken
-                pass
+        _close_quietly(self._conn)
         self._conn = None
 
     def wait(self, timeout: float) -> bool:
