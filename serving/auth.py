@@ -22,8 +22,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from xinfang.serving.errors import ApiError
+from xinfang.serving.roles import ROLES
 
-ROLES = ("intake", "caseworker", "admin")  # the roles an API key can have (see the module docstring)
+__all__ = ["ROLES", "AuthThrottle", "Principal", "require"]
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `xinfang keys create`")
 

@@ -46,7 +46,7 @@ def _safe(msg: str) -> str:
 
 
 def install_handlers(app: FastAPI) -> None:
-    from xinfang.serving.store import StoreUnavailable  # the store imports the auth roles, which import this
+    from xinfang.serving.store import StoreUnavailable
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

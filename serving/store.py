@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from xinfang.errors import XinfangError
 from xinfang.models.feedback import FEEDBACK_KINDS
-from xinfang.serving.auth import ROLES
+from xinfang.serving.roles import ROLES
 from xinfang.serving.tables import (  # noqa: F401  (re-exported: the store's tables)
     ApiKey,
     AuditEntry,
