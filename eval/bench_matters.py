@@ -890,13 +890,17 @@ def render(r: dict) -> str:
                          f"(target at 100k: ≤ 600 s on 2 cores: {verdict})"
                          + (f"; measured separately (`--synthetic {v['petitions']} --add-to-report`), load "
                             f"{v['machine']['loadavg_at_start']} at its start" if "machine" in v else "") + ".")
-    if "approximate_agreement" in c:
-        a = c["approximate_agreement"]
+    for key in (k for k in c if k.startswith("approximate_agreement")):
+        a = c[key]
         b = a["bcubed_vs_exact"]
-        lines.append(f"- The approximate index against the exact one on a {a['petitions']}-petition synthetic store "
+        lines.append(f"- `{a['approximate']['factory']}` against the exact index on a {a['petitions']}-petition "
+                     "synthetic store "
                      f"(B-cubed of its matters, the exact index's matters as the truth): P {b['precision']:.4f} / "
                      f"R {b['recall']:.4f} / F1 {b['f1']:.4f}; linking + grouping {a['exact']['link_and_group_seconds']} s "
                      f"exact vs {a['approximate']['link_and_group_seconds']} s approximate in the same run.")
+    if any(k.startswith("approximate_agreement") for k in c):
+        lines.append("- `xinfang matters build` searches exactly up to 20,000 petitions and with `HNSW32`, "
+                     "efSearch=128 above (models/matters.py `batch_index_kind`), unless XINFANG_INDEX_FACTORY is set.")
     if not any(k.startswith("build_") and k != "build_4326" for k in c) and "build_100000" not in c:
         lines.append("- `matters build` on a 100k store (target ≤ 600 s on 2 cores) was not measured in this run "
                      "(`--synthetic 100000` does it).")

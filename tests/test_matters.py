@@ -186,6 +186,38 @@ def test_cli_matters_build_is_deterministic_and_order_free(tmp_path, monkeypatch
     assert {x["id"]: x["matter"] for x in lines2} == matter_of
 
 
+def test_cli_matters_build_on_a_large_input_uses_the_graph_index(tmp_path, monkeypatch, repeats_model):
+    """Above EXACT_SEARCH_MAX petitions the build searches an HNSW graph; on the demo set (threshold lowered)
+    it gives the exact search's matters, and an explicit XINFANG_INDEX_FACTORY wins."""
+    import json
+
+    import xinfang.models.matters as matters
+    from xinfang.models.vector_index import VectorIndex
+    from xinfang.settings import DEMO_DATA_DIR
+
+    def build(name: str) -> dict[str, str]:
+        out = tmp_path / f"{name}.jsonl"
+        r = _run(["matters", "build", "--input", str(DEMO_DATA_DIR / "petitions.jsonl"), "--output", str(out),
+                  "--repeats-model", str(repeats_model)], tmp_path, monkeypatch)
+        assert r.exit_code == 0, r.output
+        return {x["id"]: x["matter"] for x in map(json.loads, out.read_text("utf-8").splitlines())}
+
+    exact = build("exact")
+    built: list[str] = []
+    original = VectorIndex.rebuild.__func__
+
+    def spy(cls, ids, vectors, dim=None, factory="Flat", *a, **kw):
+        built.append(factory)
+        return original(cls, ids, vectors, dim, factory, *a, **kw)
+
+    monkeypatch.setattr(VectorIndex, "rebuild", classmethod(spy))
+    monkeypatch.setattr(matters, "EXACT_SEARCH_MAX", 50)
+    assert build("graph") == exact and built == ["HNSW32"]
+    monkeypatch.setenv("XINFANG_INDEX_FACTORY", "Flat")
+    build("explicit")
+    assert built[-1] == "Flat"
+
+
 def test_cli_matters_build_bad_model_dir(tmp_path, monkeypatch):
     from xinfang.settings import DEMO_DATA_DIR
 

@@ -39,7 +39,7 @@ def group_records(records: list[dict], embedder, scorer, rule=None, progress: bo
     """Matter id per record id: embed (cached under <data dir>/cache), index, link, group (models/matters.py)."""
     from tqdm import tqdm
 
-    from xinfang.models.matters import DEFAULT_RULE, build_matters
+    from xinfang.models.matters import DEFAULT_RULE, batch_index_kind, build_matters
     from xinfang.models.repeats import PetitionStore, RepeatFinder, embed_cached, petition_embedding_text
     from xinfang.models.vector_index import VectorIndex
     from xinfang.settings import get_settings
@@ -49,12 +49,14 @@ def group_records(records: list[dict], embedder, scorer, rule=None, progress: bo
     with tqdm(total=len(texts), desc="embed", unit="petition", disable=not progress) as bar:
         vecs = embed_cached(embedder, texts, get_settings().data_dir / "cache", progress=bar.update)
     ids = [str(r["id"]) for r in records]
-    # the service's index kind (XINFANG_INDEX_FACTORY / _SEARCH): exact by default; an IVF index for large
-    # stores, where an exact all-pairs search grows with the square of the store (eval/reports/matters.md)
     settings = get_settings().index
-    index = VectorIndex.rebuild(ids, vecs, embedder.dim, settings.factory, embedder.fingerprint)
-    if settings.search:
-        index.set_search_params(**settings.search)
+    if "factory" in settings.model_fields_set:  # XINFANG_INDEX_FACTORY / _SEARCH given: the service's index kind
+        factory, search = settings.factory, dict(settings.search)
+    else:
+        factory, search = batch_index_kind(len(ids))
+    index = VectorIndex.rebuild(ids, vecs, embedder.dim, factory, embedder.fingerprint)
+    if search:
+        index.set_search_params(**search)
     finder = RepeatFinder(embedder, index, scorer)
     with tqdm(total=len(records), desc="link", unit="petition", disable=not progress) as bar:
         return build_matters(finder, records, vecs, PetitionStore(records).lookup, rule, progress=bar.update)
