@@ -889,7 +889,7 @@ def render(r: dict) -> str:
                          f"index {v['index_seconds']} s wall, {v.get('cpu_seconds', '?')} s CPU of this process "
                          f"(target at 100k: ≤ 600 s on 2 cores: {verdict})"
                          + (f"; measured separately (`--synthetic {v['petitions']} --add-to-report`), load "
-                            f"{v['machine']['loadavg_at_start']} at its start" if "machine" in v else "") + ".")
+                            f"{v['machine']['loadavg_at_start']} when it ended" if "machine" in v else "") + ".")
     for key in (k for k in c if k.startswith("approximate_agreement")):
         a = c[key]
         b = a["bcubed_vs_exact"]
