@@ -31,7 +31,7 @@ from xinfang.machine import machine_info
 from xinfang.models.embedder import Embedder
 from xinfang.models.hot_issues import dislikes, likes
 from xinfang.models.matters import Link, group, name_matters
-from xinfang.models.repeat_features import FEATURES, pair_features
+from xinfang.models.repeat_features import FEATURES, names_differ, pair_features
 from xinfang.models.repeat_scorer import RepeatScorer
 from xinfang.models.repeats import PetitionStore, RepeatFinder, petition_embedding_text
 from xinfang.records import load_records, read_jsonl
@@ -49,7 +49,9 @@ from xinfang.training.repeats import labelled_pairs, pair_matrix, select_feature
 REPORTS = Path(__file__).resolve().parent / "reports"
 THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.9]
 KS = [5, 10]
-LINKAGE_K = [("single", 5), ("average", 10)]  # the grid's (linkage, k); both k are searched once
+LINKAGE_K = [("single", 5), ("single", 10), ("average", 10)]  # the grid's (linkage, k); both k are searched once
+# the grid's link filters (same-writer links need a shared name, links naming different places left out)
+LINK_RULES = [(True, True), (True, False), (False, False)]
 OLD_HEAT = {"weights": {"volume": 0.35, "petitioners": 0.25, "support": 0.15, "recency": 0.15, "growth": 0.10},
             "per_petitioner": None}  # the previous heat index, kept as the same-run baseline
 CANDIDATES: dict = {}
@@ -110,9 +112,13 @@ def pair_table(cands: dict[int, list[list[dict]]], records: list[dict], by_id: d
                 first_k.setdefault(key, k)
                 sim[key] = c["similarity"]
     keys = sorted(first_k)
-    X = np.array([list(pair_features(by_id[a], by_id[b], sim[(a, b)])[0].values()) for a, b in keys])
-    return {"keys": keys, "X": X, "k": np.array([first_k[key] for key in keys]),
-            "sim": np.array([sim[key] for key in keys])}
+    rows, differ = [], []
+    for a, b in keys:
+        f, facts = pair_features(by_id[a], by_id[b], sim[(a, b)])
+        rows.append(list(f.values()))
+        differ.append(names_differ(f, facts))
+    return {"keys": keys, "X": np.array(rows), "k": np.array([first_k[key] for key in keys]),
+            "sim": np.array([sim[key] for key in keys]), "names_differ": np.array(differ)}
 
 
 def probabilities(scorer: RepeatScorer, X: np.ndarray) -> np.ndarray:
@@ -124,7 +130,8 @@ def links_at(table: dict, probs: np.ndarray, k: int) -> list[Link]:
     X = table["X"]
     same, shared, ident = (X[:, FEATURES.index(f)] for f in ("same_petitioner", "shared_names", "identical_text"))
     return [Link(*table["keys"][i], float(probs[i]), float(table["sim"][i]),
-                 same_writer_only=bool(same[i] and not shared[i] and not ident[i])) for i in sel]
+                 same_writer_only=bool(same[i] and not shared[i] and not ident[i]),
+                 names_differ=bool(table["names_differ"][i])) for i in sel]
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -172,8 +179,9 @@ def per_message(pred: dict[str, str], m: dict) -> tuple[list[float], list[float]
 
 
 def cluster(ids: list[str], links: list[Link], threshold: float, linkage: str, by_id: dict,
-            needs_name: bool = True) -> dict[str, str]:
-    return name_matters(group(ids, links, threshold, linkage, same_writer_needs_name=needs_name), by_id)
+            needs_name: bool = True, apart: bool = True) -> dict[str, str]:
+    return name_matters(group(ids, links, threshold, linkage, same_writer_needs_name=needs_name,
+                              different_names_apart=apart), by_id)
 
 
 def matter_eval_one(pred: dict[str, str], m: dict) -> dict:
@@ -300,14 +308,14 @@ def grid_search(table: dict, scorer_for: dict[str, RepeatScorer] | RepeatScorer,
     scorers = scorer_for if per_matter else {"all": scorer_for}
     probs = {name: probabilities(s, table["X"]) for name, s in scorers.items()}
     out: dict = {}
-    for needs in (True, False):
+    for needs, apart in LINK_RULES:
         for linkage, k in LINKAGE_K:
             for t in ["operating", *THRESHOLDS]:
-                def pred_for(name: str, t=t, k=k, linkage=linkage, needs=needs) -> dict[str, str]:
+                def pred_for(name: str, t=t, k=k, linkage=linkage, needs=needs, apart=apart) -> dict[str, str]:
                     thr = scorers[name].threshold if t == "operating" else t
-                    return cluster(ids, links_at(table, probs[name], k), thr, linkage, by_id, needs)
+                    return cluster(ids, links_at(table, probs[name], k), thr, linkage, by_id, needs, apart)
 
-                key = f"{linkage}|k={k}|t={t}|name={int(needs)}"
+                key = f"{linkage}|k={k}|t={t}|name={int(needs)}|apart={int(apart)}"
                 if per_matter:
                     parts = {m["matter"]: matter_eval_one(pred_for(m["matter"]), m) for m in data["matters"]}
                     out[key] = {**pooled(list(parts.values()), data), "_parts": parts}
@@ -330,15 +338,15 @@ def nested_selection(grid: dict, data: dict) -> dict:
 
 def choose(grid: dict) -> str:
     """Best B-cubed F1 (hard-negative merges already cost precision); ties: fewer merges, then the rule that
-    keeps one writer's unrelated petitions apart (`name=1`: a false merge the dev labels do not cover, see
-    models/matters.py), then the key."""
+    keeps one writer's unrelated petitions apart (`name=1`) and the one that keeps petitions naming different
+    places apart (`apart=1`): false merges the dev labels barely cover, see models/matters.py; then the key."""
     return min(grid, key=lambda k: (-round(grid[k]["bcubed"]["f1"], 4), grid[k]["hard_negatives"]["rate"],
-                                    not k.endswith("name=1"), k))
+                                    "name=1" not in k, "apart=1" not in k, k))
 
 
-def parse_key(key: str) -> tuple[str, int, str, bool]:
-    linkage, k, t, name = key.split("|")
-    return linkage, int(k[2:]), t[2:], name == "name=1"
+def parse_key(key: str) -> tuple[str, int, str, bool, bool]:
+    linkage, k, t, name, apart = key.split("|")
+    return linkage, int(k[2:]), t[2:], name == "name=1", apart == "apart=1"
 
 
 # ------------------------------------------------------------------------------------- pair figures
@@ -575,7 +583,8 @@ def scorer_section(name: str, emb, vecs, scorer_for, data, fixed_key: str | None
 
 def rule_key(rule) -> str:
     t = "operating" if rule.threshold is None else rule.threshold
-    return f"{rule.linkage}|k={rule.k}|t={t}|name={int(rule.same_writer_needs_name)}"
+    return (f"{rule.linkage}|k={rule.k}|t={t}|name={int(rule.same_writer_needs_name)}"
+            f"|apart={int(rule.different_names_apart)}")
 
 
 def strip_ids(grid_entry: dict) -> dict:
@@ -647,12 +656,13 @@ def main() -> None:
     report["teams"] = {k: strip_ids(v) for k, v in teams_eval(data).items()}
 
     ids = [r["id"] for r in data["records"]]
-    linkage, k, t, needs = parse_key(shipped)
+    linkage, k, t, needs, apart = parse_key(shipped)
 
     def pred_default(_m=None) -> dict[str, str]:
         sec = sections["default"]
         return cluster(ids, links_at(sec["table"], probabilities(default, sec["table"]["X"]), k),
-                       default.threshold if t == "operating" else float(t), linkage, data["by_id"], needs)
+                       default.threshold if t == "operating" else float(t), linkage, data["by_id"], needs,
+                       apart)
 
     cross_cache: dict[str, dict[str, str]] = {}
 
@@ -661,7 +671,8 @@ def main() -> None:
             sec = sections["cross-fitted"]
             s_ = cross[m]
             cross_cache[m] = cluster(ids, links_at(sec["table"], probabilities(s_, sec["table"]["X"]), k),
-                                     s_.threshold if t == "operating" else float(t), linkage, data["by_id"], needs)
+                                     s_.threshold if t == "operating" else float(t), linkage, data["by_id"],
+                                     needs, apart)
         return cross_cache[m]
 
     pd = pred_default()
@@ -779,17 +790,20 @@ def render(r: dict) -> str:
         "| rule | " + " | ".join(f"t={t}" for t in ["operating", *THRESHOLDS]) + " |",
         "|---|" + "---|" * (len(THRESHOLDS) + 1),
     ]
-    for needs in (1, 0):
+    for needs, apart in LINK_RULES:
         for linkage, k in LINKAGE_K:
             cells = []
             for t in ["operating", *THRESHOLDS]:
-                e = cf["grid"][f"{linkage}|k={k}|t={t}|name={needs}"]
+                e = cf["grid"][f"{linkage}|k={k}|t={t}|name={int(needs)}|apart={int(apart)}"]
                 cells.append(f"{e['bcubed']['f1']:.3f} / {e['hard_negatives']['merged']}")
-            rule = "same-writer links need a shared name" if needs else "every link"
+            rule = ("same-writer links need a shared name" if needs else "every link") + \
+                (", different places apart" if apart else "")
             lines.append(f"| {linkage}, k={k}, {rule} | " + " | ".join(cells) + " |")
     ns = r["nested_selection"]
     lines += ["", "Rule keys: linkage | k | probability threshold | `name=1`: a link between two petitions of one "
-              "petitioner counts only when they share a specific name or text (models/matters.py). **Choosing the "
+              "petitioner counts only when they share a specific name or text | `apart=1`: a link between two "
+              "petitions naming different specific estates, villages, companies, schools, hospitals or case numbers "
+              "(none shared) does not count (models/matters.py). **Choosing the "
               "rule out of sample** (leave one dev matter out: the best-F1 rule on the other 12 matters' "
               "cross-fitted clusterings, scored on the left-out matter): B-cubed P / R / F1 "
               f"{_b(ns)}, hard negatives {_hn(ns)}, largest 3 {_largest(ns)}; rules chosen: "

@@ -11,21 +11,25 @@ top-k candidates with that probability. Links at or above the threshold are merg
 A link between two petitions of one petitioner that share nothing concrete (no specific place, entity or case
 name in common, not the same text) is left out (`MatterRule.same_writer_needs_name`): one person's many
 messages share their writing style, so they look alike without being one matter (a prolific writer's dozens of
-different proposals otherwise became one "hot issue"). Cannot-links (pairs a caseworker rejected as repeats)
+different proposals otherwise became one "hot issue"). A link between two petitions that name different specific
+places or cases of one kind (two estates, villages, companies, schools, hospitals or case numbers, none shared) is
+left out too (`MatterRule.different_names_apart`): by the matter definition, one problem at two places is two
+matters (template complaints such as "XX小区临街门面油烟扰民" about different estates otherwise chained into one). Cannot-links (pairs a caseworker rejected as repeats)
 are never put into one matter: a merge that would join them is skipped. Everything is deterministic and independent of the input order: links are processed by
 (probability desc, ids), and a matter is named after its earliest member (time, then id).
 
 Public API:
 
-    MatterRule(linkage="single", threshold=None, k=10, same_writer_needs_name=True)  # None: the scorer's threshold
+    MatterRule(linkage="single", threshold=None, k=10, same_writer_needs_name=True, different_names_apart=True)
     DEFAULT_RULE                                          # single linkage, threshold 0.8, k 5 (measured)
     find_links(finder, petitions, vectors, lookup, k, progress=None) -> list[Link]
-    group(ids, links, threshold, linkage="single", cannot_links=(), same_writer_needs_name=True) -> list[list[str]]
+    group(ids, links, threshold, linkage="single", cannot_links=(), same_writer_needs_name=True,
+          different_names_apart=True) -> list[list[str]]
     name_matters(groups, petitions_by_id) -> dict[id, matter_id]
     build_matters(finder, petitions, vectors, lookup, rule=DEFAULT_RULE, cannot_links=(), progress=None)
         -> dict[id, matter_id]
-    join_decision(candidates, matter_of, threshold, blocked=(), linkage="single", same_writer_needs_name=True)
-        -> JoinDecision                                   # intake: join or open
+    join_decision(candidates, matter_of, threshold, blocked=(), linkage="single", same_writer_needs_name=True,
+                  different_names_apart=True) -> JoinDecision                                  # intake: join or open
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class MatterRule:
     threshold: float | None = None
     k: int = 10
     same_writer_needs_name: bool = True
+    different_names_apart: bool = True
 
     def __post_init__(self) -> None:
         if self.linkage not in LINKAGES:
@@ -83,6 +88,7 @@ class Link:
     similarity: float
     reasons: tuple[str, ...] = ()
     same_writer_only: bool = False  # same petitioner, nothing concrete in common (repeat_features.same_writer_only)
+    names_differ: bool = False  # different specific places/cases of one kind named (repeat_features.names_differ)
 
 
 def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Callable[[list[str]], dict],
@@ -91,7 +97,7 @@ def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Calla
     """Each petition's top-k repeat candidates among the indexed petitions (the repeat search's candidate set),
     as undirected links scored once per pair by the scorer (its features are symmetric); sorted by
     (probability desc, a, b)."""
-    from xinfang.models.repeat_features import pair_features, same_writer_only
+    from xinfang.models.repeat_features import names_differ, pair_features, same_writer_only
     from xinfang.models.repeat_ranking import GramMatrix
 
     if len(petitions) != len(vectors):
@@ -103,7 +109,7 @@ def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Calla
     for start in range(0, len(petitions), batch):
         chunk = petitions[start:start + batch]
         rows, found = finder.neighbours_for_vectors(chunk, vectors[start:start + batch], k, lookup, grams)
-        keys, sims, feats, writer, seen = [], [], [], [], set()
+        keys, sims, feats, writer, differ, seen = [], [], [], [], [], set()
         for petition, row in zip(chunk, rows, strict=True):
             pid = str(petition.id)
             for cid, sim in row:
@@ -113,13 +119,15 @@ def find_links(finder, petitions: list[dict], vectors: np.ndarray, lookup: Calla
                 seen.add(key)
                 keys.append(key)
                 sims.append(sim)
-                f = pair_features(petition, found[cid], sim)[0]
+                f, facts = pair_features(petition, found[cid], sim)
                 feats.append(scorer.features_vector(f))
                 writer.append(same_writer_only(f))
+                differ.append(names_differ(f, facts))
         if keys:
             probs = scorer.probability_from_features(np.asarray(feats))
-            for key, sim, prob, w in zip(keys, sims, probs, writer, strict=True):
-                best[key] = Link(key[0], key[1], round(float(prob), 4), round(float(sim), 4), same_writer_only=w)
+            for key, sim, prob, w, d in zip(keys, sims, probs, writer, differ, strict=True):
+                best[key] = Link(key[0], key[1], round(float(prob), 4), round(float(sim), 4), same_writer_only=w,
+                                 names_differ=d)
         if progress:
             progress(len(chunk))
     return sorted(best.values(), key=lambda lk: (-lk.probability, lk.a, lk.b))
@@ -147,11 +155,13 @@ class _Groups(DisjointSets):
 
 
 def group(ids: Iterable[str], links: Iterable[Link], threshold: float, linkage: str = "single",
-          cannot_links: Iterable[tuple[str, str]] = (), same_writer_needs_name: bool = True) -> list[list[str]]:
+          cannot_links: Iterable[tuple[str, str]] = (), same_writer_needs_name: bool = True,
+          different_names_apart: bool = True) -> list[list[str]]:
     """Partition `ids` into matters: single linkage joins through links at or above `threshold`; average linkage
     merges groups while the mean of all links observed between them is at or above it. Every id is in exactly
     one group; groups and their members are sorted by id; links naming unknown ids are ignored, and so are
-    same-writer-only links when `same_writer_needs_name`."""
+    same-writer-only links when `same_writer_needs_name` and links naming different places or cases when
+    `different_names_apart`."""
     if linkage not in LINKAGES:
         raise DataError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
     names = sorted(set(map(str, ids)))
@@ -165,7 +175,7 @@ def group(ids: Iterable[str], links: Iterable[Link], threshold: float, linkage: 
     for lk in links:
         if lk.a not in pos or lk.b not in pos or lk.a == lk.b or (linkage == "single" and lk.probability < threshold):
             continue
-        if same_writer_needs_name and lk.same_writer_only:
+        if (same_writer_needs_name and lk.same_writer_only) or (different_names_apart and lk.names_differ):
             continue
         key = tuple(sorted((pos[lk.a], pos[lk.b])))
         edges[key] = max(edges.get(key, 0.0), lk.probability)
@@ -249,7 +259,7 @@ def build_matters(finder, petitions: list[dict], vectors: np.ndarray, lookup: Ca
     """Matter id per petition id (the petitions must be indexed in `finder.index`)."""
     links = find_links(finder, petitions, vectors, lookup, k=rule.k, progress=progress)
     groups = group([str(p["id"]) for p in petitions], links, rule.resolve(finder.scorer), rule.linkage,
-                   cannot_links, rule.same_writer_needs_name)
+                   cannot_links, rule.same_writer_needs_name, rule.different_names_apart)
     return name_matters(groups, {str(p["id"]): p for p in petitions})
 
 
@@ -266,20 +276,23 @@ class JoinDecision:
 
 def join_decision(candidates: list[dict], matter_of: dict[str, str], threshold: float,
                   blocked: Iterable[str] = (), linkage: str = "single",
-                  same_writer_needs_name: bool = True) -> JoinDecision:
+                  same_writer_needs_name: bool = True, different_names_apart: bool = True) -> JoinDecision:
     """The intake form of the batch rule. `single`: join the matter of the most probable candidate at or above
     `threshold`; `average`: join the matter whose candidates' mean probability (the links observed between the
     new petition and that matter) is highest and at or above `threshold`. Candidates of the same petitioner
-    with nothing concrete in common (read from their reasons) do not count when `same_writer_needs_name`.
+    with nothing concrete in common (read from their reasons) do not count when `same_writer_needs_name`, nor
+    candidates naming another specific place or case (their reasons say so) when `different_names_apart`.
     Matters in `blocked` (a cannot-link) are skipped; without a matter to join, a new one is opened."""
-    from xinfang.models.repeat_features import same_writer_only_reasons
+    from xinfang.models.repeat_features import names_differ_reasons, same_writer_only_reasons
 
     if linkage not in LINKAGES:
         raise DataError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
     blocked = set(blocked)
     by_matter: dict[str, list[dict]] = {}
     for c in candidates:
-        if same_writer_needs_name and same_writer_only_reasons(list(c.get("reasons") or ())):
+        why = list(c.get("reasons") or ())
+        if (same_writer_needs_name and same_writer_only_reasons(why)) or (different_names_apart
+                                                                          and names_differ_reasons(why)):
             continue
         m = matter_of.get(str(c["id"]))
         if m is not None:

@@ -62,6 +62,7 @@ _GENERIC = {
     "多", "中小", "培训", "教育", "物流", "房地产", "开发商", "中", "小", "大", "一", "该", "此", "某", "商业", "农村",
     "乡村", "城乡", "水泥", "十字", "公交线", "自来水", "供水", "供电", "燃气", "物业服务", "壳", "存管", "油沙", "柏油", "人行", "人行马", "主干", "老", "家", "进", "出", "县", "回", "上", "下", "不", "有", "无", "总", "分", "子", "母", "村", "外",
 }
+_ROAD_PREFIX = re.compile(r".*(?:大道|大街|路|街)")
 _NAME_RES = {
     kind: re.compile(f"({_BODY_CHARS}{{1,{n}}}?)({suffix})")
     for kind, (_label, suffix, n) in _NAME_KINDS.items()
@@ -99,6 +100,10 @@ def extract_names(text: str) -> frozenset[tuple[str, str]]:
     for kind, rx in _NAME_RES.items():
         for m in rx.finditer(text):
             body = _clean_name_body(m.group(1))
+            if kind == "estate":  # "劳动东路魅力之城" is 魅力之城 on 劳动东路: the estate's own name follows the road
+                road = _ROAD_PREFIX.match(body)
+                if road and len(body) - road.end() >= 2:
+                    body = body[road.end():]
             if len(body) < 2 or body in _GENERIC or body[-1] in "的了是在和与" or body.isdigit():
                 continue
             if not re.search(r"[\u4e00-\u9fff]", body) or re.fullmatch(r"[A-Z]\d*", body):
@@ -208,6 +213,23 @@ def same_writer_only(features: dict[str, float]) -> bool:
     """One petitioner's two petitions with nothing concrete in common (no shared specific name, not the same
     text): their wording and embeddings share the writer's style, which is no evidence of one matter."""
     return bool(features["same_petitioner"]) and not features["shared_names"] and not features["identical_text"]
+
+
+# Kinds whose names single out one matter's place or case; roads are left out (a petition names the roads around
+# its place, and two petitions about one place often name different ones).
+DISTINCT_NAME_KINDS = ("estate", "village", "company", "school", "hospital", "case")
+
+
+def names_differ(features: dict[str, float], facts: Facts) -> bool:
+    """Two petitions that name different specific places or cases of one kind (none shared) and are not the same
+    text: by the matter definition, one problem at two places is two matters."""
+    return not features["identical_text"] and any(kind in DISTINCT_NAME_KINDS for kind, _, _ in facts.conflict)
+
+
+def names_differ_reasons(reasons_: list[str]) -> bool:
+    """`names_differ` read from a candidate's reasons (as `reasons` writes them)."""
+    labels = tuple(f"{_CONFLICT_LABEL[kind]}: " for kind in DISTINCT_NAME_KINDS)
+    return "内容完全相同" not in reasons_ and any(r.startswith(labels) for r in reasons_)
 
 
 def same_writer_only_reasons(reasons_: list[str]) -> bool:

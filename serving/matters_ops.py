@@ -39,7 +39,8 @@ def decide(svc, repeats: list[dict]) -> JoinDecision:
     """Which matter a new petition joins (models/matters.py `join_decision` over its repeat candidates)."""
     ms = matters(svc)
     return join_decision(repeats, ms.matter_of([c["id"] for c in repeats]), threshold(svc),
-                         linkage=DEFAULT_RULE.linkage, same_writer_needs_name=DEFAULT_RULE.same_writer_needs_name)
+                         linkage=DEFAULT_RULE.linkage, same_writer_needs_name=DEFAULT_RULE.same_writer_needs_name,
+                         different_names_apart=DEFAULT_RULE.different_names_apart)
 
 
 def answer_part(pid: str, d: JoinDecision) -> dict:

@@ -127,6 +127,37 @@ def test_one_writers_generic_messages_are_not_one_matter():
     assert join_decision(cands, {"w1": "M-w1"}, 0.8, same_writer_needs_name=False).matter == "M-w1"
 
 
+def _petition(pid: str, title: str, petitioner: str) -> dict:
+    return {"id": pid, "title": title, "text": title + "，严重影响附近居民休息。", "petitioner": petitioner,
+            "time": "2019/3/1 10:00:00"}
+
+
+def test_one_complaint_about_two_estates_is_two_matters():
+    from xinfang.models.repeat_features import names_differ, names_differ_reasons, pair_features, reasons
+
+    here = _petition("e1", "A5区劳动东路魅力之城小区临街门面油烟扰民", "U1")
+    again = _petition("e2", "万科魅力之城小区底层门店油烟直排扰民", "U2")
+    there = _petition("e3", "A3区看云路润芳园小区临街门面油烟扰民", "U3")
+    f, facts = pair_features(here, there, 0.95)
+    assert names_differ(f, facts) and names_differ_reasons(reasons(f, facts))
+    f2, facts2 = pair_features(here, again, 0.95)  # nested names (魅力之城 / 万科魅力之城) are one place
+    assert not names_differ(f2, facts2) and not names_differ_reasons(reasons(f2, facts2))
+    f3, facts3 = pair_features(here, {**there, "id": "e4", "title": here["title"], "text": here["text"]}, 1.0)
+    assert not names_differ(f3, facts3)  # the same text is the same matter whatever it names
+    # grouping: the link across two estates is left out even when it is the strongest
+    links = [Link("e1", "e3", 0.99, 0.95, names_differ=True), Link("e1", "e2", 0.9, 0.95)]
+    assert group(["e1", "e2", "e3"], links, 0.8) == [["e1", "e2"], ["e3"]]
+    assert group(["e1", "e2", "e3"], links, 0.8, different_names_apart=False) == [["e1", "e2", "e3"]]
+    # intake: the candidate about the other estate does not pull the petition into its matter
+    cands = [{"id": "e3", "probability": 0.99, "reasons": reasons(f, facts)},
+             {"id": "e2", "probability": 0.9, "reasons": reasons(f2, facts2)}]
+    d = join_decision(cands, {"e3": "M-e3", "e2": "M-e2"}, 0.8)
+    assert (d.matter, d.via) == ("M-e2", "e2")
+    assert join_decision(cands[:1], {"e3": "M-e3"}, 0.8).matter is None
+    assert join_decision(cands[:1], {"e3": "M-e3"}, 0.8, different_names_apart=False).matter == "M-e3"
+    assert MatterRule().different_names_apart
+
+
 def test_bcubed_and_matter_scores():
     gold = {"a": "G1", "b": "G1", "c": "G1", "d": "G2"}
     perfect = {"a": 1, "b": 1, "c": 1, "d": 2, "u": 3}
