@@ -728,6 +728,15 @@ def _row(name: str, e: dict) -> str:
     return f"| {name} | {_b(e)} | {_hn(e)} | {_largest(e)} |"
 
 
+def _seeded(rows: list[dict]) -> str:
+    """Which of the top rows hold the larger part of a contest team's cluster (seeds of held-out matters)."""
+    held = [f"rank {i['rank']} ({i['size']} petitions, {i['petitioners']} petitioners) holds "
+            f"{i['team_overlap'][0]} of a contest cluster's {i['team_overlap'][1]} members"
+            for i in rows if "team_overlap" in i and not i["dev_matter_members"]
+            and i["team_overlap"][0] * 2 > i["team_overlap"][1]]
+    return ("; ".join(held) + ".") if held else "none of the top 5 without dev members does."
+
+
 def _earlier_rule(v: dict, r: dict) -> str:
     """A note when a separately measured cost was taken under another rule than the report's."""
     rule = v.get("rule")
@@ -869,11 +878,12 @@ def render(r: dict) -> str:
                     for k, v in h["largest_dev_matters"].items()) + ".",
         "",
         "The target names the three largest labelled matters of attachment 3, dev and held-out together (39 "
-        "matters over 248 messages, 26 of them held out): the dev 12- and 10-member matters are raised by three "
-        "related accounts and by one petitioner without votes, which a heat led by distinct petitioners ranks "
-        "low by design (one writer's flood is a repeat petition, not a hot issue). Which of the unlabelled "
-        "clusters in the top 5 below are held-out matters only the owners' scoring can tell; the rows say how "
-        "many petitioners and votes each has.",
+        "matters over 248 messages, 26 of them held out, 20 of the 39 with one member): the dev 12- and "
+        "10-member matters are raised by three related accounts and by one petitioner without votes, which a "
+        "heat led by distinct petitioners ranks low by design (one writer's flood is a repeat petition, not a "
+        "hot issue). The held-out matters were seeded from, among others, one message of each contest team's "
+        "hot-issue cluster (matters_README.md), so a top cluster holding most of a contest cluster very likely "
+        "holds one of them: " + _seeded(h["top"][:5]) + " Only the owners' scoring can confirm it.",
         "",
         "| rank | heat | petitions | petitioners | votes | petitioners | volume | support | recency | growth | "
         "first – last | labelled members in it | contest cluster (Jaccard; shared of its size) |",
