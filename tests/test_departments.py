@@ -90,6 +90,15 @@ def test_shipped_duty_list_carries_remits_and_units() -> None:
     assert "信访办" in DUTY.generic_units
 
 
+def test_definitions_duty_list_differs_from_the_shipped_one_only_in_remits_and_keywords() -> None:
+    """eval/duty_list_from_definitions.yaml (a measured alternative) keeps the shipped list's departments, units,
+    topics and level, so its rows in eval/explore_departments.py compare knowledge, not coverage."""
+    alt = DutyList.load(PROVINCE_DUTY_LIST.parents[2] / "eval" / "duty_list_from_definitions.yaml")
+    assert alt.departments == DUTY.departments and alt.generic_units == DUTY.generic_units
+    for a, b in zip(alt.entries, DUTY.entries, strict=True):
+        assert (a.units, a.topics, a.level) == (b.units, b.topics, b.level)
+        assert set(b.keywords) <= set(a.keywords) and a.remit and a.remit != b.remit
+
 # ------------------------------------------------------------------------------------------ training with history
 DEMO = Path(__file__).resolve().parents[1] / "datasets" / "demo"
 
