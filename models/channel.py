@@ -213,9 +213,12 @@ def channel_evidence(table: ChannelTable, texts: list[str], emb: np.ndarray | No
 class ChannelDecider:
     """Model probabilities + table keywords -> the channel answer (see the module docstring)."""
 
-    def __init__(self, table: ChannelTable, labels: list[str], threshold: float) -> None:
+    def __init__(self, table: ChannelTable, labels: list[str], threshold: float, fuse: bool = True) -> None:
+        """`fuse` False: the probabilities are used as they are (a model that read the keywords itself, as the
+        text-only channel bundle does: its config has `keyword_fusion: false`); the keyword hits still give
+        the reason."""
         table.check_labels(labels, "channel model")
-        self.table, self.labels, self.threshold = table, list(labels), float(threshold)
+        self.table, self.labels, self.threshold, self.fuse_keywords = table, list(labels), float(threshold), fuse
 
     def threshold_of(self, label: str) -> float:
         """The review threshold of an answer `label`: the bundle's, raised by the table's entry when it is higher."""
@@ -225,6 +228,8 @@ class ChannelDecider:
     def fuse(self, probs: np.ndarray, text: str) -> tuple[np.ndarray, dict[str, list[str]]]:
         """Probabilities re-weighted by keyword hits, renormalised; and the hits per channel."""
         hits = {lab: self.table.entries[lab].keyword_hits(text) for lab in self.labels if lab != PETITION}
+        if not self.fuse_keywords:
+            return np.asarray(probs, dtype=np.float64), {k: v for k, v in hits.items() if v}
         factor = np.array([1.0 + self.table.keyword_boost * min(len(hits.get(lab, [])), 2) for lab in self.labels])
         p = np.asarray(probs, dtype=np.float64) * factor
         p = p / p.sum()

@@ -28,6 +28,7 @@ class Recipe:
     target_precision: float = 0.95
     min_class_count: int = 2
     tfidf: bool = True  # also fit the char TF-IDF head and ship the validated ensemble (see calibrate)
+    text_only: bool = False  # no encoder at all: the channel's TF-IDF + keyword regression (training/channel_text.py)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -55,6 +56,11 @@ RECIPES: dict[str, Recipe] = {
     # validation part (eval/reports/channels.md)
     "channel": Recipe(name="channel", max_length=128, trainable_layers=1, epochs=4, lr=2e-4, head_lr=3e-3,
                       val_fraction=0.2, target_precision=0.9),
+    # legal channel default since 2026-12-02: no encoder layer (classify pays a TF-IDF transform, not 4 encoder
+    # layers); char TF-IDF + the table's keywords in one regression matched the encoder bundle in grouped CV
+    # (eval/reports/channels.md)
+    "channel-text": Recipe(name="channel-text", trainable_layers=0, epochs=0, val_fraction=0.0, target_precision=0.9,
+                           text_only=True),
     # seconds on the demo data / a tiny encoder: CI and the default demo model build
     "tiny": Recipe(name="tiny", max_length=64, trainable_layers=1, epochs=8, batch_size=8, lr=3e-4,
                    head_lr=5e-3, val_fraction=0.25, target_precision=0.9),
@@ -62,9 +68,10 @@ RECIPES: dict[str, Recipe] = {
 
 
 def resolve_recipe(task: str, name: str) -> str:
-    """'auto' -> the task's default recipe name (topic: default, department: department-long, channel: channel)."""
+    """'auto' -> the task's default recipe name (topic: default, department: department-long, channel:
+    channel-text)."""
     if name == "auto":
-        return {"department": "department-long", "channel": "channel"}.get(task, "default")
+        return {"department": "department-long", "channel": "channel-text"}.get(task, "default")
     if name not in RECIPES:
         raise DataError(f"unknown recipe '{name}'; choose one of: auto, {', '.join(RECIPES)}")
     return name
