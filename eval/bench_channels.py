@@ -6,8 +6,10 @@
   per tier and channel against the hand labels.
 - Grouped 5-fold CV (StratifiedGroupKFold, groups = same normalised title or text), the same folds for all:
   always 信访; keyword rules (the channel table's keywords: the non-信访 channel with most hits, else 信访);
-  char 1-3-gram TF-IDF + LinearSVC; the channel bundle (`train_classifier`, recipe `channel`, through the product
-  path: bundle -> probabilities) alone and with the table's keywords fused (models/channel.py) at several boosts.
+  char 1-3-gram TF-IDF + LinearSVC; the channel bundle (`train_classifier`, the default recipe `channel-text`: a
+  text-only TF-IDF + keyword regression; `--recipe channel`: the encoder bundle; through the product path:
+  bundle -> probabilities) alone and with the table's keywords fused (models/channel.py) at several boosts.
+  Beside it, the previous default's saved out-of-fold probabilities (REFERENCE, same folds) with the current table.
   With `--history`, a second bundle per fold is also trained with the weak labels of attachment4_replies.jsonl
   (every dev message and its title/text group removed from them, so no test reply leaks in), weighted by tier.
 - Scores: accuracy, macro-F1 over the four channels 信访/依法履职/诉讼仲裁复议/纪检监察 (其他 aside), per-class

@@ -18,8 +18,9 @@ the body it points to, and the message keywords that are evidence for it (from t
 Channels are the five of `CHANNELS`; a key outside them is an error naming it, and so is a table without an
 entry for a label the channel model can answer.
 
-Decision (`ChannelDecider.decide`): the model's calibrated probabilities are multiplied, for each non-信访
-channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in the message) and renormalised,
+Decision (`ChannelDecider.decide`): the model's calibrated probabilities are used as they are when the bundle read
+the keywords itself (the default, text-only bundle: config `keyword_fusion: false`, models/channel_head.py); an
+encoder bundle's (recipe `channel`) are multiplied, for each non-信访 channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in the message) and renormalised,
 then mixed with the keyword rule's vote: `(1 - keyword_weight) * p + keyword_weight * onehot(rule)`, where the
 rule names the non-信访 channel with the most hits (else 信访). The model alone never names the rare channels
 (a few dev examples each); the vote lets a clear keyword case reach them, at a score that usually sends it to

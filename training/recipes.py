@@ -51,9 +51,9 @@ RECIPES: dict[str, Recipe] = {
     # a quarter of the default's cost, for a crowded CPU (topic fold 0: 0.876 fine-tuned, 0.910 ensemble vs the
     # default's 0.904 / 0.917; eval/reports/classification.md)
     "fast": Recipe(name="fast", max_length=64, trainable_layers=2),
-    # legal channel (诉访分离): ~300 hand labels with rare classes plus weak labels from replies; the TF-IDF half
-    # of the ensemble and the channel table's keywords carry much of it: the top layer only, 128 tokens, a larger
-    # validation part (eval/reports/channels.md)
+    # legal channel (诉访分离) with an encoder (the default until 2026-12-02): ~300 hand labels with rare classes plus
+    # weak labels from replies; the TF-IDF half of the ensemble and the channel table's keywords carry much of it:
+    # the top layer only, 128 tokens, a larger validation part (eval/reports/channels.md)
     "channel": Recipe(name="channel", max_length=128, trainable_layers=1, epochs=4, lr=2e-4, head_lr=3e-3,
                       val_fraction=0.2, target_precision=0.9),
     # legal channel default since 2026-12-02: no encoder layer (classify pays a TF-IDF transform, not 4 encoder
