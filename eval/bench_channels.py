@@ -557,10 +557,12 @@ def render(r: dict) -> str:
                   + ", ".join(v["folds"][0]["labels"]) + "."]
         shipped = r.get("rescored", {})
         key = f"{shipped.get('table_keyword_boost', 0.5)}/{shipped.get('table_keyword_weight', 0.0)}"
+        what = f"shipped table: keyword_boost / keyword_weight {key}"
+        if v["folds"] and not v["folds"][0].get("keyword_fusion", True):
+            key, what = "0.0/0.0", "shipped decision: its own probabilities, no keyword fusion"
         best = v["by_boost"].get(key) or next(iter(v["by_boost"].values()))
         cm = best["confusion"]
-        lines += ["", f"Confusion ({name}, shipped table: keyword_boost / keyword_weight {key}; rows gold, "
-                  "columns predicted):", "",
+        lines += ["", f"Confusion ({name}, {what}; rows gold, columns predicted):", "",
                   "| | " + " | ".join(cm["labels"]) + " |", "|" + "---|" * (len(cm["labels"]) + 1)]
         for lab, row in zip(cm["labels"], cm["matrix"], strict=True):
             lines.append(f"| {lab} | " + " | ".join(map(str, row)) + " |")

@@ -58,8 +58,9 @@ RECIPES: dict[str, Recipe] = {
                       val_fraction=0.2, target_precision=0.9),
     # legal channel default since 2026-12-02: no encoder layer (classify pays a TF-IDF transform, not 4 encoder
     # layers); char TF-IDF + the table's keywords in one regression matched the encoder bundle in grouped CV
-    # (eval/reports/channels.md)
-    "channel-text": Recipe(name="channel-text", trainable_layers=0, epochs=0, val_fraction=0.0, target_precision=0.9,
+    # (eval/reports/channels.md); review target 0.95: at 0.90 its auto-decided (信访) answers were 92 % right, the
+    # encoder bundle's 97 %
+    "channel-text": Recipe(name="channel-text", trainable_layers=0, epochs=0, val_fraction=0.0, target_precision=0.95,
                            text_only=True),
     # seconds on the demo data / a tiny encoder: CI and the default demo model build
     "tiny": Recipe(name="tiny", max_length=64, trainable_layers=1, epochs=8, batch_size=8, lr=3e-4,
