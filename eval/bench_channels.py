@@ -456,7 +456,10 @@ def render(r: dict) -> str:
              "these same folds, and three 纪检监察 keywords (书记, 村干部, 不作为) were removed after looking at the "
              "dev set's hits, so the keyword rows are optimistic; the per-channel review thresholds of the shipped "
              "table were chosen on all rows (their nested row shows the same rule chosen inside the training "
-             "folds); the held-out part scored by the owners is the real test.", "",
+             "folds); the held-out part scored by the owners is the real test."
+             + (" The text-only recipe (its features, C 4, the weak labels) was picked among the rows of "
+                "channels_explore.md on these same folds: optimistic too." if r["recipe"] == "channel-text" else ""),
+             "",
              "## Weak labels from replies (training/channel_replies.py) on the dev messages' own replies", "",
              "| tier | messages | coverage | precision vs hand labels |", "|---|---|---|---|"]
     e = r["extractor"]
