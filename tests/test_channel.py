@@ -179,13 +179,18 @@ def test_train_and_predict_cli(tmp_path: Path, tiny_encoder_dir: Path, service_m
         {"id": "x1", "title": "装修公司拒不退还定金", "text": "签了合同交了定金却一直不开工", "reply": "建议您通过法律途径解决。"},
         {"id": "x2", "title": "举报村干部", "text": "村干部挪用扶贫资金", "reply": "已转县纪委调查处理。"},
         {"id": "x3", "title": "咨询政策", "text": "落户需要什么材料", "reply": "根据政策规定，答复如下。"}])
+    # the owners' command with the default recipe: the text-only bundle (no encoder layer)
     res = runner.invoke(app, ["train", "--task", "channel", "--data", str(DEMO_DATA_DIR / "petitions.jsonl"),
-                              "--label-column", "channel", "--base", str(tiny_encoder_dir), "--recipe", "tiny",
-                              "--epochs", "2", "--history", str(closed), "--out", str(out)])
+                              "--label-column", "channel", "--base", str(tiny_encoder_dir),
+                              "--history", str(closed), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "2 of 3 closed cases" in res.output
     cfg = json.loads((out / "config.json").read_text("utf-8"))
     assert cfg["task"] == "channel" and cfg["label_column"] == "channel"
+    assert cfg["text_only"] and cfg["keyword_fusion"] is False and cfg["recipe"]["name"] == "channel-text"
+    assert {"keyword_head.json", "keyword_head.safetensors", "tfidf.json", "tfidf_head.safetensors"} <= {
+        p.name for p in out.iterdir()}
+    assert not any(p.suffix in (".pt", ".bin", ".pkl") for p in out.iterdir())
     assert cfg["history"]["used"] == 2 and cfg["history"]["class_counts"] == {"纪检监察": 1, "诉讼仲裁复议": 1}
     topic, dept, _ = service_models[0]
     inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "t1", "title": "楼顶违章建筑请查处", "text": None},
@@ -206,8 +211,62 @@ def test_train_and_predict_cli(tmp_path: Path, tiny_encoder_dir: Path, service_m
 def test_resolve_recipe_for_channel() -> None:
     from xinfang.training.recipes import RECIPES, resolve_recipe
 
-    assert resolve_recipe("channel", "auto") == "channel"
+    assert resolve_recipe("channel", "auto") == "channel-text" and RECIPES["channel-text"].text_only
+    assert resolve_recipe("topic", "auto") == "default" and not RECIPES["default"].text_only
     assert RECIPES["channel"].val_fraction >= 0.2
+
+
+def test_text_only_bundle_runs_no_encoder_and_keeps_its_keywords(service_models, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from xinfang.models.classifier import ClassifierBundle, bundle_logits
+    from xinfang.models.pipeline import ClassificationPipeline
+
+    topic_dir, _, channel_dir = service_models[0]
+    for backend in ("torch", "onnx-int8"):  # no encoder is built for it, whatever the runtime
+        ch = ClassifierBundle.load(channel_dir, backend=backend, cache_dir=tmp_path / "onnx")
+        assert ch.text_only and ch.stack is None and ch.top is None
+    assert load_file(str(channel_dir / "encoder_layers.safetensors")) == {}
+    topic = ClassifierBundle.load(topic_dir)
+    texts = ["楼顶违章建筑请城管查处", "村干部挪用扶贫资金", "咨询新生儿落户需要什么材料"]
+    lg = bundle_logits([topic, ch], texts)
+    assert np.allclose(lg[1], 0) and np.allclose(lg[0], topic.logits(texts))
+    direct = ch.text_head.proba(texts)
+    assert np.allclose(direct.sum(1), 1) and np.allclose(ch.proba_texts(texts), direct)
+    pipe = ClassificationPipeline({"topic": topic, "channel": ch})
+    rows = pipe.classify([{"id": str(i), "text": t} for i, t in enumerate(texts)])
+    for row, p in zip(rows, direct, strict=True):  # no keyword fusion on top: the model read the keywords
+        assert set(row["channel"]) == {"label", "score", "top", "reason", "procedure", "body"}
+        assert row["channel"]["label"] == ch.labels[int(p.argmax())]
+        assert row["channel"]["score"] == pytest.approx(float(p.max()), abs=1e-6)
+    assert ch.text_head.hits(["违章建筑违法", "路灯不亮"])[:, list(ch.text_head.keywords).index("依法履职")].tolist() \
+        == [2, 0]
+    with pytest.raises(ModelError, match="text-only"):
+        ch.full_encoder()
+    bad = tmp_path / "bad"
+    shutil.copytree(channel_dir, bad)
+    doc = json.loads((bad / "keyword_head.json").read_text("utf-8"))
+    doc["channels"] = doc["channels"][:1]
+    (bad / "keyword_head.json").write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
+    with pytest.raises(ModelError, match="keyword_head.json"):  # the manifest catches the edit
+        ClassifierBundle.load(bad)
+    with pytest.raises(ModelError, match="keyword_head.safetensors: coef has shape"):
+        ClassifierBundle.load(bad, verify=False)
+
+
+def test_text_only_training_checks_the_table(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    from xinfang.records import load_records
+    from xinfang.training.channel_text import train_text_channel
+    from xinfang.training.recipes import RECIPES
+
+    rows = [r for r in load_records(DEMO_DATA_DIR / "petitions.jsonl") if r.get("channel")]
+    small = ChannelTable.parse("channels:\n  信访: {procedure: a, body: b}\n", tmp_path / "t.yaml")
+    with pytest.raises(ModelError, match="channels.依法履职"):
+        train_text_channel(rows, out_dir=tmp_path / "b", label_column="channel", recipe=RECIPES["channel-text"],
+                           base=str(tiny_encoder_dir), table=small)
+    assert not (tmp_path / "b").exists()
 
 
 # ------------------------------------------------------------------------------------------ service

