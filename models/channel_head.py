@@ -25,12 +25,21 @@ from xinfang.errors import ModelError
 from xinfang.models.calibration import softmax
 from xinfang.models.tfidf_head import TFIDF_JSON, TFIDF_TENSORS, TfidfHead
 
-__all__ = ["KeywordTfidfHead", "KEYWORD_JSON", "KEYWORD_TENSORS"]
+__all__ = ["KeywordTfidfHead", "keyword_hits", "KEYWORD_JSON", "KEYWORD_TENSORS"]
 
 KEYWORD_JSON = "keyword_head.json"
 KEYWORD_TENSORS = "keyword_head.safetensors"
 FORMAT = "xinfang-keyword-head/1"
 MAX_HITS = 2
+
+
+def keyword_hits(texts: list[str], keywords: dict[str, list[str]], max_hits: int = MAX_HITS) -> np.ndarray:
+    """[N, K] distinct keywords of each channel found in each text, capped at max_hits."""
+    out = np.zeros((len(texts), len(keywords)))
+    for i, t in enumerate(texts):
+        for j, words in enumerate(keywords.values()):
+            out[i, j] = min(sum(1 for w in words if w in t), max_hits)
+    return out
 
 
 class KeywordTfidfHead:
@@ -43,12 +52,7 @@ class KeywordTfidfHead:
         self.temperature, self.max_hits = float(temperature), int(max_hits)
 
     def hits(self, texts: list[str]) -> np.ndarray:
-        """[N, K] distinct keywords of each channel found in each text, capped at max_hits."""
-        out = np.zeros((len(texts), len(self.keywords)))
-        for i, t in enumerate(texts):
-            for j, words in enumerate(self.keywords.values()):
-                out[i, j] = min(sum(1 for w in words if w in t), self.max_hits)
-        return out
+        return keyword_hits(texts, self.keywords, self.max_hits)
 
     def scores(self, texts: list[str]) -> np.ndarray:
         if not texts:

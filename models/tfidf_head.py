@@ -31,6 +31,23 @@ FORMAT = "xinfang-tfidf/1"
 ABSENT_INTERCEPT = -1e4
 
 
+
+def fit_vectorizer(texts: list[str], ngram_range: tuple[int, int] = (1, 3), min_df: int = 2,
+                   max_features: int | None = 200_000):
+    """(settings as tfidf.json records them, the fitted char TfidfVectorizer, the TF-IDF matrix of `texts`)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    settings = {"analyzer": "char", "ngram_range": list(ngram_range), "lowercase": True, "sublinear_tf": True,
+                "min_df": min_df, "max_features": max_features, "norm": "l2", "use_idf": True, "smooth_idf": True}
+    vec = TfidfVectorizer(analyzer="char", ngram_range=tuple(ngram_range), lowercase=True, sublinear_tf=True,
+                          min_df=min_df, max_features=max_features, norm="l2", use_idf=True, smooth_idf=True)
+    return settings, vec, vec.fit_transform(texts)
+
+
+def vocabulary_of(vec) -> dict[str, int]:
+    """A fitted vectorizer's vocabulary as term -> column, in column order (as tfidf.json stores it)."""
+    return {t: int(i) for t, i in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])}
+
 class TfidfHead:
     """Char 1-3-gram TF-IDF (sublinear tf, min_df 2) + LinearSVC scores + temperature-scaled softmax."""
 
@@ -55,15 +72,10 @@ class TfidfHead:
             sample_weight: list[float] | None = None) -> TfidfHead:
         """Fit the vectorizer and a LinearSVC on `texts` / class indices `y` (rows for all `n_classes`),
         optionally weighting each example."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.svm import LinearSVC
 
-        settings = {"analyzer": "char", "ngram_range": list(ngram_range), "lowercase": True, "sublinear_tf": True,
-                    "min_df": min_df, "max_features": max_features, "norm": "l2", "use_idf": True,
-                    "smooth_idf": True, "classifier": "LinearSVC", "C": C}
-        vec = TfidfVectorizer(analyzer="char", ngram_range=ngram_range, lowercase=True, sublinear_tf=True,
-                              min_df=min_df, max_features=max_features, norm="l2", use_idf=True, smooth_idf=True)
-        x = vec.fit_transform(texts)
+        settings, vec, x = fit_vectorizer(texts, ngram_range, min_df, max_features)
+        settings.update({"classifier": "LinearSVC", "C": C})
         svm = LinearSVC(C=C, random_state=seed).fit(x, np.asarray(y), sample_weight=sample_weight)
         coef = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
         intercept = np.full(n_classes, ABSENT_INTERCEPT, dtype=np.float32)
@@ -74,8 +86,7 @@ class TfidfHead:
         else:
             coef[classes] = svm.coef_
             intercept[classes] = svm.intercept_
-        vocab = {t: int(i) for t, i in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])}
-        head = cls(settings, vocab, vec.idf_, coef, intercept)
+        head = cls(settings, vocabulary_of(vec), vec.idf_, coef, intercept)
         head.vectorizer, head.svm = vec, svm
         return head
 

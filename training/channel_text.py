@@ -38,21 +38,14 @@ def fit_head(texts: list[str], y: list[int], n_classes: int, keywords: dict[str,
     """A KeywordTfidfHead fitted on `texts` / class indices `y` (rows for all `n_classes`; absent classes get a
     very negative intercept)."""
     import scipy.sparse as sp
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from xinfang.models.channel_head import KeywordTfidfHead
-    from xinfang.models.tfidf_head import ABSENT_INTERCEPT, TfidfHead
+    from xinfang.models.channel_head import KeywordTfidfHead, keyword_hits
+    from xinfang.models.tfidf_head import ABSENT_INTERCEPT, TfidfHead, fit_vectorizer, vocabulary_of
 
-    settings = {"analyzer": "char", "ngram_range": [1, 3], "lowercase": True, "sublinear_tf": True, "min_df": 2,
-                "max_features": 200_000, "norm": "l2", "use_idf": True, "smooth_idf": True,
-                "classifier": "LogisticRegression (with keyword columns)", "C": C}
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), lowercase=True, sublinear_tf=True, min_df=2,
-                          max_features=200_000, norm="l2", use_idf=True, smooth_idf=True)
-    x_t = vec.fit_transform(texts)
-    probe = KeywordTfidfHead(TfidfHead(settings, {}, np.zeros(0), np.zeros((n_classes, 0)), np.zeros(n_classes)),
-                             keywords, np.zeros((n_classes, len(keywords))))
-    x = sp.hstack([x_t, sp.csr_matrix(probe.hits(texts))]).tocsr()
+    settings, vec, x_t = fit_vectorizer(texts)
+    settings.update({"classifier": "LogisticRegression (with keyword columns)", "C": C})
+    x = sp.hstack([x_t, sp.csr_matrix(keyword_hits(texts, keywords))]).tocsr()
     clf = LogisticRegression(C=C, max_iter=3000).fit(x, np.asarray(y), sample_weight=weights)
     coef = np.zeros((n_classes, x.shape[1]))
     intercept = np.full(n_classes, ABSENT_INTERCEPT, dtype=np.float64)
@@ -62,8 +55,7 @@ def fit_head(texts: list[str], y: list[int], n_classes: int, keywords: dict[str,
     else:
         coef[classes], intercept[classes] = clf.coef_, clf.intercept_
     f = x_t.shape[1]
-    vocab = {t: int(i) for t, i in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])}
-    tfidf = TfidfHead(settings, vocab, vec.idf_, coef[:, :f], intercept)
+    tfidf = TfidfHead(settings, vocabulary_of(vec), vec.idf_, coef[:, :f], intercept)
     return KeywordTfidfHead(tfidf, keywords, coef[:, f:])
 
 
@@ -159,17 +151,13 @@ def train_text_channel(records: list[dict], *, out_dir: Path, label_column: str,
     if parent is not None:
         config["parent"] = {"bundle_version": parent.version, "registry_version": parent_version,
                             "path": str(parent.path)}
-    bundle = ClassifierBundle(None, config, labels, loaded, {}, _empty_head(len(labels)), _empty_head(len(labels), 1),
-                              metrics=metrics, backend=None, text_head=head)
-    bundle.save(Path(out_dir), {"MODEL_CARD.md": card(config, metrics, labels)})
-    return bundle.version, metrics, config["train_seconds"], len(ex.texts)
-
-
-def _empty_head(n: int, dims: int = 2):
-    """The encoder head of a text-only bundle: weight [C, 0] (no encoder feature), bias [C] zeros."""
     import torch
 
-    return torch.zeros((n, 0)) if dims == 2 else torch.zeros(n)
+    no_encoder_head = torch.zeros((len(labels), 0)), torch.zeros(len(labels))  # weight [C, 0], bias [C]
+    bundle = ClassifierBundle(None, config, labels, loaded, {}, *no_encoder_head, metrics=metrics, backend=None,
+                              text_head=head)
+    bundle.save(Path(out_dir), {"MODEL_CARD.md": card(config, metrics, labels)})
+    return bundle.version, metrics, config["train_seconds"], len(ex.texts)
 
 
 def card(config: dict, metrics: dict, labels: list[str]) -> str:
